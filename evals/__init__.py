@@ -1,0 +1,1 @@
+"""Evaluation beside the library: rewards, quality metrics, run records, tables and figures."""

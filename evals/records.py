@@ -1,0 +1,87 @@
+"""Run records: the environment a number came from, and files written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LIBRARIES = ("torch", "diffusers", "torchmetrics", "torchdiffeq", "peft", "snakemake", "numpy")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human description of the device, e.g. 'cpu (x86_64, 2 threads)' or the GPU's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device | str) -> dict:
+    """Device, library versions and the git commit of this checkout (None outside git)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"device": device_name(device), "python": platform.python_version(), "versions": versions, "commit": commit}
+
+
+def write_atomic(path: Path | str, write) -> None:
+    """Call `write(temporary_path)` and move the result to `path` only if it succeeded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: Path | str, record: dict) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=_jsonable)))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_grid(path: Path | str, images: torch.Tensor, title: str = "") -> None:
+    """A PNG grid of images in [-1, 1] (B, 1, H, W), eight to a row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = images.detach().float().cpu().clamp(-1, 1).numpy()
+    columns = min(8, len(images))
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(images):
+            axis.imshow(images[index, 0], cmap="gray", vmin=-1, vmax=1)
+    if title:
+        figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+    plt.close(figure)

@@ -1,0 +1,251 @@
+"""The `sdo` command: train the embedded models, run a task with an estimator, write records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sdo.estimators import ESTIMATORS, PARAMETER_KINDS, NotApplicable, make_estimator
+from sdo.models import store
+from sdo.models.data import load_split
+from sdo.tasks import TASKS
+
+log = logging.getLogger("sdo")
+
+
+def _option(text: str) -> tuple[str, object]:
+    """`key=value` with the value read as JSON where it parses (numbers, booleans), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"estimator option must look like key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _prompt(text: str) -> int | None:
+    if text == "none":
+        return None
+    if text.isdigit() and 0 <= int(text) <= 9:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"prompt must be a digit 0-9 or 'none', got {text!r}")
+
+
+def _device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} asked for but CUDA is not available")
+    return torch.device(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdo", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an embedded model and save it as safetensors")
+    train.add_argument("kind", choices=sorted(store.KINDS))
+    train.add_argument("--out", type=Path, default=store.DEFAULT_DIR, help="directory for <kind>.safetensors/.json")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train-steps", type=int, default=2500, help="denoiser optimiser steps")
+    train.add_argument("--epochs", type=int, default=60, help="classifier epochs")
+
+    quality = commands.add_parser("quality", help="label accuracy and FID of the base model's samples")
+    quality.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
+    quality.add_argument("--steps", type=int, default=50)
+    quality.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    quality.add_argument("--per-label", type=int, default=50)
+    quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
+
+    run = commands.add_parser("run", help="optimise a task with one gradient estimator and write a JSON record")
+    run.add_argument("--task", choices=sorted(TASKS), default="latent")
+    run.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
+    run.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                     help="estimator option, e.g. checkpoint=true or steps=all (repeatable)")
+    run.add_argument("--steps", type=int, required=True, help="DDIM steps T")
+    run.add_argument("--iters", type=int, required=True, help="optimisation iterations")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--batch", type=int, default=8)
+    run.add_argument("--target", type=int, default=3, help="digit the reward asks for")
+    run.add_argument("--prompt", type=_prompt, default=None, help="conditioning digit, or 'none' (default)")
+    run.add_argument("--guidance", type=float, default=1.0)
+    run.add_argument("--eta", type=float, default=0.0)
+    run.add_argument("--lr", type=float, default=0.05)
+    run.add_argument("--renormalize", action="store_true", help="DOODL's latent renormalisation")
+    run.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
+    run.add_argument("--device", type=_device, default="auto")
+    run.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
+
+    bench = commands.add_parser("bench", help="fidelity and cost of one estimator on the benchmark problem")
+    bench.add_argument("--wrt", choices=PARAMETER_KINDS, required=True, help="parameter type to differentiate")
+    bench.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
+    bench.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--steps", type=int, required=True)
+    bench.add_argument("--batch", type=int, default=8)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--guidance", type=float, default=1.0)
+    bench.add_argument("--repeats", type=int, default=2, help="timed calls after one warm-up")
+    bench.add_argument("--reference", type=Path, default=None, help="full gradient (safetensors) to compare with")
+    bench.add_argument("--save-gradient", type=Path, default=None, help="also write this gradient as safetensors")
+    bench.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
+    bench.add_argument("--device", type=_device, default="auto")
+    bench.add_argument("--variant", default=None, help="name of this configuration in tables")
+    bench.add_argument("--out", type=Path, required=True, help="row PATH.json")
+    return parser
+
+
+def _train(args) -> None:
+    from sdo.models import train
+
+    if args.kind == "classifier":
+        model, accuracy = train.train_classifier(epochs=args.epochs, seed=args.seed)
+        store.save(model, "classifier", args.out, metrics={"held_out_accuracy": accuracy})
+    else:
+        start = time.perf_counter()
+        model = train.train_denoiser(steps=args.train_steps, seed=args.seed)
+        metrics = {"train_seconds": time.perf_counter() - start, "train_steps": args.train_steps}
+        store.save(model, "denoiser", args.out, metrics=metrics)
+
+
+def _quality(args) -> None:
+    """Label accuracy and FID of the base model's samples, per guidance scale."""
+    from evals import metrics, records
+    from sdo.tasks.loop import make_chain
+
+    net, classifier = store.load("denoiser", args.models), store.load("classifier", args.models)
+    labels = torch.arange(10).repeat_interleave(args.per_label)
+    latent = torch.randn(len(labels), 1, 16, 16, generator=torch.Generator().manual_seed(args.seed))
+    reference, _ = load_split("held_out")
+    rows = []
+    for guidance in args.guidance:
+        chain = make_chain(net, args.steps, guidance=guidance)
+        samples = torch.cat([chain.trajectory(z, net.embed(y))[0] for z, y in zip(latent.split(100), labels.split(100))])
+        predicted = classifier(samples).argmax(1)
+        rows.append({
+            "guidance": guidance,
+            "label_accuracy": metrics.label_accuracy(samples, labels, classifier),
+            "label_accuracy_per_digit": [float((predicted[labels == d] == d).float().mean()) for d in range(10)],
+            "fid": metrics.fid(samples, reference, classifier),
+        })
+        log.info("guidance %.1f: label accuracy %.3f, FID %.2f over %d samples", guidance, rows[-1]["label_accuracy"], rows[-1]["fid"], len(samples))
+        if len(rows) == 1:
+            grid = samples.view(10, args.per_label, *samples.shape[1:])[:, :8].flatten(0, 1)
+            records.save_grid(args.out.with_suffix(".png"), grid, f"DDIM {args.steps}, guidance {guidance}, one row per digit")
+    real = metrics.fid(load_split("train")[0], reference, classifier)
+    record = {
+        "config": {"steps": args.steps, "per_label": args.per_label, "seed": args.seed},
+        **records.environment("cpu"),
+        "samples": len(labels),
+        "by_guidance": rows,
+        "fid_train_vs_held_out": real,
+        "classifier_held_out_accuracy": store.metrics("classifier", args.models)["held_out_accuracy"],
+    }
+    records.write_json(args.out, record)
+
+
+def _run(args) -> None:
+    from evals import metrics, records
+    from evals.rewards import classifier_log_prob
+
+    options = dict(args.option)
+    config = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "option")}
+    config.update(options=options, out=str(args.out), models=str(args.models), device=str(args.device))
+    record = {"config": config, **records.environment(args.device), "status": "ok", "iterations": [], "final": {}}
+    try:
+        net = store.load("denoiser", args.models).to(args.device)
+        classifier = store.load("classifier", args.models).to(args.device)
+        reward = classifier_log_prob(classifier, args.target)
+        estimator = make_estimator(args.method, **options)
+        result = TASKS[args.task](
+            net, reward, estimator, steps=args.steps, iters=args.iters, batch=args.batch, prompt=args.prompt,
+            guidance=args.guidance, eta=args.eta, lr=args.lr, renormalize=args.renormalize, seed=args.seed,
+        )
+    except NotApplicable as reason:
+        record.update(status="not_applicable", reason=str(reason))
+        log.warning("%s on %s: not applicable: %s", args.method, args.task, reason)
+    except torch.OutOfMemoryError as error:
+        record.update(status="out_of_memory", reason=str(error).splitlines()[0])
+        log.error("out of memory: %s", record["reason"])
+    except Exception as error:  # a failed run is a row with its status, never a lost sweep
+        record.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        log.exception("run failed")
+    else:
+        with torch.no_grad():
+            reward_mean, reward_ci = metrics.mean_ci95(reward(result.samples))
+            reference, _ = load_split("held_out")
+            record["iterations"] = result.iterations
+            record["final"] = {
+                "reward_mean": reward_mean,
+                "reward_ci95": reward_ci,
+                "target_accuracy": metrics.label_accuracy(result.samples, args.target, classifier),
+                "fid": metrics.fid(result.samples, reference, classifier.cpu()),
+                "fid_samples": len(result.samples),
+                "fid_reference_samples": len(reference),
+            }
+        title = f"{args.task} · {args.method} · T={args.steps} · target {args.target}"
+        records.save_grid(args.out.with_suffix(".png"), result.samples, title)
+    records.write_json(args.out, record)
+    log.info("wrote %s (status %s)", args.out, record["status"])
+
+
+def _bench(args) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from evals import records
+    from evals.bench import bench_problem, measure
+
+    options = dict(args.option)
+    row = {
+        "variant": args.variant or args.method + "".join(f"[{k}={v}]" for k, v in sorted(options.items())),
+        "method": args.method, "options": json.dumps(options, sort_keys=True), "wrt": args.wrt, "steps": args.steps,
+        "batch": args.batch, "seed": args.seed, "guidance": args.guidance, **records.environment(args.device),
+        "status": "ok",
+    }
+    row.pop("versions")
+    try:
+        net = store.load("denoiser", args.models).to(args.device)
+        classifier = store.load("classifier", args.models).to(args.device)
+        problem, loss = bench_problem(net, classifier, args.wrt, args.steps, args.batch, args.seed, guidance=args.guidance)
+        reference = None
+        if args.reference is not None:
+            stored = load_file(args.reference)
+            reference = [stored[str(i)].to(args.device) for i in range(len(stored))]
+        estimator = make_estimator(args.method, **options)
+        row.update(measure(estimator, problem, loss, reference, repeats=args.repeats))
+        if args.save_gradient is not None:
+            grads = estimator(problem, loss).grads
+            records.write_atomic(
+                args.save_gradient, lambda tmp: save_file({str(i): g.contiguous().cpu() for i, g in enumerate(grads)}, tmp)
+            )
+    except NotApplicable as reason:
+        row.update(status="not_applicable", reason=str(reason))
+    except torch.OutOfMemoryError as error:
+        row.update(status="out_of_memory", reason=str(error).splitlines()[0])
+    except Exception as error:  # a failed measurement is a row with its status
+        row.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        log.exception("bench failed")
+    records.write_json(args.out, row)
+    log.info("%s %s T=%d: %s", row["variant"], args.wrt, args.steps, {k: row.get(k) for k in ("status", "seconds", "cosine")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"train": _train, "quality": _quality, "run": _run, "bench": _bench}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Full backpropagation through every step.
+
+Rule: autograd through all T steps, optionally checkpointing each step (its activations are
+recomputed during backward, as AlignProp and DRaFT do).
+Cost: T forward + T backward network evaluations (+T forward with checkpointing); autograd
+keeps every step's activations, O(T), or only the T states plus one step's activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdo.estimators.base import Estimator, Loss, Problem, backprop
+
+
+def backprop_through_tail(problem: Problem, loss: Loss, graph_from: int, checkpoint: bool):
+    """Sample with a graph from step `graph_from` on, then backpropagate the loss."""
+    z = problem.latent
+    if checkpoint and not z.requires_grad:
+        # Reentrant checkpointing passes gradients only through inputs that require them.
+        z = z.detach().requires_grad_()
+    sample = problem.chain.sample(z, problem.cond, graph_from=graph_from, checkpoint=checkpoint)
+    value = loss(sample)
+    return sample, value, backprop(value, problem.params)
+
+
+@dataclass
+class Full(Estimator):
+    name = "full"
+    checkpoint: bool = False
+
+    def gradient(self, problem, loss):
+        return backprop_through_tail(problem, loss, graph_from=0, checkpoint=self.checkpoint)

@@ -1,0 +1,47 @@
+"""Weights as safetensors beside a JSON config; nothing here unpickles anything."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdo.models.classifier import DigitClassifier
+from sdo.models.denoiser import DigitDenoiser
+
+KINDS = {"denoiser": DigitDenoiser, "classifier": DigitClassifier}
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "results" / "models"
+
+
+def save(model: torch.nn.Module, kind: str, directory: Path | str = DEFAULT_DIR, metrics: dict | None = None) -> Path:
+    """Write `<kind>.safetensors` and `<kind>.json` atomically (temporary file, then rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, meta = directory / f"{kind}.safetensors", directory / f"{kind}.json"
+    state = {k: v.detach().contiguous().float() for k, v in model.state_dict().items()}
+    save_file(state, f"{weights}.tmp")
+    meta.with_suffix(".json.tmp").write_text(json.dumps({"config": model.config, "metrics": metrics or {}}, indent=2))
+    os.replace(f"{weights}.tmp", weights)
+    os.replace(meta.with_suffix(".json.tmp"), meta)
+    return weights
+
+
+def load(kind: str, directory: Path | str = DEFAULT_DIR, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The trained `kind` ('denoiser' or 'classifier') in eval mode with gradients switched off."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {sorted(KINDS)}")
+    directory = Path(directory)
+    weights, meta = directory / f"{kind}.safetensors", directory / f"{kind}.json"
+    if not weights.exists() or not meta.exists():
+        raise FileNotFoundError(f"no trained {kind} at {weights}; train it with `sdo train {kind} --out {directory}`")
+    model = KINDS[kind](json.loads(meta.read_text())["config"])
+    model.load_state_dict(load_file(weights))
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def metrics(kind: str, directory: Path | str = DEFAULT_DIR) -> dict:
+    """The metrics recorded when `kind` was trained."""
+    return json.loads((Path(directory) / f"{kind}.json").read_text())["metrics"]

@@ -1,0 +1,72 @@
+"""The optimisation loop every task shares: estimate, step, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from sdo.chain import DDIMChain
+from sdo.estimators import Estimator, Problem
+
+log = logging.getLogger(__name__)
+Reward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TaskResult:
+    """One row per iteration, and the samples of the optimised parameters."""
+
+    iterations: list[dict]
+    samples: torch.Tensor
+
+
+def make_chain(net, steps: int, guidance: float = 1.0, eta: float = 0.0) -> DDIMChain:
+    """DDIM over `net` (an embedded-style denoiser with `config['scheduler']` and `null`)."""
+    null = net.null(1).detach().clone() if guidance != 1.0 else None
+    return DDIMChain(net, steps, net.config["scheduler"], guidance=guidance, null_cond=null, eta=eta)
+
+
+def optimise(
+    estimator: Estimator,
+    problem_at: Callable[[int], Problem],
+    params: list[torch.Tensor],
+    reward: Reward,
+    optimizer: torch.optim.Optimizer,
+    iters: int,
+    after_step: Callable[[], None] | None = None,
+) -> list[dict]:
+    """Maximise the mean reward for `iters` iterations; `problem_at(i)` builds iteration i's
+    problem and `params` are the tensors the optimizer holds (gradients arrive in order)."""
+    rows = []
+    progress = tqdm(range(iters), desc=estimator.name, mininterval=2, leave=False)
+    for i in progress:
+        problem = problem_at(i)
+        start = time.perf_counter()
+        estimate = estimator(problem, lambda x: -reward(x).mean())
+        for p, g in zip(params, estimate.grads):
+            p.grad = g.to(p.dtype)
+        optimizer.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step()
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "iter": i,
+                "loss": estimate.loss,
+                "reward": -estimate.loss,
+                "seconds": seconds,
+                "nfe_forward": estimate.nfe_forward,
+                "nfe_backward": estimate.nfe_backward,
+                "saved_bytes": estimate.saved_bytes,
+                "grad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in estimate.grads))),
+            }
+        )
+        progress.set_postfix(reward=f"{-estimate.loss:.3f}", refresh=False)
+        log.debug("iteration %d: %s", i, rows[-1])
+    return rows

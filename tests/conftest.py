@@ -1,0 +1,62 @@
+"""Tiny float64 chains with random weights: small enough for finite differences."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from sdo import Problem
+from sdo.chain import DDIMChain
+from sdo.models.denoiser import DEFAULT_CONFIG, DigitDenoiser
+
+TINY_CONFIG = copy.deepcopy(DEFAULT_CONFIG)
+TINY_CONFIG["unet"].update(sample_size=8, block_out_channels=[8, 16], cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4)
+TINY_CONFIG["tokens"] = 2
+
+
+def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
+    """Random weights; `perturb` adds noise so the network is far from linear."""
+    torch.manual_seed(seed)
+    net = DigitDenoiser(TINY_CONFIG).double().eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    return net
+
+
+def tiny_problem_parts(
+    steps: int, eta: float = 0.0, guidance: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3
+):
+    """A guided float64 chain on 8x8 images with its latent and conditioning."""
+    net = tiny_net(seed, perturb)
+    chain = DDIMChain(net, steps, TINY_CONFIG["scheduler"], guidance=guidance, null_cond=net.null(1).clone(), eta=eta)
+    generator = torch.Generator().manual_seed(seed + 1)
+    latent = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
+    cond = net.embed(torch.arange(batch) % 10).detach().clone()
+    if eta:
+        chain.fix_noise(latent, generator)
+    return chain, latent, cond
+
+
+def smooth_loss(seed: int = 7):
+    """A nonlinear scalar loss on samples, fixed by `seed`."""
+    weights = {}
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        if "w" not in weights:
+            weights["w"] = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+        return (torch.sin(3 * x) * weights["w"]).sum() + 0.5 * (x**2).mean()
+
+    return loss
+
+
+def tiny_problem(wrt: str, steps: int, **options) -> Problem:
+    chain, latent, cond = tiny_problem_parts(steps, **options)
+    chain.net.requires_grad_(wrt == "weights")
+    return Problem(chain, latent, cond, wrt)
+
+
+def relative_error(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    difference = sum(float(((g - r) ** 2).sum()) for g, r in zip(grads, reference))
+    return (difference / sum(float((r**2).sum()) for r in reference)) ** 0.5

@@ -1,0 +1,167 @@
+"""Every estimator proven exact against an independent reference, or measured against `full`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import relative_error, smooth_loss, tiny_problem
+
+from sdo import NotApplicable, Problem, edict, make_estimator
+from sdo.estimators.adjoint import reconstruction_error
+
+KINDS = ["latent", "cond", "weights"]
+
+
+def _autograd(problem: Problem, sample: torch.Tensor, loss) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(loss(sample), problem.params, allow_unused=True, materialize_grads=True))
+
+
+@pytest.mark.parametrize("wrt", KINDS)
+def test_checkpointed_full_equals_full(wrt):
+    problem = tiny_problem(wrt, steps=4)
+    plain = make_estimator("full")(problem, smooth_loss())
+    checkpointed = make_estimator("full", checkpoint=True)(problem, smooth_loss())
+    assert relative_error(checkpointed.grads, plain.grads) <= 1e-10
+    assert checkpointed.nfe_forward == 8 and checkpointed.nfe_backward == 4
+
+
+@pytest.mark.parametrize("wrt", ["cond", "weights"])
+def test_truncated_equals_reference_that_detaches_the_head(wrt):
+    problem = tiny_problem(wrt, steps=5)
+    chain, loss = problem.chain, smooth_loss()
+    assert relative_error(
+        make_estimator("truncated", k=5)(problem, loss).grads, make_estimator("full")(problem, loss).grads
+    ) <= 1e-12
+    z = problem.latent
+    for k in range(5):
+        z = chain.step(z, k, problem.cond)
+        if k < 3:
+            z = z.detach()
+    estimate = make_estimator("truncated", k=2)(problem, loss)
+    assert relative_error(estimate.grads, _autograd(problem, z, loss)) <= 1e-12
+    assert estimate.graph_steps == [3, 4] and estimate.nfe_backward == 2
+
+
+def test_truncated_latent_needs_the_whole_chain():
+    problem = tiny_problem("latent", steps=4)
+    with pytest.raises(NotApplicable, match="cannot reach the initial latent"):
+        make_estimator("truncated", k=3)(problem, smooth_loss())
+    full = make_estimator("full")(problem, smooth_loss())
+    assert relative_error(make_estimator("truncated", k=4)(problem, smooth_loss()).grads, full.grads) <= 1e-12
+
+
+def test_randomized_truncation_draws_one_contiguous_tail_per_call():
+    problem = tiny_problem("cond", steps=6)
+    estimator = make_estimator("truncated", k=4, randomize=True, seed=1)
+    drawn = set()
+    for _ in range(12):
+        steps = estimator(problem, smooth_loss()).graph_steps
+        assert steps == list(range(6 - len(steps), 6)), steps
+        drawn.add(len(steps))
+    assert drawn == {1, 2, 3, 4}
+
+
+def test_edict_inverts_the_whole_chain():
+    problem = tiny_problem("latent", steps=8)
+    chain, cond = problem.chain, problem.cond
+    with torch.no_grad():
+        x, y = edict.sample(chain, problem.latent, cond)
+        for k in reversed(range(chain.steps)):
+            x, y = edict.invert(chain, x, y, k, cond)
+    for rebuilt in (x, y):
+        assert float((rebuilt - problem.latent).norm() / problem.latent.norm()) <= 1e-8
+
+
+@pytest.mark.parametrize("wrt", KINDS)
+def test_doodl_equals_autograd_through_the_coupled_chain(wrt):
+    problem = tiny_problem(wrt, steps=4)
+    loss = smooth_loss()
+    estimate = make_estimator("doodl")(problem, loss)
+    x, _ = edict.sample(problem.chain, problem.latent, problem.cond)
+    assert relative_error(estimate.grads, _autograd(problem, x, loss)) <= 1e-9
+    assert estimate.nfe_forward == 6 * 4 and estimate.nfe_backward == 2 * 4
+
+
+@pytest.mark.parametrize("wrt", KINDS)
+def test_adjoint_converges_to_full_as_the_grid_is_refined(wrt):
+    errors, reconstruction = [], []
+    for steps in (8, 16, 32, 64):
+        problem = tiny_problem(wrt, steps=steps, perturb=0.0)
+        loss = smooth_loss()
+        adjoint = make_estimator("adjoint")(problem, loss)
+        errors.append(relative_error(adjoint.grads, make_estimator("full")(problem, loss).grads))
+        reconstruction.append(reconstruction_error(problem))
+    print(f"adjoint vs full ({wrt}), T=8..64: {errors}; latent reconstruction error: {reconstruction}")
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] <= 1e-2
+    assert all(later < earlier for earlier, later in zip(reconstruction, reconstruction[1:])), reconstruction
+
+
+def _literal_shortcut(problem: Problem, graph_step: int | None, loss) -> list[torch.Tensor]:
+    """The released rule written out: one network call keeps its graph (input detached unless it
+    is the latent), every other call is detached, and the linear DDIM update carries the graph."""
+    chain, z = problem.chain, problem.latent
+    for k in range(chain.steps):
+        if k == graph_step:
+            eps = chain.eps(z if (problem.wrt == "latent" and k == 0) else z.detach(), k, problem.cond)
+        else:
+            with torch.no_grad():
+                eps = chain.eps(z.detach(), k, problem.cond)
+        z = chain.update(z, k, eps)
+    return list(torch.autograd.grad(loss(z), problem.params, allow_unused=True, materialize_grads=True))
+
+
+@pytest.mark.parametrize("wrt", ["cond", "weights"])
+def test_shortcut_all_is_the_sum_of_per_step_terms(wrt):
+    problem = tiny_problem(wrt, steps=4)
+    loss = smooth_loss()
+    terms = [_literal_shortcut(problem, k, loss) for k in range(4)]
+    expected = [sum(parts) for parts in zip(*terms)]
+    assert relative_error(make_estimator("shortcut", steps="all")(problem, loss).grads, expected) <= 1e-10
+    assert relative_error(make_estimator("shortcut", steps="first")(problem, loss).grads, terms[0]) <= 1e-10
+    assert relative_error(make_estimator("shortcut", steps="last")(problem, loss).grads, terms[-1]) <= 1e-10
+
+
+def test_shortcut_latent_first_is_the_released_rule():
+    problem = tiny_problem("latent", steps=4)
+    loss = smooth_loss()
+    expected = _literal_shortcut(problem, 0, loss)
+    assert relative_error(make_estimator("shortcut")(problem, loss).grads, expected) <= 1e-10
+
+
+def test_shortcut_random_averages_to_all():
+    problem = tiny_problem("cond", steps=4)
+    loss = smooth_loss()
+    exact = make_estimator("shortcut", steps="all")(problem, loss).grads[0]
+    estimator = make_estimator("shortcut", steps="random", seed=3)
+    draws = torch.stack([estimator(problem, loss).grads[0] for _ in range(400)])
+    assert float((draws.mean(0) - exact).norm() / exact.norm()) <= 0.1
+    assert float((draws[0] - exact).norm() / exact.norm()) > 0.1  # one draw alone is noisy
+
+
+ESTIMATOR_SPECS = {
+    "full": {},
+    "full+checkpoint": {"checkpoint": True},
+    "adjoint": {},
+    "doodl": {},
+    "shortcut": {},
+    "shortcut+all": {"steps": "all"},
+}
+
+
+@pytest.mark.parametrize("wrt", ["latent", "weights"])
+def test_saved_bytes_scale_as_the_design_says(wrt):
+    counted = {}
+    for steps in (4, 16):
+        problem = tiny_problem(wrt, steps=steps)
+        for label, spec in ESTIMATOR_SPECS.items():
+            name = label.split("+")[0]
+            counted[label, steps] = make_estimator(name, **spec)(problem, smooth_loss()).saved_bytes
+    state_bytes = problem.latent.numel() * problem.latent.element_size()
+    for label in ("adjoint", "doodl", "shortcut", "shortcut+all"):
+        assert counted[label, 16] <= 1.1 * counted[label, 4], (label, counted)
+    # checkpointing keeps the 12 extra states and nothing else that grows with T
+    growth = counted["full+checkpoint", 16] - counted["full+checkpoint", 4]
+    assert 0 < growth <= 12 * state_bytes * 1.05, (growth, state_bytes)
+    per_step = (counted["full", 16] - counted["full", 4]) / 12
+    assert per_step > 10 * state_bytes and counted["full", 16] > 3 * counted["full", 4]

@@ -1,0 +1,13 @@
+"""Draw the fidelity and cost figures from results/tables/fidelity.csv."""
+
+import logging
+
+import pandas as pd
+
+from evals.figures import bench_cost_vs_steps, fidelity_vs_steps
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)
+table = pd.read_csv(snakemake.input[0])
+fidelity_vs_steps(table, snakemake.output.fidelity)
+bench_cost_vs_steps(table, snakemake.output.cost)
+logging.info("figures written")
