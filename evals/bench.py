@@ -9,7 +9,7 @@ import time
 import torch
 
 from evals.meters import peak_bytes, reset_peak, synchronize
-from evals.rewards import classifier_log_prob
+from evals.rewards import ClassifierLogProb
 from sdo.estimators import Estimator, Problem
 from sdo.tasks.loop import make_chain
 
@@ -25,7 +25,7 @@ def bench_problem(net, classifier, wrt: str, steps: int, batch: int, seed: int, 
     size = net.config["unet"]["sample_size"]
     latent = torch.randn(batch, net.config["unet"]["in_channels"], size, size, generator=generator, dtype=dtype).to(device)
     cond = net.embed(torch.arange(batch, device=device) % 10)
-    reward = classifier_log_prob(classifier, target)
+    reward = ClassifierLogProb(classifier, target)
     problem = Problem(make_chain(net, steps, guidance), latent, cond, wrt)
     return problem, lambda x: -reward(x).mean()
 

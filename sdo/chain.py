@@ -97,8 +97,11 @@ class DDIMChain:
         ]
 
     def eps(self, z: torch.Tensor, k: int, cond: torch.Tensor) -> torch.Tensor:
-        """The guided noise prediction at state k, counted in `meter`."""
+        """The guided noise prediction at state k, counted in `meter`. A conditioning with
+        batch size 1 is shared by the whole batch."""
         self.meter.forward += 1
+        if cond.shape[0] != z.shape[0]:
+            cond = cond.expand(z.shape[0], *cond.shape[1:])
         t = torch.full((z.shape[0],), float(self.timesteps[k]), dtype=z.dtype, device=z.device)
         if self.guidance == 1.0:
             eps = self.net(z, t, cond)

@@ -76,12 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--iters", type=int, required=True, help="optimisation iterations")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--batch", type=int, default=8)
-    run.add_argument("--target", type=int, default=3, help="digit the reward asks for")
+    run.add_argument("--reward", default="classifier",
+                     help="classifier, style, inpaint, superres, or a callable 'package.module:function' / 'file.py:function'")
+    run.add_argument("--target", type=int, default=3, help="digit the classifier reward asks for")
+    run.add_argument("--reference-index", type=int, default=0, help="held-out digit used by style, inpaint, superres")
+    run.add_argument("--metric", action="append", default=[], metavar="MODULE:FUNCTION",
+                     help="extra evaluation-only metric images -> per-sample scores (repeatable)")
+    run.add_argument("--reward-tolerance", type=float, default=1e-2, help="differentiability check tolerance")
     run.add_argument("--prompt", type=_prompt, default=None, help="conditioning digit, or 'none' (default)")
     run.add_argument("--guidance", type=float, default=1.0)
     run.add_argument("--eta", type=float, default=0.0)
-    run.add_argument("--lr", type=float, default=0.05)
-    run.add_argument("--renormalize", action="store_true", help="DOODL's latent renormalisation")
+    run.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's)")
+    run.add_argument("--renormalize", action="store_true", help="latent task: DOODL's latent renormalisation")
+    run.add_argument("--lora-rank", type=int, default=4, help="finetune task: LoRA rank, 0 for all UNet weights")
+    run.add_argument("--eval-samples", type=int, default=100, help="conditioning/finetune: samples for final metrics")
     run.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
     run.add_argument("--device", type=_device, default="auto")
     run.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
@@ -153,9 +161,25 @@ def _quality(args) -> None:
     records.write_json(args.out, record)
 
 
+def _task_options(args) -> dict:
+    """The keyword arguments of the chosen task."""
+    options = dict(steps=args.steps, iters=args.iters, batch=args.batch, guidance=args.guidance, eta=args.eta, seed=args.seed)
+    if args.lr is not None:
+        options["lr"] = args.lr
+    if args.task in ("latent", "conditioning"):
+        options["prompt"] = args.prompt
+    if args.task == "latent":
+        options["renormalize"] = args.renormalize
+    if args.task in ("conditioning", "finetune"):
+        options["eval_samples"] = args.eval_samples
+    if args.task == "finetune":
+        options["lora_rank"] = args.lora_rank
+    return options
+
+
 def _run(args) -> None:
     from evals import metrics, records
-    from evals.rewards import classifier_log_prob
+    from evals.rewards import build_reward, check_differentiable, load_callable
 
     options = dict(args.option)
     config = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "option")}
@@ -164,12 +188,13 @@ def _run(args) -> None:
     try:
         net = store.load("denoiser", args.models).to(args.device)
         classifier = store.load("classifier", args.models).to(args.device)
-        reward = classifier_log_prob(classifier, args.target)
+        held_out, _ = load_split("held_out")
+        reward = build_reward(args.reward, classifier, args.target, held_out[args.reference_index : args.reference_index + 1].to(args.device))
+        probe = held_out[1:5] + 0.1 * torch.randn(held_out[1:5].shape, generator=torch.Generator().manual_seed(0))
+        record["reward_check_error"] = check_differentiable(reward, probe.to(args.device), tolerance=args.reward_tolerance)
+        extra = {spec: load_callable(spec) for spec in args.metric}
         estimator = make_estimator(args.method, **options)
-        result = TASKS[args.task](
-            net, reward, estimator, steps=args.steps, iters=args.iters, batch=args.batch, prompt=args.prompt,
-            guidance=args.guidance, eta=args.eta, lr=args.lr, renormalize=args.renormalize, seed=args.seed,
-        )
+        result = TASKS[args.task](net, reward, estimator, **_task_options(args))
     except NotApplicable as reason:
         record.update(status="not_applicable", reason=str(reason))
         log.warning("%s on %s: not applicable: %s", args.method, args.task, reason)
@@ -180,20 +205,12 @@ def _run(args) -> None:
         record.update(status="failed", reason=f"{type(error).__name__}: {error}")
         log.exception("run failed")
     else:
-        with torch.no_grad():
-            reward_mean, reward_ci = metrics.mean_ci95(reward(result.samples))
-            reference, _ = load_split("held_out")
-            record["iterations"] = result.iterations
-            record["final"] = {
-                "reward_mean": reward_mean,
-                "reward_ci95": reward_ci,
-                "target_accuracy": metrics.label_accuracy(result.samples, args.target, classifier),
-                "fid": metrics.fid(result.samples, reference, classifier.cpu()),
-                "fid_samples": len(result.samples),
-                "fid_reference_samples": len(reference),
-            }
-        title = f"{args.task} · {args.method} · T={args.steps} · target {args.target}"
-        records.save_grid(args.out.with_suffix(".png"), result.samples, title)
+        target = args.target if args.reward == "classifier" else None
+        record["iterations"] = result.iterations
+        for key, samples in (("final", result.samples), ("baseline", result.baseline)):
+            record[key] = metrics.summarize(samples, reward, classifier, held_out, target, result.prompts, extra)
+        title = f"{args.task} · {args.method} · T={args.steps} · reward {args.reward}"
+        records.save_grid(args.out.with_suffix(".png"), result.samples[:32], title)
     records.write_json(args.out, record)
     log.info("wrote %s (status %s)", args.out, record["status"])
 

@@ -30,6 +30,15 @@ class DigitClassifier(nn.Module):
     def num_features(self) -> int:
         return self.config["features"]
 
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Activations after each convolution stage (for style Gram matrices)."""
+        maps, x = [], images
+        for layer in self.body:
+            x = layer(x)
+            if isinstance(layer, nn.SiLU):
+                maps.append(x)
+        return maps
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, num_features)."""
         return self.body(images)

@@ -1,7 +1,9 @@
-"""Optimisation tasks: each turns a parameter type of sampling into a problem per iteration."""
+"""Optimisation tasks, one per parameter type of sampling: latents, conditioning, weights."""
 
+from sdo.tasks.conditioning import optimise_conditioning
+from sdo.tasks.finetune import finetune
 from sdo.tasks.latent import optimise_latent
 
-TASKS = {"latent": optimise_latent}
+TASKS = {"latent": optimise_latent, "conditioning": optimise_conditioning, "finetune": finetune}
 
-__all__ = ["TASKS", "optimise_latent"]
+__all__ = ["TASKS", "finetune", "optimise_conditioning", "optimise_latent"]

@@ -7,7 +7,7 @@ import math
 import torch
 
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import Reward, TaskResult, make_chain, optimise
+from sdo.tasks.loop import Reward, TaskResult, latent_batch, make_chain, optimise
 
 
 def optimise_latent(
@@ -28,12 +28,10 @@ def optimise_latent(
     """Adam on a batch of initial latents, drawn from `seed`, conditioned on digit `prompt`
     (None: the null prompt). `renormalize` projects each latent back to norm sqrt(d) after
     every step, as DOODL does, to keep it typical of the Gaussian."""
-    dtype, device = next(net.parameters()).dtype, next(net.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    size = net.config["unet"]["sample_size"]
-    latent = torch.randn(batch, net.config["unet"]["in_channels"], size, size, generator=generator, dtype=dtype).to(device)
-    labels = torch.full((batch,), 10 if prompt is None else prompt, dtype=torch.long, device=device)
-    cond = net.embed(labels).detach()
+    latent = latent_batch(net, batch, generator)
+    cond = net.embed(torch.tensor([10 if prompt is None else prompt], device=latent.device)).detach()
+    start = latent.clone()
     chain = make_chain(net, steps, guidance, eta)
     if eta:
         chain.fix_noise(latent, generator)
@@ -53,4 +51,6 @@ def optimise_latent(
         after_step=renormalise if renormalize else None,
     )
     final, _ = chain.trajectory(latent, cond)
-    return TaskResult(rows, final)
+    baseline, _ = chain.trajectory(start, cond)
+    prompts = None if prompt is None else torch.full((batch,), prompt)
+    return TaskResult(rows, final, prompts, baseline)

@@ -19,16 +19,27 @@ Reward = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class TaskResult:
-    """One row per iteration, and the samples of the optimised parameters."""
+    """One row per iteration, the samples of the optimised parameters, the digit each sample
+    was prompted with (None: the null prompt), and for comparison the samples the starting
+    parameters give from the same noise."""
 
     iterations: list[dict]
     samples: torch.Tensor
+    prompts: torch.Tensor | None = None
+    baseline: torch.Tensor | None = None
 
 
 def make_chain(net, steps: int, guidance: float = 1.0, eta: float = 0.0) -> DDIMChain:
     """DDIM over `net` (an embedded-style denoiser with `config['scheduler']` and `null`)."""
     null = net.null(1).detach().clone() if guidance != 1.0 else None
     return DDIMChain(net, steps, net.config["scheduler"], guidance=guidance, null_cond=null, eta=eta)
+
+
+def latent_batch(net, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch of standard normal latents shaped for `net`, on its device and in its dtype."""
+    param = next(net.parameters())
+    size, channels = net.config["unet"]["sample_size"], net.config["unet"]["in_channels"]
+    return torch.randn(batch, channels, size, size, generator=generator, dtype=param.dtype).to(param.device)
 
 
 def optimise(
