@@ -41,6 +41,7 @@ def runs_table(paths: list[Path | str]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "nfe_forward": iterations[0]["nfe_forward"] if iterations else None,
                 "nfe_backward": iterations[0]["nfe_backward"] if iterations else None,
                 **{f"final_{k}": v for k, v in (record.get("final") or {}).items()},
+                **{f"baseline_{k}": v for k, v in (record.get("baseline") or {}).items()},
             }
         )
     return pd.DataFrame(iteration_rows), pd.DataFrame(summary_rows)

@@ -39,8 +39,7 @@ rule bench_estimator:
     params:
         models=models_dir,
         b=BENCH,
-        method=bench_method,
-        options=bench_options,
+        estimator=estimator_flags(BENCH["variants"]),
     log:
         "results/logs/bench/{wrt}/T{steps}/{variant}.log",
     threads: workflow.cores
@@ -49,7 +48,7 @@ rule bench_estimator:
     shell:
         "sdo --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} --batch {params.b[batch]} "
         "--seed {params.b[seed]} --repeats {params.b[repeats]} --models {params.models} --variant {wildcards.variant} "
-        "--method {params.method} {params.options} --reference {input.reference} --out {output.row} > {log} 2>&1"
+        "{params.estimator} --reference {input.reference} --out {output.row} > {log} 2>&1"
 
 
 rule fidelity_table:

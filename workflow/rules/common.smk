@@ -3,15 +3,20 @@
 import os
 
 MODELS = config["models"]
-LATENT = config["latent"]
+RUNS = config["runs"]
 BENCH = config["bench"]
 
-LATENT_RUNS = expand(
-    "results/runs/latent/{method}/T{steps}/seed{seed}.json",
-    method=LATENT["methods"],
-    steps=LATENT["steps"],
-    seed=LATENT["seeds"],
-)
+RUN_RECORDS = [
+    record
+    for task, spec in RUNS["tasks"].items()
+    for record in expand(
+        "results/runs/{task}/{variant}/T{steps}/seed{seed}.json",
+        task=task,
+        variant=spec["variants"],
+        steps=spec["steps"],
+        seed=spec.get("seeds", RUNS["seeds"]),
+    )
+]
 
 BENCH_ROWS = expand(
     "results/bench/{wrt}/T{steps}/{variant}.json",
@@ -26,11 +31,22 @@ def models_dir(wildcards, input):
     return os.path.dirname(input.denoiser)
 
 
-def bench_method(wildcards):
-    return BENCH["variants"][wildcards.variant]["method"]
+def _flag_value(value):
+    return str(value).lower() if isinstance(value, bool) else value
 
 
-def bench_options(wildcards):
-    """The variant's estimator options as `--option key=value` flags."""
-    spec = {k: v for k, v in BENCH["variants"][wildcards.variant].items() if k != "method"}
-    return " ".join(f"--option {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in spec.items())
+def estimator_flags(variants):
+    """A params function: the wildcard variant's `--method M --option key=value ...` flags."""
+
+    def flags(wildcards):
+        spec = dict(variants[wildcards.variant])
+        options = " ".join(f"--option {k}={_flag_value(v)}" for k, v in spec.items() if k != "method")
+        return f"--method {spec['method']} {options}"
+
+    return flags
+
+
+def task_flags(wildcards):
+    """The task's `sdo run` flags from its config entry (underscores become dashes)."""
+    spec = RUNS["tasks"][wildcards.task]
+    return " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in spec.items() if k not in ("variants", "steps", "seeds"))

@@ -3,7 +3,7 @@
 
 rule runs_table:
     input:
-        LATENT_RUNS,
+        RUN_RECORDS,
     output:
         iterations="results/tables/runs.csv",
         summary="results/tables/summary.csv",

@@ -1,28 +1,26 @@
-# One optimisation run per (task, method, steps, seed); a run that cannot apply or fails still
+# One optimisation run per (task, variant, steps, seed); a run that cannot apply or fails still
 # writes its record with a status, so the sweep is never lost.
 
 
-rule latent_run:
+rule run:
     input:
         denoiser=rules.train_denoiser.output.weights,
         classifier=rules.train_classifier.output.weights,
     output:
-        record="results/runs/latent/{method}/T{steps}/seed{seed}.json",
-        grid="results/runs/latent/{method}/T{steps}/seed{seed}.png",
+        record="results/runs/{task}/{variant}/T{steps}/seed{seed}.json",
     wildcard_constraints:
+        task="latent|conditioning|finetune",
         steps=r"\d+",
         seed=r"\d+",
     params:
         models=models_dir,
-        c=LATENT,
+        estimator=estimator_flags(RUNS["variants"]),
+        task=task_flags,
     log:
-        "results/logs/latent/{method}/T{steps}/seed{seed}.log",
+        "results/logs/runs/{task}/{variant}/T{steps}/seed{seed}.log",
     threads: config["threads_per_run"]
     conda:
         "../../environment.yml"
     shell:
-        "sdo --threads {threads} run --task latent --method {wildcards.method} --steps {wildcards.steps} "
-        "--seed {wildcards.seed} --iters {params.c[iters]} --batch {params.c[batch]} --target {params.c[target]} "
-        "--prompt {params.c[prompt]} --guidance {params.c[guidance]} --lr {params.c[lr]} --models {params.models} "
-        "--out {output.record} > {log} 2>&1"
-
+        "sdo --threads {threads} run --task {wildcards.task} {params.estimator} --steps {wildcards.steps} "
+        "--seed {wildcards.seed} {params.task} --models {params.models} --out {output.record} > {log} 2>&1"
