@@ -15,6 +15,7 @@ rule all:
         "results/tables/model_quality.json",
         "results/tables/runs.csv",
         "results/tables/summary.csv",
+        "results/tables/methods.csv",
         "results/figures/reward_vs_iter.png",
         "results/figures/cost_vs_steps.png",
 

@@ -47,6 +47,27 @@ def runs_table(paths: list[Path | str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(iteration_rows), pd.DataFrame(summary_rows)
 
 
+def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, variant, T): finished runs and every status seen, median seconds per iteration, peak
+    autograd bytes, and the final metrics averaged over seeds, the reward with a normal 95%
+    half-width across seeds (each seed's value is already a mean over its samples)."""
+    keys = ["task", "variant", "steps"]
+    finished = summary[summary["status"] == "ok"]
+    metrics = [c for c in finished.columns if c.startswith(("final_", "baseline_")) and pd.api.types.is_numeric_dtype(finished[c])]
+    table = finished.groupby(keys).agg(
+        runs=("seed", "size"),
+        seconds_per_iter=("seconds_per_iter", "median"),
+        saved_bytes=("saved_bytes", "max"),
+        **{c: (c, "mean") for c in metrics},
+    )
+    spread = finished.groupby(keys)["final_reward_mean"].agg(["std", "size"])
+    table["final_reward_ci95_seeds"] = 1.96 * spread["std"] / spread["size"] ** 0.5
+    status = summary.groupby(keys)["status"].agg(lambda s: ",".join(sorted(set(s))))
+    table = table.join(status, how="outer")
+    table["runs"] = table["runs"].fillna(0).astype(int)
+    return table.reset_index()
+
+
 def write_csv(frame: pd.DataFrame, path: Path | str) -> None:
     write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 

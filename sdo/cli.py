@@ -14,7 +14,7 @@ import torch
 from sdo.estimators import ESTIMATORS, PARAMETER_KINDS, NotApplicable, make_estimator
 from sdo.models import store
 from sdo.models.data import load_split
-from sdo.tasks import TASKS
+from sdo.tasks import TASKS, Settings
 
 log = logging.getLogger("sdo")
 
@@ -28,6 +28,16 @@ def _option(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _prompt(text: str) -> int | None:
@@ -56,14 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("kind", choices=sorted(store.KINDS))
     train.add_argument("--out", type=Path, default=store.DEFAULT_DIR, help="directory for <kind>.safetensors/.json")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--train-steps", type=int, default=2500, help="denoiser optimiser steps")
-    train.add_argument("--epochs", type=int, default=60, help="classifier epochs")
+    train.add_argument("--train-steps", type=_positive, default=2500, help="denoiser optimiser steps")
+    train.add_argument("--epochs", type=_positive, default=60, help="classifier epochs")
 
     quality = commands.add_parser("quality", help="label accuracy and FID of the base model's samples")
     quality.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
     quality.add_argument("--steps", type=int, default=50)
     quality.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0])
-    quality.add_argument("--per-label", type=int, default=50)
+    quality.add_argument("--per-label", type=_positive, default=50)
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
 
@@ -72,10 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
     run.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                      help="estimator option, e.g. checkpoint=true or steps=all (repeatable)")
-    run.add_argument("--steps", type=int, required=True, help="DDIM steps T")
-    run.add_argument("--iters", type=int, required=True, help="optimisation iterations")
+    run.add_argument("--steps", type=_positive, required=True, help="DDIM steps T")
+    run.add_argument("--iters", type=_positive, required=True, help="optimisation iterations")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch", type=int, default=8)
+    run.add_argument("--batch", type=_positive, default=8)
     run.add_argument("--reward", default="classifier",
                      help="classifier, style, inpaint, superres, or a callable 'package.module:function' / 'file.py:function'")
     run.add_argument("--target", type=int, default=3, help="digit the classifier reward asks for")
@@ -89,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's)")
     run.add_argument("--renormalize", action="store_true", help="latent task: DOODL's latent renormalisation")
     run.add_argument("--lora-rank", type=int, default=4, help="finetune task: LoRA rank, 0 for all UNet weights")
-    run.add_argument("--eval-samples", type=int, default=100, help="conditioning/finetune: samples for final metrics")
+    run.add_argument("--eval-samples", type=_positive, default=100, help="conditioning/finetune: samples for final metrics")
     run.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
     run.add_argument("--device", type=_device, default="auto")
     run.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
@@ -98,11 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--wrt", choices=PARAMETER_KINDS, required=True, help="parameter type to differentiate")
     bench.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
     bench.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
-    bench.add_argument("--steps", type=int, required=True)
-    bench.add_argument("--batch", type=int, default=8)
+    bench.add_argument("--steps", type=_positive, required=True)
+    bench.add_argument("--batch", type=_positive, default=8)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--guidance", type=float, default=1.0)
-    bench.add_argument("--repeats", type=int, default=2, help="timed calls after one warm-up")
+    bench.add_argument("--repeats", type=_positive, default=2, help="timed calls after one warm-up")
     bench.add_argument("--reference", type=Path, default=None, help="full gradient (safetensors) to compare with")
     bench.add_argument("--save-gradient", type=Path, default=None, help="also write this gradient as safetensors")
     bench.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
@@ -162,19 +172,12 @@ def _quality(args) -> None:
 
 
 def _task_options(args) -> dict:
-    """The keyword arguments of the chosen task."""
-    options = dict(steps=args.steps, iters=args.iters, batch=args.batch, guidance=args.guidance, eta=args.eta, seed=args.seed)
-    if args.lr is not None:
-        options["lr"] = args.lr
-    if args.task in ("latent", "conditioning"):
-        options["prompt"] = args.prompt
+    """The chosen task's own keyword arguments."""
     if args.task == "latent":
-        options["renormalize"] = args.renormalize
-    if args.task in ("conditioning", "finetune"):
-        options["eval_samples"] = args.eval_samples
-    if args.task == "finetune":
-        options["lora_rank"] = args.lora_rank
-    return options
+        return {"prompt": args.prompt, "renormalize": args.renormalize}
+    if args.task == "conditioning":
+        return {"prompt": args.prompt, "eval_samples": args.eval_samples}
+    return {"lora_rank": args.lora_rank, "eval_samples": args.eval_samples}
 
 
 def _run(args) -> None:
@@ -194,7 +197,8 @@ def _run(args) -> None:
         record["reward_check_error"] = check_differentiable(reward, probe.to(args.device), tolerance=args.reward_tolerance)
         extra = {spec: load_callable(spec) for spec in args.metric}
         estimator = make_estimator(args.method, **options)
-        result = TASKS[args.task](net, reward, estimator, **_task_options(args))
+        settings = Settings(args.steps, args.iters, args.batch, args.guidance, args.eta, args.lr, args.seed)
+        result = TASKS[args.task](net, reward, estimator, settings, **_task_options(args))
     except NotApplicable as reason:
         record.update(status="not_applicable", reason=str(reason))
         log.warning("%s on %s: not applicable: %s", args.method, args.task, reason)

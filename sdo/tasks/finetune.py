@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import Reward, TaskResult, latent_batch, make_chain, optimise
+from sdo.tasks.loop import Reward, Settings, TaskResult, latent_batch, optimise
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
 
@@ -30,46 +30,34 @@ def trainable_copy(net, lora_rank: int):
 
 
 def finetune(
-    net,
-    reward: Reward,
-    estimator: Estimator,
-    *,
-    steps: int,
-    iters: int,
-    batch: int = 8,
-    guidance: float = 1.0,
-    eta: float = 0.0,
-    lr: float = 1e-3,
-    lora_rank: int = 4,
-    eval_samples: int = 100,
-    seed: int = 0,
+    net, reward: Reward, estimator: Estimator, settings: Settings, *, lora_rank: int = 4, eval_samples: int = 100
 ) -> TaskResult:
     """AdamW on the trainable weights; each iteration samples fresh noise and prompt digits,
     and the reward scores the samples. The final samples (and the base model's, for drift)
     come from `eval_samples` latents never used in training, prompts cycling through 0-9."""
     tuned = trainable_copy(net, lora_rank)
     params = [p for p in tuned.parameters() if p.requires_grad]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     device = params[0].device
-    chain = make_chain(tuned, steps, guidance, eta)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    chain = settings.chain(tuned)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr or 1e-3, weight_decay=0.0)
 
     def problem_at(i: int) -> Problem:
-        latent = latent_batch(net, batch, generator)
-        labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
-        if eta:
+        latent = latent_batch(net, settings.batch, generator)
+        labels = torch.randint(0, 10, (settings.batch,), generator=generator).to(device)
+        if settings.eta:
             chain.fix_noise(latent, generator)
         return Problem(chain, latent, net.embed(labels).detach(), "weights")
 
-    rows = optimise(estimator, problem_at, params, reward, optimizer, iters)
-    evaluation = torch.Generator().manual_seed(seed + 10_000)
+    rows = optimise(estimator, problem_at, params, reward, optimizer, settings.iters)
+    evaluation = torch.Generator().manual_seed(settings.seed + 10_000)
     latent = latent_batch(net, eval_samples, evaluation)
     prompts = torch.arange(eval_samples) % 10
-    if eta:
+    if settings.eta:
         chain.fix_noise(latent, evaluation)
     cond = net.embed(prompts.to(device)).detach()
     final, _ = chain.trajectory(latent, cond)
-    base = make_chain(net, steps, guidance, eta)  # the same noise through the untouched model: the drift
+    base = settings.chain(net)  # the same noise through the untouched model: the drift
     base.noise = chain.noise
     baseline, _ = base.trajectory(latent, cond)
     return TaskResult(rows, final, prompts, baseline)

@@ -7,35 +7,23 @@ import math
 import torch
 
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import Reward, TaskResult, latent_batch, make_chain, optimise
+from sdo.tasks.loop import Reward, Settings, TaskResult, latent_batch, optimise
 
 
 def optimise_latent(
-    net,
-    reward: Reward,
-    estimator: Estimator,
-    *,
-    steps: int,
-    iters: int,
-    batch: int = 8,
-    prompt: int | None = None,
-    guidance: float = 1.0,
-    eta: float = 0.0,
-    lr: float = 0.05,
-    renormalize: bool = False,
-    seed: int = 0,
+    net, reward: Reward, estimator: Estimator, settings: Settings, *, prompt: int | None = None, renormalize: bool = False
 ) -> TaskResult:
-    """Adam on a batch of initial latents, drawn from `seed`, conditioned on digit `prompt`
+    """Adam on a batch of initial latents drawn from the settings' seed, conditioned on digit `prompt`
     (None: the null prompt). `renormalize` projects each latent back to norm sqrt(d) after
     every step, as DOODL does, to keep it typical of the Gaussian."""
-    generator = torch.Generator().manual_seed(seed)
-    latent = latent_batch(net, batch, generator)
+    generator = torch.Generator().manual_seed(settings.seed)
+    latent = latent_batch(net, settings.batch, generator)
     cond = net.embed(torch.tensor([10 if prompt is None else prompt], device=latent.device)).detach()
     start = latent.clone()
-    chain = make_chain(net, steps, guidance, eta)
-    if eta:
+    chain = settings.chain(net)
+    if settings.eta:
         chain.fix_noise(latent, generator)
-    optimizer = torch.optim.Adam([latent], lr=lr)
+    optimizer = torch.optim.Adam([latent], lr=settings.lr or 0.05)
 
     def renormalise():
         norms = latent.flatten(1).norm(dim=1).view(-1, *[1] * (latent.dim() - 1))
@@ -47,10 +35,10 @@ def optimise_latent(
         [latent],
         reward,
         optimizer,
-        iters,
+        settings.iters,
         after_step=renormalise if renormalize else None,
     )
     final, _ = chain.trajectory(latent, cond)
     baseline, _ = chain.trajectory(start, cond)
-    prompts = None if prompt is None else torch.full((batch,), prompt)
+    prompts = None if prompt is None else torch.full((settings.batch,), prompt)
     return TaskResult(rows, final, prompts, baseline)

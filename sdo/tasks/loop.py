@@ -17,6 +17,23 @@ log = logging.getLogger(__name__)
 Reward = Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What every task shares: the chain (steps, guidance, eta), the loop (iterations, batch,
+    learning rate; None takes the task's own) and the seed of all its noise."""
+
+    steps: int
+    iters: int
+    batch: int = 8
+    guidance: float = 1.0
+    eta: float = 0.0
+    lr: float | None = None
+    seed: int = 0
+
+    def chain(self, net) -> DDIMChain:
+        return make_chain(net, self.steps, self.guidance, self.eta)
+
+
 @dataclass
 class TaskResult:
     """One row per iteration, the samples of the optimised parameters, the digit each sample

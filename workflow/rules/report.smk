@@ -7,6 +7,7 @@ rule runs_table:
     output:
         iterations="results/tables/runs.csv",
         summary="results/tables/summary.csv",
+        methods="results/tables/methods.csv",
     log:
         "results/logs/runs_table.log",
     conda:
