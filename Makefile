@@ -5,10 +5,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test lint bench clean
 
+# The pinned CPU build of torch goes first: an unpinned torch would pull a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
