@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,6 +36,22 @@ def fid(samples: torch.Tensor, reference: torch.Tensor, classifier: nn.Module) -
     return float(metric.compute())
 
 
+def _rgb01(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1).cpu()
+
+
+@torch.no_grad()
+def inception_fid(samples: torch.Tensor, reference: torch.Tensor, weights: str | Path) -> float:
+    """FID over Inception-v3 pool features (torchmetrics with torch-fidelity) from a local
+    weights file; grey images become RGB in [0, 1]. Nothing is downloaded."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"Inception weights {weights} not found; Inception FID needs a local weights file")
+    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
+    metric.update(_rgb01(reference), real=True)
+    metric.update(_rgb01(samples), real=False)
+    return float(metric.compute())
+
+
 @torch.no_grad()
 def kid(samples: torch.Tensor, reference: torch.Tensor, classifier: nn.Module, subset_size: int = 50) -> tuple[float, float]:
     """Kernel distance (mean, std over subsets) on the same features; unbiased at small sample
@@ -62,15 +79,12 @@ def diversity(samples: torch.Tensor, classifier: nn.Module) -> float:
 @torch.no_grad()
 def clip_score(images: torch.Tensor, prompts: list[str], model_path: str) -> float:
     """torchmetrics' CLIPScore with a CLIP model from a local directory (no download)."""
-    from pathlib import Path
-
     from torchmetrics.multimodal.clip_score import CLIPScore
 
     if not Path(model_path).is_dir():
         raise FileNotFoundError(f"CLIP model directory {model_path} not found; CLIP score needs local weights")
-    metric = CLIPScore(model_name_or_path=model_path)
-    rgb = ((images.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).expand(-1, 3, -1, -1)
-    return float(metric(rgb, prompts))
+    metric = CLIPScore(model_name_or_path=str(model_path))
+    return float(metric((_rgb01(images) * 255).to(torch.uint8), prompts))
 
 
 @torch.no_grad()
@@ -96,11 +110,14 @@ def summarize(
     target: int | None = None,
     prompts: torch.Tensor | None = None,
     extra: dict | None = None,
+    inception_weights: str | Path | None = None,
+    clip_model: str | Path | None = None,
 ) -> dict:
     """Final metrics of a set of samples: reward (mean and 95% interval over samples), FID and
     KID against the held-out digits with the sample count, diversity, accuracy for the reward's
     target digit and alignment with each sample's prompt where those exist, and any extra
-    evaluation-only metrics (name -> callable images -> per-sample scores)."""
+    evaluation-only metrics (name -> callable images -> per-sample scores). With local weights,
+    also Inception FID and CLIP score (prompts 'a handwritten digit N', N the prompt or target)."""
     reward_mean, reward_ci = mean_ci95(reward(samples))
     kid_mean, kid_std = kid(samples, reference, classifier)
     summary = {
@@ -119,4 +136,9 @@ def summarize(
         summary["prompt_alignment"] = label_accuracy(samples, prompts, classifier)
     for name, metric in (extra or {}).items():
         summary[f"metric:{name}"] = mean_ci95(metric(samples))[0]
+    if inception_weights is not None:
+        summary["fid_inception"] = inception_fid(samples, reference, inception_weights)
+    digits = prompts.tolist() if prompts is not None else [target] * len(samples) if target is not None else None
+    if clip_model is not None and digits is not None:
+        summary["clip_score"] = clip_score(samples, [f"a handwritten digit {d}" for d in digits], clip_model)
     return summary

@@ -63,6 +63,8 @@ def write_json(path: Path | str, record: dict) -> None:
 def _jsonable(value):
     if isinstance(value, (np.generic, torch.Tensor)):
         return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 

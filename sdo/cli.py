@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -92,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reference-index", type=int, default=0, help="held-out digit used by style, inpaint, superres")
     run.add_argument("--metric", action="append", default=[], metavar="MODULE:FUNCTION",
                      help="extra evaluation-only metric images -> per-sample scores (repeatable)")
+    run.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights: adds Inception FID")
+    run.add_argument("--clip-model", type=Path, default=None, help="local CLIP model directory: adds CLIP score")
     run.add_argument("--reward-tolerance", type=float, default=1e-2, help="differentiability check tolerance")
     run.add_argument("--prompt", type=_prompt, default=None, help="conditioning digit, or 'none' (default)")
     run.add_argument("--guidance", type=float, default=1.0)
@@ -171,6 +174,23 @@ def _quality(args) -> None:
     records.write_json(args.out, record)
 
 
+@contextlib.contextmanager
+def _recorded_failures(record: dict):
+    """Turn what stops a run into its record's status and reason, so a sweep never loses a row:
+    not_applicable (the estimator's rule cannot reach the parameter), out_of_memory, failed."""
+    try:
+        yield
+    except NotApplicable as reason:
+        record.update(status="not_applicable", reason=str(reason))
+        log.warning("not applicable: %s", reason)
+    except torch.OutOfMemoryError as error:
+        record.update(status="out_of_memory", reason=str(error).splitlines()[0])
+        log.error("out of memory: %s", record["reason"])
+    except Exception as error:
+        record.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        log.exception("failed")
+
+
 def _task_options(args) -> dict:
     """The chosen task's own keyword arguments."""
     if args.task == "latent":
@@ -186,9 +206,9 @@ def _run(args) -> None:
 
     options = dict(args.option)
     config = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "option")}
-    config.update(options=options, out=str(args.out), models=str(args.models), device=str(args.device))
+    config.update(options=options, device=str(args.device))
     record = {"config": config, **records.environment(args.device), "status": "ok", "iterations": [], "final": {}}
-    try:
+    with _recorded_failures(record):
         net = store.load("denoiser", args.models).to(args.device)
         classifier = store.load("classifier", args.models).to(args.device)
         held_out, _ = load_split("held_out")
@@ -199,20 +219,12 @@ def _run(args) -> None:
         estimator = make_estimator(args.method, **options)
         settings = Settings(args.steps, args.iters, args.batch, args.guidance, args.eta, args.lr, args.seed)
         result = TASKS[args.task](net, reward, estimator, settings, **_task_options(args))
-    except NotApplicable as reason:
-        record.update(status="not_applicable", reason=str(reason))
-        log.warning("%s on %s: not applicable: %s", args.method, args.task, reason)
-    except torch.OutOfMemoryError as error:
-        record.update(status="out_of_memory", reason=str(error).splitlines()[0])
-        log.error("out of memory: %s", record["reason"])
-    except Exception as error:  # a failed run is a row with its status, never a lost sweep
-        record.update(status="failed", reason=f"{type(error).__name__}: {error}")
-        log.exception("run failed")
-    else:
         target = args.target if args.reward == "classifier" else None
         record["iterations"] = result.iterations
         for key, samples in (("final", result.samples), ("baseline", result.baseline)):
-            record[key] = metrics.summarize(samples, reward, classifier, held_out, target, result.prompts, extra)
+            record[key] = metrics.summarize(
+                samples, reward, classifier, held_out, target, result.prompts, extra, args.inception_weights, args.clip_model
+            )
         title = f"{args.task} · {args.method} · T={args.steps} · reward {args.reward}"
         records.save_grid(args.out.with_suffix(".png"), result.samples[:32], title)
     records.write_json(args.out, record)
@@ -233,7 +245,7 @@ def _bench(args) -> None:
         "status": "ok",
     }
     row.pop("versions")
-    try:
+    with _recorded_failures(row):
         net = store.load("denoiser", args.models).to(args.device)
         classifier = store.load("classifier", args.models).to(args.device)
         problem, loss = bench_problem(net, classifier, args.wrt, args.steps, args.batch, args.seed, guidance=args.guidance)
@@ -248,13 +260,6 @@ def _bench(args) -> None:
             records.write_atomic(
                 args.save_gradient, lambda tmp: save_file({str(i): g.contiguous().cpu() for i, g in enumerate(grads)}, tmp)
             )
-    except NotApplicable as reason:
-        row.update(status="not_applicable", reason=str(reason))
-    except torch.OutOfMemoryError as error:
-        row.update(status="out_of_memory", reason=str(error).splitlines()[0])
-    except Exception as error:  # a failed measurement is a row with its status
-        row.update(status="failed", reason=f"{type(error).__name__}: {error}")
-        log.exception("bench failed")
     records.write_json(args.out, row)
     log.info("%s %s T=%d: %s", row["variant"], args.wrt, args.steps, {k: row.get(k) for k in ("status", "seconds", "cosine")})
 

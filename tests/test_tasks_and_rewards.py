@@ -107,6 +107,20 @@ def test_metrics_known_answers():
     assert metrics.fid(images[:100], images[100:], classifier) < metrics.fid(-images[:100], images[100:], classifier)
 
 
+def test_a_failing_metric_keeps_the_run_as_a_row(tmp_path):
+    record = _run(tmp_path, "--method", "shortcut", "--inception-weights", str(tmp_path / "none.pth"))
+    assert record["status"] == "failed" and "Inception weights" in record["reason"]
+    assert len(record["iterations"]) == 2
+
+
+def test_inception_and_clip_need_local_weights(tmp_path):
+    images = load_split("held_out")[0][:4]
+    with pytest.raises(FileNotFoundError, match="Inception weights .* not found"):
+        metrics.inception_fid(images, images, tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="CLIP model directory .* not found"):
+        metrics.clip_score(images, ["a handwritten digit 1"] * 4, tmp_path / "missing")
+
+
 def test_lora_copy_trains_only_adapters_and_starts_at_the_base_model():
     net = store.load("denoiser")
     tuned = trainable_copy(net, lora_rank=2)
