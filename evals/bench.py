@@ -11,20 +11,17 @@ import torch
 from evals.meters import peak_bytes, reset_peak, synchronize
 from evals.rewards import ClassifierLogProb
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import make_chain
+from sdo.tasks.loop import latent_batch, make_chain
 
 
 def bench_problem(net, classifier, wrt: str, steps: int, batch: int, seed: int, target: int = 3, guidance: float = 1.0):
     """The benchmark's problem: latents from `seed`, prompts cycling through the digits, loss
     -mean log p(target) under the classifier; weights are the UNet's (not the label embeddings)."""
-    device, dtype = next(net.parameters()).device, next(net.parameters()).dtype
     net.requires_grad_(False)
     if wrt == "weights":
         net.unet.requires_grad_(True)
-    generator = torch.Generator().manual_seed(seed)
-    size = net.config["unet"]["sample_size"]
-    latent = torch.randn(batch, net.config["unet"]["in_channels"], size, size, generator=generator, dtype=dtype).to(device)
-    cond = net.embed(torch.arange(batch, device=device) % 10)
+    latent = latent_batch(net, batch, torch.Generator().manual_seed(seed))
+    cond = net.embed(torch.arange(batch, device=latent.device) % 10)
     reward = ClassifierLogProb(classifier, target)
     problem = Problem(make_chain(net, steps, guidance), latent, cond, wrt)
     return problem, lambda x: -reward(x).mean()

@@ -141,11 +141,11 @@ def _train(args) -> None:
 def _quality(args) -> None:
     """Label accuracy and FID of the base model's samples, per guidance scale."""
     from evals import metrics, records
-    from sdo.tasks.loop import make_chain
+    from sdo.tasks.loop import latent_batch, make_chain
 
     net, classifier = store.load("denoiser", args.models), store.load("classifier", args.models)
     labels = torch.arange(10).repeat_interleave(args.per_label)
-    latent = torch.randn(len(labels), 1, 16, 16, generator=torch.Generator().manual_seed(args.seed))
+    latent = latent_batch(net, len(labels), torch.Generator().manual_seed(args.seed))
     reference, _ = load_split("held_out")
     rows = []
     for guidance in args.guidance:
