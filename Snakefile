@@ -1,13 +1,25 @@
 # The SDO benchmark: methods x tasks x step counts x seeds -> results/tables and results/figures.
-from snakemake.utils import min_version, validate
+import os
+import sys
+
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+report: "workflow/report/workflow.rst"
 
 
-validate(config, "config/schema.yaml")
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+# The workflow imports the project from this checkout; so do its jobs (`python -m` from the
+# working directory) and scripts (workflow/scripts/checkout.py), in any environment.
+sys.path.insert(0, workflow.basedir)
+
+from evals.config import check_config
+
+check_config(config, base=workflow.basedir)
 
 
 rule all:
@@ -16,8 +28,13 @@ rule all:
         "results/tables/runs.csv",
         "results/tables/summary.csv",
         "results/tables/methods.csv",
+        "results/tables/evaluations.csv",
+        "results/tables/cost_to_quality.csv",
         "results/figures/reward_vs_iter.png",
+        "results/figures/reward_vs_seconds.png",
+        "results/figures/tradeoff.png",
         "results/figures/cost_vs_steps.png",
+        "results/figures/samples.png",
 
 
 include: "workflow/rules/common.smk"
@@ -25,3 +42,4 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/runs.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/sd_cost.smk"

@@ -9,22 +9,23 @@ import time
 import torch
 
 from evals.meters import peak_bytes, reset_peak, synchronize
-from evals.rewards import ClassifierLogProb
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import latent_batch, make_chain
+from sdo.models.base import DiffusionModel
 
 
-def bench_problem(net, classifier, wrt: str, steps: int, batch: int, seed: int, target: int = 3, guidance: float = 1.0):
-    """The benchmark's problem: latents from `seed`, prompts cycling through the digits, loss
-    -mean log p(target) under the classifier; weights are the UNet's (not the label embeddings)."""
-    net.requires_grad_(False)
+def bench_problem(
+    model: DiffusionModel, reward, wrt: str, steps: int, batch: int, seed: int, guidance: float = 1.0, lora_rank: int = 0
+):
+    """The benchmark's problem: latents from `seed`, prompts cycling through the model's, loss
+    minus the mean reward of the decoded samples; the weights are the trainable ones of
+    `model.with_lora(lora_rank)` (rank 0: every weight of the noise network)."""
     if wrt == "weights":
-        net.unet.requires_grad_(True)
-    latent = latent_batch(net, batch, torch.Generator().manual_seed(seed))
-    cond = net.embed(torch.arange(batch, device=latent.device) % 10)
-    reward = ClassifierLogProb(classifier, target)
-    problem = Problem(make_chain(net, steps, guidance), latent, cond, wrt)
-    return problem, lambda x: -reward(x).mean()
+        model = model.with_lora(lora_rank)
+    latent = model.latent_batch(batch, torch.Generator().manual_seed(seed))
+    prompts = [model.prompts[i % len(model.prompts)] for i in range(batch)] if model.prompts else [""] * batch
+    cond = model.encode(prompts).detach()
+    problem = Problem(model.make_chain(steps, guidance), latent, cond, wrt)
+    return problem, lambda x: -reward(model.decode(x)).mean()
 
 
 def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -39,25 +40,36 @@ def _timed(call, device) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def measure(estimator: Estimator, problem: Problem, loss, reference: list[torch.Tensor] | None, repeats: int = 2) -> dict:
-    """Seconds per gradient (median of `repeats` after one warm-up), a no-graph sampling pass
-    timed the same way, network evaluations, sequential depth, autograd bytes, peak memory,
-    gradient norm, and cosine and relative error against `reference`."""
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return q1, median, q3
+
+
+def measure(estimator: Estimator, problem: Problem, loss, reference: list[torch.Tensor] | None, repeats: int = 5) -> dict:
+    """After one warm-up, `repeats` rounds each timing a no-graph sampling pass and then the
+    gradient, interleaved so both see the same machine state; seconds are medians with their
+    interquartile range, and `seconds_vs_sampling` is the median of the per-round ratios (what
+    holds still across reruns). Also network evaluations, sequential depth, autograd bytes,
+    peak memory, gradient norm, and cosine and relative error against `reference`."""
     device = problem.latent.device
     estimator(problem, loss)  # warm-up
-    sample_seconds = statistics.median(
-        _timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), device)[0] for _ in range(repeats)
-    )
     reset_peak(device)
-    timings, estimate = [], None
+    sampling, gradient, estimate = [], [], None
     for _ in range(repeats):
+        sampling.append(_timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), device)[0])
         seconds, estimate = _timed(lambda: estimator(problem, loss), device)
-        timings.append(seconds)
+        gradient.append(seconds)
+    ratios = [g / s for g, s in zip(gradient, sampling)]
     grad = _flat(estimate.grads)
+    q1, median, q3 = _quartiles(gradient)
+    r1, ratio, r3 = _quartiles(ratios)
     row = {
-        "seconds": statistics.median(timings),
-        "sample_seconds": sample_seconds,
-        "seconds_vs_sampling": statistics.median(timings) / sample_seconds,
+        "seconds": median,
+        "seconds_iqr": q3 - q1,
+        "sample_seconds": statistics.median(sampling),
+        "seconds_vs_sampling": ratio,
+        "seconds_vs_sampling_iqr": r3 - r1,
+        "repeats": repeats,
         "nfe_forward": estimate.nfe_forward,
         "nfe_backward": estimate.nfe_backward,
         "depth": estimator.depth(estimate, problem.chain.steps),

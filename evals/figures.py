@@ -26,27 +26,72 @@ def _save(figure, path: Path | str, devices, top: float = 0.94) -> None:
     plt.close(figure)
 
 
-def reward_vs_iter(iterations: pd.DataFrame, path: Path | str) -> None:
-    """Mean reward against iteration: one row of panels per task, one panel per step count, one
-    line per estimator (band: min to max over seeds)."""
-    done = iterations[iterations["status"] == "ok"]
-    tasks, steps = sorted(done["task"].unique()), sorted(done["steps"].unique())
-    colours = _colours(done["variant"].unique())
-    figure, axes = plt.subplots(len(tasks), len(steps), figsize=(3.6 * len(steps), 2.9 * len(tasks)), squeeze=False)
-    for i, task in enumerate(tasks):
+def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics=(("reward", "held-out reward"),)) -> None:
+    """Held-out evaluation curves: a row of panels per (task, metric), a column per T, a line per
+    variant (mean over seeds against the mean x; band: Student-t 95% interval over seeds)."""
+    from evals.tables import t_half_width
+
+    tasks, steps = sorted(evaluations["task"].unique()), sorted(evaluations["steps"].unique())
+    metrics = [(m, label) for m, label in metrics if m in evaluations]
+    colours = _colours(evaluations["variant"].unique())
+    rows = [(task, metric, label) for task in tasks for metric, label in metrics]
+    figure, axes = plt.subplots(len(rows), len(steps), figsize=(3.8 * len(steps), 2.9 * len(rows)), squeeze=False)
+    for i, (task, metric, label) in enumerate(rows):
         for j, t in enumerate(steps):
             axis = axes[i][j]
-            for variant, rows in done[(done["task"] == task) & (done["steps"] == t)].groupby("variant"):
-                stats = rows.groupby("iter")["reward"].agg(["mean", "min", "max"])
-                axis.plot(stats.index, stats["mean"], color=colours[variant], label=variant, lw=1.6)
-                axis.fill_between(stats.index, stats["min"], stats["max"], color=colours[variant], alpha=0.15)
+            for variant, group in evaluations[(evaluations["task"] == task) & (evaluations["steps"] == t)].groupby("variant"):
+                stats = group.groupby("iter").agg(x=(x, "mean"), y=(metric, "mean"), half=(metric, t_half_width))
+                axis.plot(stats["x"], stats["y"], "o-", ms=2.5, color=colours[variant], label=variant, lw=1.5)
+                axis.fill_between(stats["x"], stats["y"] - stats["half"], stats["y"] + stats["half"], color=colours[variant], alpha=0.12)
             axis.set_title(f"{task} · T = {t}", fontsize=10)
-            axis.set_xlabel("iteration")
+            axis.set_xlabel(xlabel)
             axis.grid(alpha=0.3)
             axis.set_visible(bool(axis.lines))
-        axes[i][0].set_ylabel("reward (batch mean)")
+        axes[i][0].set_ylabel(label)
     _legend(figure, axes)
-    _save(figure, path, iterations["device"])
+    _save(figure, path, evaluations["device"])
+
+
+def reward_vs_iter(evaluations: pd.DataFrame, path: Path | str) -> None:
+    """Held-out reward and distance to real data against iterations."""
+    _curves(evaluations, "iter", "iteration", path, METRICS)
+
+
+def reward_vs_seconds(evaluations: pd.DataFrame, path: Path | str) -> None:
+    """Held-out reward and distance to real data against training wall-clock seconds: the
+    convergence curves cost at equal quality is read from."""
+    _curves(evaluations, "seconds", "training seconds", path, METRICS)
+
+
+METRICS = (("reward", "held-out reward"), ("nn_distance", "distance to real digits\n(1 = as real data; lower is better)"))
+
+
+def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
+    """Final held-out reward, and distance to real data, against seconds per iteration: one
+    point per variant x T (bigger markers for larger T), one panel pair per task."""
+    done = methods[methods["runs"] > 0]
+    tasks = sorted(done["task"].unique())
+    colours = _colours(done["variant"].unique())
+    figure, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.2 * len(tasks)), squeeze=False)
+    sizes = {t: 12 + 10 * i for i, t in enumerate(sorted(done["steps"].unique()))}
+    for (reward, realism), task in zip(axes, tasks):
+        for variant, group in done[done["task"] == task].groupby("variant"):
+            group = group.sort_values("steps")
+            for axis, column in ((reward, "final_reward_mean"), (realism, "final_nn_distance")):
+                if column not in group:
+                    continue
+                axis.plot(group["seconds_per_iter"], group[column], "-", color=colours[variant], alpha=0.4, lw=1)
+                axis.scatter(group["seconds_per_iter"], group[column], s=group["steps"].map(sizes), color=colours[variant], label=variant)
+            if "final_reward_ci95_seeds" in group:
+                reward.errorbar(group["seconds_per_iter"], group["final_reward_mean"], yerr=group["final_reward_ci95_seeds"],
+                                fmt="none", ecolor=colours[variant], alpha=0.5, lw=1)
+        reward.set(xscale="log", xlabel="seconds per iteration", ylabel="final reward (mean over seeds)", title=f"{task}: reward")
+        realism.set(xscale="log", xlabel="seconds per iteration", ylabel="distance to real digits", title=f"{task}: quality")
+        for axis in (reward, realism):
+            axis.grid(alpha=0.3, which="both")
+    figure.text(0.01, 0.005, "marker size: T (" + ", ".join(map(str, sizes)) + ")", fontsize=7, color="0.4")
+    _legend(figure, axes)
+    _save(figure, path, done["device"])
 
 
 def cost_vs_steps(summary: pd.DataFrame, path: Path | str) -> None:
@@ -131,3 +176,32 @@ def bench_cost_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
         path,
         "cost",
     )
+
+
+def _strip(images):
+    """Images (B, C, H, W) in [-1, 1] side by side as one (H, B*W[, 3]) array in [0, 1]."""
+    images = (images.float().clamp(-1, 1) + 1) / 2
+    row = images.permute(2, 0, 3, 1).flatten(1, 2).numpy()
+    return row[..., 0] if row.shape[-1] == 1 else row
+
+
+def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> None:
+    """Start against end: for each task at its largest T and lowest seed, one row per variant,
+    `per_row` samples from the starting parameters (left) and the optimised ones (right), the
+    same noise in both."""
+    from safetensors.torch import load_file
+
+    done = summary[(summary["status"] == "ok") & summary.get("samples_file", pd.Series(index=summary.index)).notna()]
+    picked = [group[(group["steps"] == group["steps"].max())].sort_values("seed").drop_duplicates("variant")
+              for _, group in done.groupby("task")]
+    rows = pd.concat(picked) if picked else done
+    figure, axes = plt.subplots(max(len(rows), 1), 2, figsize=(2 * per_row * 0.55, 0.75 * max(len(rows), 1) + 0.6), squeeze=False)
+    for (start, end), row in zip(axes, rows.itertuples()):
+        tensors = load_file(row.samples_file)
+        for axis, key in ((start, "baseline"), (end, "final")):
+            axis.imshow(_strip(tensors[key][:per_row]), cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([]), axis.set_yticks([])
+        start.set_ylabel(f"{row.task}\n{row.variant}\nT={row.steps}", rotation=0, ha="right", va="center", fontsize=7)
+    axes[0][0].set_title("start (same noise)", fontsize=9)
+    axes[0][1].set_title("end", fontsize=9)
+    _save(figure, path, rows["device"] if len(rows) else ["none"], top=0.97)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LIBRARIES = ("torch", "diffusers", "torchmetrics", "torchdiffeq", "peft", "snakemake", "numpy")
+LIBRARIES = ("torch", "diffusers", "transformers", "torchmetrics", "peft", "snakemake", "numpy")
 
 
 def device_name(device: torch.device | str) -> str:
@@ -66,6 +66,13 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_tensors(path: Path | str, **tensors: torch.Tensor) -> None:
+    """Named tensors as one safetensors file, written atomically."""
+    from safetensors.torch import save_file
+
+    write_atomic(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp))
 
 
 def save_grid(path: Path | str, images: torch.Tensor, title: str = "") -> None:

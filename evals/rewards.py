@@ -121,12 +121,32 @@ def build_reward(spec: str, classifier: nn.Module, target: int, reference: torch
     if spec in ("inpaint", "superres"):
         return Observation(reference, spec)
     if ":" in spec:
-        return load_callable(spec)
+        return per_sample(load_callable(spec))
     raise ValueError(f"unknown reward {spec!r}: use one of {BUILT_IN} or 'package.module:function'")
 
 
 class NotDifferentiable(ValueError):
-    """The reward's gradient is missing or wrong, so no estimator could optimise it."""
+    """The reward's gradient is missing, wrong or not finite, so no estimator could optimise it."""
+
+
+class RewardShapeError(ValueError):
+    """The reward did not return one score per image."""
+
+
+def per_sample(reward: Reward) -> Reward:
+    """`reward` returning shape (B,): a (B, 1) result is flattened, anything else (another
+    shape, a number, a numpy array) raises RewardShapeError naming what came back."""
+
+    def scores(images: torch.Tensor) -> torch.Tensor:
+        value = reward(images)
+        expected = f"a torch tensor of shape ({len(images)},) or ({len(images)}, 1)"
+        if not isinstance(value, torch.Tensor):
+            raise RewardShapeError(f"a reward must return {expected}; got a {type(value).__module__}.{type(value).__name__}")
+        if value.shape not in ((len(images),), (len(images), 1)):
+            raise RewardShapeError(f"a reward must return {expected}; got shape {tuple(value.shape)}")
+        return value.reshape(len(images))
+
+    return scores
 
 
 def check_differentiable(
@@ -134,15 +154,19 @@ def check_differentiable(
 ) -> float:
     """Compare autograd's directional derivatives of sum(reward) with central finite
     differences in float64 on random directions; return the worst relative error or raise
-    NotDifferentiable naming what is wrong (no graph, a blocked or saturated gradient)."""
+    NotDifferentiable naming what is wrong (no graph, non-finite scores or gradients, a blocked
+    or saturated gradient) or RewardShapeError."""
+    reward = per_sample(reward)
     images = images.detach().double().requires_grad_()
     scores = reward(images)
-    if not isinstance(scores, torch.Tensor) or scores.shape != (len(images),):
-        raise NotDifferentiable(f"a reward must return one score per image, shape ({len(images)},); got {getattr(scores, 'shape', type(scores))}")
+    if not bool(torch.isfinite(scores).all()):
+        raise NotDifferentiable(f"the reward returned non-finite scores on the probe images: {scores.tolist()}")
     if not scores.requires_grad:
         raise NotDifferentiable("the reward's scores carry no graph: its gradient is blocked (no_grad, detach or a non-torch step)")
     (grad,) = torch.autograd.grad(scores.sum(), images, allow_unused=True)
     grad = torch.zeros_like(images) if grad is None else grad
+    if not bool(torch.isfinite(grad).all()):
+        raise NotDifferentiable("the reward's gradient is NaN or infinite on the probe images")
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     with torch.no_grad():
@@ -155,7 +179,7 @@ def check_differentiable(
                 continue
             error = abs(numeric - analytic) / scale
             worst = max(worst, error)
-            if error > tolerance:
+            if not error <= tolerance:
                 blocked = "autograd sees no gradient (a detach, or a clamp saturating everywhere) " if analytic == 0 else ""
                 raise NotDifferentiable(
                     f"the reward's gradient is wrong: {blocked}directional derivative {analytic:.4g} by autograd vs "

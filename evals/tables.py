@@ -6,18 +6,22 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
+from scipy import stats
 
 from evals.records import write_atomic
+from sdo.tasks import TASK_WRT
 
-RUN_KEYS = ("task", "method", "steps", "seed", "batch", "target", "guidance", "eta")
+RUN_KEYS = ("task", "variant", "method", "steps", "seed", "batch", "target", "guidance", "eta")
 
 
 def _run_columns(record: dict, path: Path) -> dict:
     config = record["config"]
     columns = {key: config.get(key) for key in RUN_KEYS}
-    options = config.get("options") or {}
-    columns["variant"] = config["method"] + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
-    columns.update(status=record["status"], reason=record.get("reason"), device=record["device"], record=str(path))
+    columns["wrt"] = TASK_WRT.get(config.get("task"))
+    columns["options"] = json.dumps(config.get("options") or {}, sort_keys=True)
+    columns.update(status=record["status"], reason=record.get("reason"), device=record["device"], record=str(path),
+                   samples_file=record.get("samples_file"))
     return columns
 
 
@@ -47,25 +51,57 @@ def runs_table(paths: list[Path | str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(iteration_rows), pd.DataFrame(summary_rows)
 
 
+def t_half_width(values: pd.Series, level: float = 0.95) -> float:
+    """Half-width of the Student-t interval for the mean of `values` (NaN below two values)."""
+    values = values.dropna()
+    if len(values) < 2:
+        return float("nan")
+    return float(stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
+
+
 def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, variant, T): finished runs and every status seen, median seconds per iteration, peak
-    autograd bytes, and the final metrics averaged over seeds, the reward with a normal 95%
-    half-width across seeds (each seed's value is already a mean over its samples)."""
-    keys = ["task", "variant", "steps"]
+    """One row per (task, variant, T): the count of runs per status (`runs` counts the `ok` ones;
+    diverged, failed and other runs are counted apart and excluded from the averages), median
+    seconds per iteration, peak autograd bytes, and the final metrics averaged over the `ok`
+    seeds, the reward with a Student-t 95% half-width across seeds (each seed's value is already
+    a mean over its samples)."""
+    keys = ["task", "wrt", "variant", "steps"]
     finished = summary[summary["status"] == "ok"]
     metrics = [c for c in finished.columns if c.startswith(("final_", "baseline_")) and pd.api.types.is_numeric_dtype(finished[c])]
-    table = finished.groupby(keys).agg(
-        runs=("seed", "size"),
+    averages = finished.groupby(keys).agg(
+        device=("device", lambda d: "; ".join(sorted(set(d)))),
         seconds_per_iter=("seconds_per_iter", "median"),
         saved_bytes=("saved_bytes", "max"),
         **{c: (c, "mean") for c in metrics},
     )
-    spread = finished.groupby(keys)["final_reward_mean"].agg(["std", "size"])
-    table["final_reward_ci95_seeds"] = 1.96 * spread["std"] / spread["size"] ** 0.5
-    status = summary.groupby(keys)["status"].agg(lambda s: ",".join(sorted(set(s))))
-    table = table.join(status, how="outer")
-    table["runs"] = table["runs"].fillna(0).astype(int)
-    return table.reset_index()
+    averages["final_reward_ci95_seeds"] = finished.groupby(keys)["final_reward_mean"].agg(t_half_width)
+    counts = summary.groupby(keys)["status"].value_counts().unstack(fill_value=0)
+    counts = counts.rename(columns=lambda status: "runs" if status == "ok" else f"runs_{status}")
+    if "runs" not in counts:
+        counts.insert(0, "runs", 0)
+    return counts.join(averages, how="left").reset_index()
+
+
+def pooled_quality(summary: pd.DataFrame, classifier, reference) -> pd.DataFrame:
+    """FID and KID of each (task, variant, T) over the final (and baseline) samples of all its
+    `ok` seeds pooled, so latent runs of a few samples each reach the minimum counts; below
+    them the value stays empty and `pooled_samples` says why."""
+    from safetensors.torch import load_file
+
+    from evals.metrics import distribution_distances
+
+    keys, rows = ["task", "wrt", "variant", "steps"], []
+    done = summary[(summary["status"] == "ok") & summary.get("samples_file", pd.Series(index=summary.index)).notna()]
+    for key, group in done.groupby(keys):
+        files = [load_file(path) for path in group["samples_file"]]
+        row = dict(zip(keys, key))
+        for part in ("final", "baseline"):
+            samples = torch.cat([f[part] for f in files])
+            distances = distribution_distances(samples, reference, classifier)
+            row.update({f"{part}_pooled_{k}": v for k, v in distances.items() if not k.endswith("_note")})
+            row["pooled_samples"] = len(samples)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else keys)
 
 
 def write_csv(frame: pd.DataFrame, path: Path | str) -> None:
@@ -74,5 +110,5 @@ def write_csv(frame: pd.DataFrame, path: Path | str) -> None:
 
 def fidelity_table(paths: list[Path | str]) -> pd.DataFrame:
     """One row per (parameter type, T, estimator variant) from the bench rows."""
-    frame = pd.DataFrame([json.loads(Path(p).read_text()) for p in paths])
+    frame = pd.json_normalize([json.loads(Path(p).read_text()) for p in paths])
     return frame.sort_values(["wrt", "steps", "variant"], kind="stable").reset_index(drop=True)

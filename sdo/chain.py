@@ -1,14 +1,31 @@
-"""The sampling chain: deterministic DDIM written as a pure step every estimator can replay.
+"""The sampling chain: DDIM written as a pure step every estimator can replay.
 
-States are indexed in sampling order: z_0 is the initial latent (x_T in the papers), z_T the
-sample. Step k maps z_k to
+Notation (this file, then the papers'):
 
-    z_{k+1} = c1_k * z_k + c2_k * eps(z_k, t_k, cond) + c3_k * noise_k
+    k            step index in sampling order, 0..T-1        (DDIM runs t from high to low)
+    z_k          chain state before step k; z_0 = x_T        (the initial latent), z_T = x_0 (the sample)
+    t_k          the network's timestep at state k           (diffusers' `scheduler.timesteps`)
+    a_k          alphas_cumprod[t_k]                         (alpha-bar_t; a_T after the last step is
+                                                              alphas_cumprod[0])
+    eps_k        guided noise prediction eps(z_k, t_k, c)    (epsilon_theta)
+    x0_hat_k     (z_k - sqrt(1 - a_k) eps_k) / sqrt(a_k)     (the predicted clean sample)
+    sigma_k      sqrt((1 - a_k) / a_k)                       (noise-to-signal ratio, the time of the
+                                                              exponential-integrator / probability-flow
+                                                              ODE form)
+    eta          DDIM's stochasticity                        (eta = 0: deterministic DDIM)
+    s_k          eta * sqrt((1 - a_{k+1}) / (1 - a_k) * (1 - a_k / a_{k+1}))
+                                                             (the standard deviation of step k's fresh
+                                                              noise; sigma_t in the DDIM paper)
 
-which is DDIM's update (x0_hat = (z - sqrt(1 - a) eps) / sqrt(a), then re-noised to the next
-level) with its coefficients precomputed in float64 from the diffusers scheduler's schedule.
-With eta > 0 the noise is drawn once per run (`fix_noise`), so the chain stays a deterministic
-function of the latent, the conditioning and the weights.
+Step k maps z_k to
+
+    z_{k+1} = c1_k * z_k + c2_k * eps_k + s_k * noise_k,
+    c1_k = sqrt(a_{k+1} / a_k),   c2_k = sqrt(1 - a_{k+1} - s_k^2) - sqrt(a_{k+1} (1 - a_k) / a_k)
+
+which is DDIM's update (x0_hat_k re-noised to level k+1) with its coefficients precomputed in
+float64 from the diffusers scheduler's schedule. With eta > 0 the noise is drawn once per run
+(`fix_noise`), so the chain stays a deterministic function of the latent, the conditioning and
+the weights.
 """
 
 from __future__ import annotations
@@ -79,15 +96,16 @@ class DDIMChain:
         self.meter = Meter()
 
     def _coefficients(self, k: int) -> tuple[float, float, float]:
+        """(c1_k, c2_k, s_k) of step k."""
         a, a_next = self.alphas[k], self.alphas[k + 1]
-        sigma = self.eta * math.sqrt((1 - a_next) / (1 - a) * (1 - a / a_next))
+        noise_std = self.eta * math.sqrt((1 - a_next) / (1 - a) * (1 - a / a_next))
         c1 = math.sqrt(a_next / a)
-        c2 = math.sqrt(1 - a_next - sigma**2) - math.sqrt(a_next * (1 - a) / a)
-        return c1, c2, sigma
+        c2 = math.sqrt(1 - a_next - noise_std**2) - math.sqrt(a_next * (1 - a) / a)
+        return c1, c2, noise_std
 
     @property
     def sigmas(self) -> list[float]:
-        """Noise-to-signal levels sqrt((1 - a) / a) at each state, the exponential-integrator time."""
+        """sigma_k = sqrt((1 - a_k) / a_k) at each state k = 0..T, the exponential-integrator time."""
         return [math.sqrt((1 - a) / a) for a in self.alphas]
 
     def fix_noise(self, like: torch.Tensor, generator: torch.Generator) -> None:
@@ -116,13 +134,18 @@ class DDIMChain:
 
     def update(self, z: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
         """The linear part of step k given its noise prediction."""
-        c1, c2, c3 = self.coefficients[k]
+        c1, c2, noise_std = self.coefficients[k]
         z_next = c1 * z + c2 * eps
-        if c3:
+        if noise_std:
             if self.noise is None:
                 raise RuntimeError(f"eta={self.eta} needs noise drawn once per run: call fix_noise first")
-            z_next = z_next + c3 * self.noise[k]
+            z_next = z_next + noise_std * self.noise[k]
         return z_next
+
+    def predicted_sample(self, z: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
+        """x0_hat_k = (z_k - sqrt(1 - a_k) eps_k) / sqrt(a_k), the clean sample predicted at state k."""
+        a = self.alphas[k]
+        return (z - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
     def step(self, z: torch.Tensor, k: int, cond: torch.Tensor) -> torch.Tensor:
         """z_{k+1} as a pure function of (z_k, k, cond) and the network's weights."""

@@ -11,14 +11,17 @@ import pytest
 import torch
 
 from evals.bench import bench_problem
+from evals.cli import main
+from evals.rewards import ClassifierLogProb
 from sdo import make_estimator
-from sdo.cli import main
 from sdo.models import store
+from sdo.models.digits import EmbeddedDigits
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FIELDS = {"config", "device", "iterations", "final", "status", "versions", "commit"}
+ENVIRONMENT_FIELDS = {"device", "python", "versions", "commit"}
+RUN_FIELDS = {"variant", "config", "iterations", "final", "status"} | ENVIRONMENT_FIELDS
 ITERATION_FIELDS = {"iter", "loss", "reward", "seconds", "nfe_forward", "nfe_backward", "saved_bytes"}
-FINAL_FIELDS = {"reward_mean", "reward_ci95", "target_accuracy", "fid", "fid_samples"}
+FINAL_FIELDS = {"reward_mean", "reward_ci95", "target_accuracy", "fid", "fid_note", "samples", "nn_distance", "drift"}
 
 
 def test_trained_models_meet_their_bars():
@@ -26,8 +29,8 @@ def test_trained_models_meet_their_bars():
 
 
 def test_shortcut_points_along_full_on_the_trained_model():
-    net, classifier = store.load("denoiser"), store.load("classifier")
-    problem, loss = bench_problem(net, classifier, "latent", steps=10, batch=8, seed=0)
+    model, classifier = EmbeddedDigits.load(), store.load("classifier")
+    problem, loss = bench_problem(model, ClassifierLogProb(classifier, 3), "latent", steps=10, batch=8, seed=0)
     full = make_estimator("full")(problem, loss).grads[0].flatten()
     shortcut = make_estimator("shortcut")(problem, loss).grads[0].flatten()
     cosine = float(torch.nn.functional.cosine_similarity(full, shortcut, dim=0))
@@ -37,49 +40,75 @@ def test_shortcut_points_along_full_on_the_trained_model():
 
 def test_run_writes_a_complete_record(tmp_path):
     out = tmp_path / "run.json"
-    main(["--threads", "1", "run", "--task", "latent", "--method", "shortcut", "--steps", "3", "--iters", "2",
-          "--batch", "4", "--seed", "1", "--out", str(out)])
+    code = main(["--threads", "1", "run", "--task", "latent", "--method", "shortcut", "--steps", "3", "--iters", "2",
+                 "--batch", "4", "--seed", "1", "--variant", "sdo_first", "--out", str(out)])
     record = json.loads(out.read_text())
+    assert code == 0 and record["variant"] == "sdo_first"
     assert RUN_FIELDS <= set(record) and record["status"] == "ok"
     assert len(record["iterations"]) == 2
     assert all(ITERATION_FIELDS <= set(row) for row in record["iterations"])
-    assert FINAL_FIELDS <= set(record["final"]) and record["final"]["fid_samples"] == 4
+    assert FINAL_FIELDS <= set(record["final"]) and record["final"]["samples"] == 4
+    assert record["final"]["fid"] is None and "4 samples < 100" in record["final"]["fid_note"]
+    assert [row["iter"] for row in record["evaluations"]] == [0, 2]
+    assert {"reward", "nn_distance", "target_accuracy", "seconds", "nfe"} <= set(record["evaluations"][-1])
     assert record["iterations"][0]["nfe_forward"] == 4 and record["iterations"][0]["nfe_backward"] == 1
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_same_seed_same_record_numbers(tmp_path):
-    rewards = []
+def _without_timings(value):
+    """The record with every timing removed (they differ between runs)."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("seconds",)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_same_seed_same_record(tmp_path):
+    records = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.json"
-        main(["run", "--method", "full", "--steps", "2", "--iters", "2", "--batch", "2", "--seed", "5", "--out", str(out)])
-        rewards.append([row["reward"] for row in json.loads(out.read_text())["iterations"]])
-    assert rewards[0] == rewards[1]
+        torch.rand(3)  # the global RNG moves between the runs
+        assert main(["run", "--task", "conditioning", "--method", "full", "--steps", "2", "--iters", "2", "--batch", "2",
+                     "--eval-samples", "6", "--seed", "5", "--out", str(out)]) == 0
+        records.append(json.loads(out.read_text()))
+    a, b = (_without_timings(r) for r in records)
+    a["config"].pop("out"), b["config"].pop("out")
+    assert a == b
+    assert a["final"]["kid"] is None and a["final"]["nn_distance"] > 0 and len(a["evaluations"]) == 2
 
 
-def test_inapplicable_pair_is_a_row_with_its_status(tmp_path):
+def test_inapplicable_pair_is_a_row_with_its_status(tmp_path, capsys):
     out = tmp_path / "run.json"
-    main(["run", "--method", "truncated", "--option", "k=1", "--steps", "3", "--iters", "1", "--batch", "2", "--out", str(out)])
+    flags = ["run", "--method", "truncated", "--option", "k=1", "--steps", "3", "--iters", "1", "--batch", "2", "--out", str(out)]
+    assert main(flags) == 1
     record = json.loads(out.read_text())
     assert record["status"] == "not_applicable" and "initial latent" in record["reason"]
+    assert ENVIRONMENT_FIELDS <= set(record)
     assert not out.with_suffix(".png").exists()
+    assert "not_applicable" in capsys.readouterr().err
+    assert main(flags + ["--sweep"]) == 0  # inside a sweep the row is the result
 
 
-def test_bad_estimator_option_is_named(tmp_path):
+def test_bad_estimator_option_exits_non_zero_with_one_line(tmp_path, capsys):
     out = tmp_path / "run.json"
-    main(["run", "--method", "shortcut", "--option", "steps=middle", "--steps", "2", "--iters", "1", "--out", str(out)])
+    code = main(["run", "--method", "shortcut", "--option", "at=middle", "--steps", "2", "--iters", "1", "--out", str(out)])
     record = json.loads(out.read_text())
-    assert record["status"] == "failed" and "middle" in record["reason"]
+    assert code == 1 and record["status"] == "failed" and "middle" in record["reason"]
+    error = capsys.readouterr().err
+    assert "middle" in error and "Traceback" not in error
 
 
 def test_bench_row_compares_with_the_reference(tmp_path):
     reference = tmp_path / "full.safetensors"
     common = ["bench", "--wrt", "cond", "--steps", "3", "--batch", "2", "--repeats", "1"]
-    main(common + ["--method", "full", "--save-gradient", str(reference), "--out", str(tmp_path / "full.json")])
-    main(common + ["--method", "full", "--option", "checkpoint=true", "--reference", str(reference), "--out", str(tmp_path / "ck.json")])
+    assert main(common + ["--method", "full", "--save-gradient", str(reference), "--out", str(tmp_path / "full.json")]) == 0
+    assert main(common + ["--method", "full", "--option", "checkpoint=true", "--variant", "full_checkpoint",
+                          "--reference", str(reference), "--out", str(tmp_path / "ck.json")]) == 0
     row = json.loads((tmp_path / "ck.json").read_text())
     assert row["status"] == "ok" and row["cosine"] == pytest.approx(1, abs=1e-6) and row["rel_error"] < 1e-5
     assert row["nfe_forward"] == 6 and row["depth"] == 9 and row["peak_bytes"] > 0
+    assert row["variant"] == "full_checkpoint" and ENVIRONMENT_FIELDS <= set(row)
 
 
 def _snakemake(*args: str) -> subprocess.CompletedProcess:

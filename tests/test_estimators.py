@@ -117,9 +117,9 @@ def test_shortcut_all_is_the_sum_of_per_step_terms(wrt):
     loss = smooth_loss()
     terms = [_literal_shortcut(problem, k, loss) for k in range(4)]
     expected = [sum(parts) for parts in zip(*terms)]
-    assert relative_error(make_estimator("shortcut", steps="all")(problem, loss).grads, expected) <= 1e-10
-    assert relative_error(make_estimator("shortcut", steps="first")(problem, loss).grads, terms[0]) <= 1e-10
-    assert relative_error(make_estimator("shortcut", steps="last")(problem, loss).grads, terms[-1]) <= 1e-10
+    assert relative_error(make_estimator("shortcut", at="all")(problem, loss).grads, expected) <= 1e-10
+    assert relative_error(make_estimator("shortcut", at="first")(problem, loss).grads, terms[0]) <= 1e-10
+    assert relative_error(make_estimator("shortcut", at="last")(problem, loss).grads, terms[-1]) <= 1e-10
 
 
 def test_shortcut_latent_first_is_the_released_rule():
@@ -132,8 +132,8 @@ def test_shortcut_latent_first_is_the_released_rule():
 def test_shortcut_random_averages_to_all():
     problem = tiny_problem("cond", steps=4)
     loss = smooth_loss()
-    exact = make_estimator("shortcut", steps="all")(problem, loss).grads[0]
-    estimator = make_estimator("shortcut", steps="random", seed=3)
+    exact = make_estimator("shortcut", at="all")(problem, loss).grads[0]
+    estimator = make_estimator("shortcut", at="random", seed=3)
     draws = torch.stack([estimator(problem, loss).grads[0] for _ in range(400)])
     assert float((draws.mean(0) - exact).norm() / exact.norm()) <= 0.1
     assert float((draws[0] - exact).norm() / exact.norm()) > 0.1  # one draw alone is noisy
@@ -145,7 +145,7 @@ ESTIMATOR_SPECS = {
     "adjoint": {},
     "doodl": {},
     "shortcut": {},
-    "shortcut+all": {"steps": "all"},
+    "shortcut+all": {"at": "all"},
 }
 
 

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import smooth_loss, tiny_problem_parts
+from conftest import TINY_CONFIG, smooth_loss, tiny_problem_parts
+from diffusers import DDIMScheduler
 
 from sdo import Problem, make_estimator
 
@@ -75,18 +76,18 @@ def test_shortcut_latent_matches_closed_form():
     assert estimate.nfe_forward == 5 and estimate.nfe_backward == 1 and estimate.graph_steps == [0]
 
 
-@pytest.mark.parametrize("steps_choice", ["first", "last", "all"])
-def test_shortcut_conditioning_matches_closed_form(steps_choice):
+@pytest.mark.parametrize("at", ["first", "last", "all"])
+def test_shortcut_conditioning_matches_closed_form(at):
     """dL/dc = sqrt(a_T) * sum_{k in S} (sigma_{k+1} - sigma_k) J_{eps_k, c}^T g with every z_k held fixed."""
     chain, latent, cond = tiny_problem_parts(steps=4)
     loss = smooth_loss()
-    estimate = make_estimator("shortcut", steps=steps_choice)(Problem(chain, latent, cond, "cond"), loss)
+    estimate = make_estimator("shortcut", at=at)(Problem(chain, latent, cond, "cond"), loss)
     g = _sample_grad(chain, latent, cond, loss)
     states = [latent]
     with torch.no_grad():
         for k in range(chain.steps):
             states.append(chain.step(states[-1], k, cond))
-    chosen = {"first": [0], "last": [3], "all": [0, 1, 2, 3]}[steps_choice]
+    chosen = {"first": [0], "last": [3], "all": [0, 1, 2, 3]}[at]
     sigma = chain.sigmas
     expected = torch.zeros_like(cond)
     for k in chosen:
@@ -96,13 +97,38 @@ def test_shortcut_conditioning_matches_closed_form(steps_choice):
     assert estimate.nfe_backward == len(chosen)
 
 
-def test_same_seed_gives_bit_identical_samples():
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_chain_update_is_diffusers_ddim_step(eta):
+    """Every step's update equals DDIMScheduler.step with the same eps and noise."""
+    chain, latent, cond = tiny_problem_parts(steps=6, eta=eta)
+    scheduler = DDIMScheduler(**TINY_CONFIG["scheduler"], clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler.set_timesteps(6)
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.double()
+    z = latent
+    with torch.no_grad():
+        for k, t in enumerate(scheduler.timesteps):
+            eps = chain.eps(z, k, cond)
+            noise = chain.noise[k] if eta else None
+            expected = scheduler.step(eps, t, z, eta=eta, variance_noise=noise).prev_sample
+            z = chain.update(z, k, eps)
+            torch.testing.assert_close(z, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_same_seed_gives_bit_identical_samples_whatever_the_global_rng():
+    """The chain's noise and latents come from explicit generators: the global RNG, advanced
+    between the runs, must not matter, and another seed must give other samples."""
+    chain, _, cond = tiny_problem_parts(steps=5, eta=0.3)
     runs = []
-    for _ in range(2):
-        chain, latent, cond = tiny_problem_parts(steps=5, eta=0.3, seed=4)
+    for seed in (4, 4, 5):
+        torch.rand(7)  # moves the global RNG
+        generator = torch.Generator().manual_seed(seed)
+        latent = torch.randn(2, 1, 8, 8, generator=generator, dtype=torch.float64)
+        chain.fix_noise(latent, generator)
         with torch.no_grad():
             runs.append(chain.sample(latent, cond, graph_from=None))
     assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])
 
 
 def test_saved_bytes_linear_for_full_flat_for_shortcut():
@@ -122,7 +148,7 @@ def test_bad_inputs_are_named():
         Problem(chain, latent, cond, "noise")
     with pytest.raises(ValueError, match="unknown estimator 'nope'"):
         make_estimator("nope")
-    with pytest.raises(ValueError, match="shortcut steps must be one of"):
-        make_estimator("shortcut", steps="middle")
+    with pytest.raises(ValueError, match="shortcut option at must be one of"):
+        make_estimator("shortcut", at="middle")
     with pytest.raises(ValueError, match="no parameter of chain.net requires grad"):
         Problem(chain, latent, cond, "weights")

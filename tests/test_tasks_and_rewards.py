@@ -9,26 +9,29 @@ import pytest
 import torch
 
 from evals import metrics
-from evals.rewards import NotDifferentiable, build_reward, check_differentiable
-from sdo.cli import main
+from evals.cli import main
+from evals.rewards import NotDifferentiable, RewardShapeError, build_reward, check_differentiable
 from sdo.models import store
 from sdo.models.data import load_split
-from sdo.tasks.finetune import trainable_copy
-from sdo.tasks.loop import make_chain
+from sdo.models.digits import EmbeddedDigits
 
 ESTIMATOR_FLAGS = {
     "full": [],
     "truncated": ["--option", "k=1"],
     "adjoint": [],
     "doodl": [],
-    "shortcut": ["--option", "steps=all"],
+    "shortcut": ["--option", "at=all"],
 }
 
 
-def _run(tmp_path, *flags: str) -> dict:
+def _run(tmp_path, *flags: str, code: int | None = None) -> dict:
+    """The record of one small run; `code`, when given, is the exit status it must end with."""
     out = tmp_path / "run.json"
-    main(["--threads", "2", "run", "--steps", "3", "--iters", "2", "--batch", "2", "--eval-samples", "4", "--out", str(out), *flags])
-    return json.loads(out.read_text())
+    status = main(["--threads", "2", "run", "--steps", "3", "--iters", "2", "--batch", "2", "--eval-samples", "4",
+                   "--out", str(out), *flags])
+    record = json.loads(out.read_text())
+    assert code is None or status == code, (status, record.get("reason"))
+    return record
 
 
 @pytest.mark.parametrize("method", sorted(ESTIMATOR_FLAGS))
@@ -41,10 +44,10 @@ def test_every_task_runs_with_every_estimator(tmp_path, task, method):
     assert record["status"] == "ok", record.get("reason")
     assert len(record["iterations"]) == 2 and all(row["nfe_backward"] > 0 for row in record["iterations"])
     final = record["final"]
-    assert {"reward_mean", "reward_ci95", "fid", "kid", "diversity", "target_accuracy"} <= set(final)
-    assert final["fid_samples"] == (2 if task == "latent" else 4)
+    assert {"reward_mean", "reward_ci95", "fid", "kid", "nn_distance", "diversity", "target_accuracy"} <= set(final)
+    assert final["samples"] == (2 if task == "latent" else 4)
     assert ("prompt_alignment" in final) == (task == "finetune")
-    assert set(record["baseline"]) == set(final)
+    assert set(record["baseline"]) | {"drift"} == set(final)
 
 
 @pytest.mark.parametrize("reward", ["style", "inpaint", "superres"])
@@ -74,10 +77,56 @@ def test_reward_with_hidden_detach_is_refused(tmp_path):
         "def hidden(images):\n    return images.detach().mean(dim=(1, 2, 3)) + 0 * images.sum(dim=(1, 2, 3))\n\n"
         "def blocked(images):\n    return images.detach().mean(dim=(1, 2, 3))\n"
     )
-    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:hidden")
+    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:hidden", code=1)
     assert record["status"] == "failed" and "autograd sees no gradient" in record["reason"]
-    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:blocked")
+    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:blocked", code=1)
     assert record["status"] == "failed" and "carry no graph" in record["reason"]
+
+
+def test_rewards_of_the_wrong_kind_are_refused_by_name(tmp_path):
+    module = tmp_path / "odd.py"
+    module.write_text(
+        "import torch\n"
+        "def column(images):\n    return images.mean(dim=(1, 2, 3)).unsqueeze(1)\n\n"
+        "def grid(images):\n    return images.mean(dim=(1, 2))\n\n"
+        "def as_numpy(images):\n    return images.detach().mean(dim=(1, 2, 3)).numpy()\n\n"
+        "def nan(images):\n    return images.mean(dim=(1, 2, 3)) * float('nan')\n"
+    )
+    assert _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:column", code=0)["status"] == "ok"
+    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:grid", code=1)
+    assert record["reason"].startswith("RewardShapeError") and "(4,) or (4, 1); got shape (4, 16)" in record["reason"]
+    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:as_numpy", code=1)
+    assert record["reason"].startswith("RewardShapeError") and "numpy.ndarray" in record["reason"]
+    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:nan", code=1)
+    assert record["reason"].startswith("NotDifferentiable") and "non-finite" in record["reason"]
+    record = _run(tmp_path, "--method", "shortcut", "--reward", f"{tmp_path}/missing.py:score", code=1)
+    assert "missing.py does not exist" in record["reason"]
+    with pytest.raises(RewardShapeError, match="shape"):
+        check_differentiable(lambda x: x.sum(), load_split("held_out")[0][:3])
+
+
+def test_a_diverging_run_keeps_its_iterations(tmp_path):
+    module = tmp_path / "steep.py"
+    module.write_text("def steep(images):\n    return 1e30 * images.mean(dim=(1, 2, 3)) ** 3\n")
+    record = _run(tmp_path, "--method", "full", "--reward", f"{module}:steep", "--lr", "1e30", "--iters", "4",
+                  "--reward-tolerance", "1", code=1)
+    assert record["status"] == "diverged" and "non-finite" in record["reason"]
+    assert 1 <= len(record["iterations"]) <= 4 and record["iterations"][0]["iter"] == 0
+
+
+def test_broken_model_files_are_named(tmp_path):
+    for name in ("denoiser.safetensors", "denoiser.json", "classifier.safetensors", "classifier.json"):
+        (tmp_path / name).write_bytes((store.DEFAULT_DIR / name).read_bytes())
+    (tmp_path / "classifier.json").write_text("{not json")
+    with pytest.raises(ValueError, match="classifier.json is not a valid classifier config"):
+        store.load("classifier", tmp_path)
+    weights = tmp_path / "denoiser.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="denoiser.safetensors cannot be read"):
+        store.load("denoiser", tmp_path)
+    (tmp_path / "denoiser.json").unlink()
+    with pytest.raises(FileNotFoundError, match="denoiser.json is missing"):
+        store.load("denoiser", tmp_path)
 
 
 def test_saturated_clamp_is_refused():
@@ -100,15 +149,20 @@ def test_metrics_known_answers():
     assert abs(metrics.fid(images, images, classifier)) < 1e-3
     same, same_std = metrics.kid(images, images, classifier)
     assert abs(same) <= 2 * same_std  # zero within the subset noise...
-    assert metrics.kid(-images, images, classifier)[0] > 100 * same_std  # ...which is small beside a real gap
+    gap = metrics.kid(-images, images, classifier)[0]
+    assert gap > 100 * same_std and 0.01 < gap < 100  # ...small beside a real gap, on KID's usual scale
+    assert metrics.kid(images[:100], images[100:], classifier)[0] < 0.05
     assert metrics.label_accuracy(images, labels, classifier) >= store.metrics("classifier")["held_out_accuracy"] - 1e-6
-    assert metrics.diversity(images[:1].repeat(5, 1, 1, 1), classifier) == pytest.approx(0, abs=1e-6)
-    assert metrics.diversity(images[:20], classifier) > 0
+    assert metrics.diversity(images[:1].repeat(5, 1, 1, 1), classifier, images) == pytest.approx(0, abs=1e-6)
+    assert metrics.diversity(images[:20], classifier, images) > 0
+    real = metrics.nearest_real_distance(images[:50], images[50:], classifier)
+    noise = metrics.nearest_real_distance(torch.rand(50, 1, 16, 16) * 2 - 1, images[50:], classifier)
+    assert 0.5 < float(real.mean()) < 2 and float(noise.mean()) > 3 * float(real.mean())
     assert metrics.fid(images[:100], images[100:], classifier) < metrics.fid(-images[:100], images[100:], classifier)
 
 
 def test_a_failing_metric_keeps_the_run_as_a_row(tmp_path):
-    record = _run(tmp_path, "--method", "shortcut", "--inception-weights", str(tmp_path / "none.pth"))
+    record = _run(tmp_path, "--method", "shortcut", "--inception-weights", str(tmp_path / "none.pth"), code=1)
     assert record["status"] == "failed" and "Inception weights" in record["reason"]
     assert len(record["iterations"]) == 2
 
@@ -122,15 +176,17 @@ def test_inception_and_clip_need_local_weights(tmp_path):
 
 
 def test_lora_copy_trains_only_adapters_and_starts_at_the_base_model():
-    net = store.load("denoiser")
-    tuned = trainable_copy(net, lora_rank=2)
-    trainable = [name for name, p in tuned.named_parameters() if p.requires_grad]
+    model = EmbeddedDigits.load()
+    tuned = model.with_lora(2)
+    trainable = [name for name, p in tuned.net.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
-    assert not any(p.requires_grad for p in net.parameters())
-    latent = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    cond = net.embed(torch.tensor([1, 2]))
-    base, _ = make_chain(net, 3).trajectory(latent, cond)
-    adapted, _ = make_chain(tuned, 3).trajectory(latent, cond)
+    assert not any(p.requires_grad for p in model.net.parameters())
+    latent = model.latent_batch(2, torch.Generator().manual_seed(0))
+    cond = model.encode(["1", "2"])
+    base, _ = model.make_chain(3).trajectory(latent, cond)
+    adapted, _ = tuned.make_chain(3).trajectory(latent, cond)
     torch.testing.assert_close(adapted, base)
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
-        trainable_copy(net, -1)
+        model.with_lora(-1)
+    with pytest.raises(ValueError, match="prompts are '0'..'9'"):
+        model.encode(["a cat"])

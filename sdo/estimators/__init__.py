@@ -1,15 +1,20 @@
-"""Gradient estimators found by name: `make_estimator("shortcut", steps="all")`."""
+"""Gradient estimators found by name: `make_estimator("shortcut", at="all")`."""
 
 from __future__ import annotations
 
 from sdo.estimators.base import PARAMETER_KINDS, Estimate, Estimator, NotApplicable, Problem
 from sdo.estimators.adjoint import Adjoint
 from sdo.estimators.doodl import Doodl
+from sdo.estimators.drtune import DRTune
 from sdo.estimators.full import Full
+from sdo.estimators.refl import ReFL
 from sdo.estimators.shortcut import Shortcut
 from sdo.estimators.truncated import Truncated
+from sdo.estimators.warm_shortcut import WarmShortcut
 
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (Full, Truncated, Adjoint, Doodl, Shortcut)}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls for cls in (Full, Truncated, Adjoint, Doodl, Shortcut, WarmShortcut, DRTune, ReFL)
+}
 
 
 def make_estimator(name: str, **options) -> Estimator:

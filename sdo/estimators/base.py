@@ -69,6 +69,12 @@ class Estimator:
     def gradient(self, problem: Problem, loss: Loss) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
 
+    def sample(self, chain: DDIMChain, latent: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The sample this estimator's rule differentiates, without a graph: the chain's (DOODL
+        overrides it with its own sampler). Evaluations use it, so every method is judged on
+        the samples it optimised."""
+        return chain.trajectory(latent, cond)[0]
+
     def depth(self, estimate: Estimate, steps: int) -> int:
         """Network evaluations that must run one after another (all of them, unless a rule
         makes some independent)."""

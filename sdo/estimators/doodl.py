@@ -28,6 +28,12 @@ class Doodl(Estimator):
         if not 0.5 < self.mix < 1:
             raise ValueError(f"doodl mix p must lie in (0.5, 1) for a stable inversion, got {self.mix}")
 
+    def sample(self, chain, latent, cond):
+        """EDICT's sample x_T: DOODL optimises it, so evaluations judge it (its start differs
+        from DDIM's at small T)."""
+        with torch.no_grad():
+            return edict.sample(chain, latent, cond, self.mix)[0]
+
     def gradient(self, problem, loss):
         chain, params, cond = problem.chain, problem.params, problem.cond
         if chain.eta:

@@ -8,7 +8,7 @@ gradient while the network calls off the chosen steps are detached, so
 
     dL/dp = g * prod_k c1_k * [p is the latent]  +  w * sum_{k in S} vjp(eps_k, g * c2_k * prod_{j>k} c1_j)
 
-with g = dL/dz_T. Steps S: `first` (the released rule; for the latent the only step whose
+with g = dL/dz_T. Steps S, chosen by `at`: `first` (the released rule; for the latent the only step whose
 input is the parameter), `last`, `random` (one step drawn per call, w = T, an unbiased
 estimate of `all`) or `all` (the whole sum).
 Cost: one sampling pass without a graph (T forward), then |S| forward + |S| backward, one
@@ -25,29 +25,21 @@ import torch
 
 from sdo.estimators.base import Estimator, Loss, Problem
 
-STEP_CHOICES = ("first", "last", "random", "all")
+AT_CHOICES = ("first", "last", "random", "all")
 
 
-@dataclass
-class Shortcut(Estimator):
-    name = "shortcut"
-    steps: str = "first"
-    seed: int = 0
-    _rng: random.Random = field(init=False, repr=False)
+class Replay(Estimator):
+    """The rules that sample without a graph, then replay chosen steps one graph at a time
+    with the linear skip factor above. Subclasses say which steps (`chosen`) and may supply
+    the trajectory another way (`trajectory`)."""
 
-    def __post_init__(self):
-        if self.steps not in STEP_CHOICES:
-            raise ValueError(f"shortcut steps must be one of {STEP_CHOICES}, got {self.steps!r}")
-        self._rng = random.Random(self.seed)
+    def chosen(self, problem: Problem) -> tuple[list[int], float]:
+        """The steps S to replay and the weight w of their sum."""
+        raise NotImplementedError
 
-    def _chosen(self, total: int) -> tuple[list[int], float]:
-        if self.steps == "first":
-            return [0], 1.0
-        if self.steps == "last":
-            return [total - 1], 1.0
-        if self.steps == "random":
-            return [self._rng.randrange(total)], float(total)
-        return list(range(total)), 1.0
+    def trajectory(self, problem: Problem, keep: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The sample z_T and the states z_k for k in `keep`, all without a graph."""
+        return problem.chain.trajectory(problem.latent, problem.cond, keep=keep)
 
     def depth(self, estimate, steps):
         """The sampling pass, then one round of replays: they are independent of each other."""
@@ -55,10 +47,8 @@ class Shortcut(Estimator):
 
     def gradient(self, problem: Problem, loss: Loss):
         chain, params = problem.chain, problem.params
-        chosen, weight = self._chosen(chain.steps)
-        if problem.wrt == "latent":  # later network calls do not see the latent directly
-            chosen = [k for k in chosen if k == 0]
-        final, states = chain.trajectory(problem.latent, problem.cond, keep=chosen)
+        chosen, weight = self.chosen(problem)
+        final, states = self.trajectory(problem, chosen)
         sample = final.requires_grad_()
         value = loss(sample)
         (g,) = torch.autograd.grad(value, sample)
@@ -74,3 +64,26 @@ class Shortcut(Estimator):
                 if part is not None:
                     total += part
         return sample, value, grads
+
+
+@dataclass
+class Shortcut(Replay):
+    name = "shortcut"
+    at: str = "first"
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if self.at not in AT_CHOICES:
+            raise ValueError(f"shortcut option at must be one of {AT_CHOICES}, got {self.at!r}")
+        self._rng = random.Random(self.seed)
+
+    def chosen(self, problem):
+        total = problem.chain.steps
+        if self.at == "random":
+            chosen, weight = [self._rng.randrange(total)], float(total)
+        else:
+            chosen, weight = {"first": [0], "last": [total - 1], "all": list(range(total))}[self.at], 1.0
+        if problem.wrt == "latent":  # later network calls do not see the latent directly
+            chosen = [k for k in chosen if k == 0]
+        return chosen, weight

@@ -35,10 +35,18 @@ def load(kind: str, directory: Path | str = DEFAULT_DIR, dtype: torch.dtype = to
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(KINDS)}")
     directory = Path(directory)
     weights, meta = directory / f"{kind}.safetensors", directory / f"{kind}.json"
-    if not weights.exists() or not meta.exists():
-        raise FileNotFoundError(f"no trained {kind} at {weights}; train it with `sdo train {kind} --out {directory}`")
-    model = KINDS[kind](json.loads(meta.read_text())["config"])
-    model.load_state_dict(load_file(weights))
+    retrain = f"retrain it with `sdo train {kind} --out {directory}`"
+    for path in (weights, meta):
+        if not path.exists():
+            raise FileNotFoundError(f"model file {path} is missing; {retrain}")
+    try:
+        model = KINDS[kind](json.loads(meta.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"model file {meta} is not a valid {kind} config ({error}); {retrain}") from None
+    try:
+        model.load_state_dict(load_file(weights))
+    except Exception as error:  # safetensors raises its own error type for truncated files
+        raise ValueError(f"model file {weights} cannot be read as {kind} weights ({error}); {retrain}") from None
     return model.to(dtype).eval().requires_grad_(False)
 
 

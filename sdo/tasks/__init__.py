@@ -1,10 +1,9 @@
 """Optimisation tasks, one per parameter type of sampling: latents, conditioning, weights."""
 
-from sdo.tasks.conditioning import optimise_conditioning
-from sdo.tasks.finetune import finetune
-from sdo.tasks.latent import optimise_latent
-from sdo.tasks.loop import Settings, TaskResult
+from sdo.tasks import conditioning, finetune, latent
+from sdo.tasks.loop import Diverged, Settings, TaskResult
 
-TASKS = {"latent": optimise_latent, "conditioning": optimise_conditioning, "finetune": finetune}
+TASKS = {"latent": latent.optimise_latent, "conditioning": conditioning.optimise_conditioning, "finetune": finetune.finetune}
+TASK_WRT = {"latent": latent.WRT, "conditioning": conditioning.WRT, "finetune": finetune.WRT}
 
-__all__ = ["TASKS", "Settings", "TaskResult", "finetune", "optimise_conditioning", "optimise_latent"]
+__all__ = ["TASKS", "TASK_WRT", "Diverged", "Settings", "TaskResult"]

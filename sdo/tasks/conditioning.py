@@ -5,34 +5,51 @@ from __future__ import annotations
 import torch
 
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import Reward, Settings, TaskResult, latent_batch, optimise
+from sdo.models.base import NULL_PROMPT, DiffusionModel
+from sdo.tasks.loop import (
+    Evaluator, Monitor, Reward, Settings, TaskResult, held_out, image_loss, optimise, reward_monitor,
+)
+
+WRT = "cond"
 
 
 def optimise_conditioning(
-    net, reward: Reward, estimator: Estimator, settings: Settings, *, prompt: int | None = None, eval_samples: int = 100
+    model: DiffusionModel,
+    reward: Reward,
+    estimator: Estimator,
+    settings: Settings,
+    *,
+    prompt: str = NULL_PROMPT,
+    eval_samples: int = 100,
+    monitor: Monitor | None = None,
 ) -> TaskResult:
-    """Adam on a single embedding sequence shared by the batch (as in textual inversion and
-    AdjointDPM's vocabulary expansion), starting from digit `prompt`'s (None: the null
-    prompt's). Each iteration draws fresh latents, so the embedding must work for any noise;
-    the final samples come from `eval_samples` latents never used in training."""
+    """Adam on a single conditioning sequence shared by the batch (as in textual inversion and
+    AdjointDPM's vocabulary expansion), starting from `prompt`'s encoding. Each iteration draws
+    fresh latents, so the conditioning must work for any noise; progress is monitored on
+    `settings.monitor_samples` fixed held-out latents, and the final samples come from
+    `eval_samples` other latents never used in training."""
     generator = torch.Generator().manual_seed(settings.seed)
-    device = next(net.parameters()).device
-    cond = net.embed(torch.tensor([10 if prompt is None else prompt], device=device)).detach().clone()
+    cond = model.encode([prompt]).detach().clone()
     start = cond.clone()
-    chain = settings.chain(net)
+    chain = settings.chain(model)
     optimizer = torch.optim.Adam([cond], lr=settings.lr or 0.05)
 
     def problem_at(i: int) -> Problem:
-        latent = latent_batch(net, settings.batch, generator)
+        latent = model.latent_batch(settings.batch, generator)
         if settings.eta:
             chain.fix_noise(latent, generator)
-        return Problem(chain, latent, cond, "cond")
+        return Problem(chain, latent, cond, WRT)
 
-    rows = optimise(estimator, problem_at, [cond], reward, optimizer, settings.iters)
-    evaluation = torch.Generator().manual_seed(settings.seed + 10_000)
-    latent = latent_batch(net, eval_samples, evaluation)
-    if settings.eta:
-        chain.fix_noise(latent, evaluation)
-    final, _ = chain.trajectory(latent, cond)
-    baseline, _ = chain.trajectory(latent, start)
-    return TaskResult(rows, final, None, baseline)
+    watched, watch_chain = held_out(model, settings, settings.monitor_samples, offset=20_000)
+    evaluate = Evaluator(
+        lambda: model.decode(estimator.sample(watch_chain, watched, cond)),
+        monitor or reward_monitor(reward),
+        settings.eval_every,
+        settings.iters,
+    )
+    rows = optimise(estimator, problem_at, [cond], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate)
+    latent, final_chain = held_out(model, settings, eval_samples, offset=10_000)
+    with torch.no_grad():
+        final = model.decode(estimator.sample(final_chain, latent, cond))
+        baseline = model.decode(estimator.sample(final_chain, latent, start))
+    return TaskResult(rows, final, None, baseline, evaluate.rows)

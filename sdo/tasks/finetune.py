@@ -2,62 +2,67 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import Reward, Settings, TaskResult, latent_batch, optimise
+from sdo.models.base import DiffusionModel
+from sdo.tasks.loop import (
+    Evaluator, Monitor, Reward, Settings, TaskResult, held_out, image_loss, optimise, reward_monitor,
+)
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
-
-
-def trainable_copy(net, lora_rank: int):
-    """A copy of `net` whose only trainable weights are LoRA adapters of rank `lora_rank` on
-    the UNet's attention and convolutions (peft), or, for rank 0, all UNet weights."""
-    if lora_rank < 0:
-        raise ValueError(f"lora_rank must be >= 0 (0: all UNet weights), got {lora_rank}")
-    net = copy.deepcopy(net).requires_grad_(False)
-    if lora_rank == 0:
-        net.unet.requires_grad_(True)
-        return net
-    config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
-    net.unet = inject_adapter_in_model(config, net.unet)
-    for name, param in net.unet.named_parameters():
-        param.requires_grad_("lora_" in name)
-    return net
+WRT = "weights"
 
 
 def finetune(
-    net, reward: Reward, estimator: Estimator, settings: Settings, *, lora_rank: int = 4, eval_samples: int = 100
+    model: DiffusionModel,
+    reward: Reward,
+    estimator: Estimator,
+    settings: Settings,
+    *,
+    lora_rank: int = 4,
+    eval_samples: int = 100,
+    prompts: tuple[str, ...] | None = None,
+    monitor: Monitor | None = None,
 ) -> TaskResult:
-    """AdamW on the trainable weights; each iteration samples fresh noise and prompt digits,
-    and the reward scores the samples. The final samples (and the base model's, for drift)
-    come from `eval_samples` latents never used in training, prompts cycling through 0-9."""
-    tuned = trainable_copy(net, lora_rank)
-    params = [p for p in tuned.parameters() if p.requires_grad]
+    """AdamW on the trainable weights of `model.with_lora(lora_rank)`; each iteration samples
+    fresh noise and prompts drawn from `prompts` (default: the model's), and the reward scores
+    the samples. Progress is monitored on `settings.monitor_samples` fixed held-out latents; the
+    final samples (and the base model's, for drift) come from `eval_samples` other latents,
+    prompts cycling through the list."""
+    prompts = tuple(prompts or model.prompts)
+    if not prompts:
+        raise ValueError("finetune needs prompts: the model lists none and none were given")
+    tuned = model.with_lora(lora_rank)
+    params = [p for p in tuned.net.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(settings.seed)
-    device = params[0].device
     chain = settings.chain(tuned)
     optimizer = torch.optim.AdamW(params, lr=settings.lr or 1e-3, weight_decay=0.0)
 
     def problem_at(i: int) -> Problem:
-        latent = latent_batch(net, settings.batch, generator)
-        labels = torch.randint(0, 10, (settings.batch,), generator=generator).to(device)
+        latent = model.latent_batch(settings.batch, generator)
+        drawn = torch.randint(0, len(prompts), (settings.batch,), generator=generator).tolist()
         if settings.eta:
             chain.fix_noise(latent, generator)
-        return Problem(chain, latent, net.embed(labels).detach(), "weights")
+        return Problem(chain, latent, model.encode([prompts[j] for j in drawn]).detach(), WRT)
 
-    rows = optimise(estimator, problem_at, params, reward, optimizer, settings.iters)
-    evaluation = torch.Generator().manual_seed(settings.seed + 10_000)
-    latent = latent_batch(net, eval_samples, evaluation)
-    prompts = torch.arange(eval_samples) % 10
-    if settings.eta:
-        chain.fix_noise(latent, evaluation)
-    cond = net.embed(prompts.to(device)).detach()
-    final, _ = chain.trajectory(latent, cond)
-    base = settings.chain(net)  # the same noise through the untouched model: the drift
-    base.noise = chain.noise
-    baseline, _ = base.trajectory(latent, cond)
-    return TaskResult(rows, final, prompts, baseline)
+    def cycling(count: int) -> list[str]:
+        return [prompts[i % len(prompts)] for i in range(count)]
+
+    watched, watch_chain = held_out(tuned, settings, settings.monitor_samples, offset=20_000)
+    watched_cond = model.encode(cycling(len(watched))).detach()
+    evaluate = Evaluator(
+        lambda: tuned.decode(estimator.sample(watch_chain, watched, watched_cond)),
+        monitor or reward_monitor(reward),
+        settings.eval_every,
+        settings.iters,
+    )
+    rows = optimise(estimator, problem_at, params, image_loss(tuned, reward), optimizer, settings.iters, evaluate=evaluate)
+    latent, final_chain = held_out(tuned, settings, eval_samples, offset=10_000)
+    shown = cycling(eval_samples)
+    cond = model.encode(shown).detach()
+    base = settings.chain(model)  # the same noise through the untouched model: the drift
+    base.noise = final_chain.noise
+    with torch.no_grad():
+        final = tuned.decode(estimator.sample(final_chain, latent, cond))
+        baseline = model.decode(estimator.sample(base, latent, cond))
+    return TaskResult(rows, final, shown, baseline, evaluate.rows)

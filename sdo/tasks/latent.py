@@ -7,20 +7,31 @@ import math
 import torch
 
 from sdo.estimators import Estimator, Problem
-from sdo.tasks.loop import Reward, Settings, TaskResult, latent_batch, optimise
+from sdo.models.base import NULL_PROMPT, DiffusionModel
+from sdo.tasks.loop import Evaluator, Monitor, Reward, Settings, TaskResult, image_loss, optimise, reward_monitor
+
+WRT = "latent"
 
 
 def optimise_latent(
-    net, reward: Reward, estimator: Estimator, settings: Settings, *, prompt: int | None = None, renormalize: bool = False
+    model: DiffusionModel,
+    reward: Reward,
+    estimator: Estimator,
+    settings: Settings,
+    *,
+    prompt: str = NULL_PROMPT,
+    renormalize: bool = False,
+    monitor: Monitor | None = None,
 ) -> TaskResult:
-    """Adam on a batch of initial latents drawn from the settings' seed, conditioned on digit `prompt`
-    (None: the null prompt). `renormalize` projects each latent back to norm sqrt(d) after
-    every step, as DOODL does, to keep it typical of the Gaussian."""
+    """Adam on a batch of initial latents drawn from the settings' seed, conditioned on `prompt`.
+    `renormalize` projects each latent back to norm sqrt(d) after every step, as DOODL does, to
+    keep it typical of the Gaussian. The latents are the parameters, so their own samples are
+    the evaluation (no fresh noise enters); `monitor` scores them (default: mean reward)."""
     generator = torch.Generator().manual_seed(settings.seed)
-    latent = latent_batch(net, settings.batch, generator)
-    cond = net.embed(torch.tensor([10 if prompt is None else prompt], device=latent.device)).detach()
+    latent = model.latent_batch(settings.batch, generator)
+    cond = model.encode([prompt]).detach()
     start = latent.clone()
-    chain = settings.chain(net)
+    chain = settings.chain(model)
     if settings.eta:
         chain.fix_noise(latent, generator)
     optimizer = torch.optim.Adam([latent], lr=settings.lr or 0.05)
@@ -29,16 +40,20 @@ def optimise_latent(
         norms = latent.flatten(1).norm(dim=1).view(-1, *[1] * (latent.dim() - 1))
         latent.mul_(math.sqrt(latent[0].numel()) / norms)
 
+    def images(z: torch.Tensor) -> torch.Tensor:
+        return model.decode(estimator.sample(chain, z, cond))
+
+    evaluate = Evaluator(lambda: images(latent), monitor or reward_monitor(reward), settings.eval_every, settings.iters)
     rows = optimise(
         estimator,
-        lambda i: Problem(chain, latent, cond, "latent"),
+        lambda i: Problem(chain, latent, cond, WRT),
         [latent],
-        reward,
+        image_loss(model, reward),
         optimizer,
         settings.iters,
         after_step=renormalise if renormalize else None,
+        evaluate=evaluate,
     )
-    final, _ = chain.trajectory(latent, cond)
-    baseline, _ = chain.trajectory(start, cond)
-    prompts = None if prompt is None else torch.full((settings.batch,), prompt)
-    return TaskResult(rows, final, prompts, baseline)
+    with torch.no_grad():
+        final, baseline = images(latent), images(start)
+    return TaskResult(rows, final, [prompt] * settings.batch, baseline, evaluate.rows)

@@ -1,10 +1,11 @@
-"""The optimisation loop every task shares: estimate, step, record."""
+"""The optimisation loop every task shares: estimate, step, record; stop on divergence."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -12,15 +13,21 @@ from tqdm import tqdm
 
 from sdo.chain import DDIMChain
 from sdo.estimators import Estimator, Problem
+from sdo.models.base import DiffusionModel
 
 log = logging.getLogger(__name__)
 Reward = Callable[[torch.Tensor], torch.Tensor]
 
 
+Monitor = Callable[[torch.Tensor], dict]
+
+
 @dataclass(frozen=True)
 class Settings:
     """What every task shares: the chain (steps, guidance, eta), the loop (iterations, batch,
-    learning rate; None takes the task's own) and the seed of all its noise."""
+    learning rate; None takes the task's own), the seed of all its noise, and how often the
+    parameters are evaluated on held-out noise (`eval_every` iterations, 0: only at the start
+    and the end; `monitor_samples` images each time)."""
 
     steps: int
     iters: int
@@ -29,59 +36,107 @@ class Settings:
     eta: float = 0.0
     lr: float | None = None
     seed: int = 0
+    eval_every: int = 0
+    monitor_samples: int = 32
 
-    def chain(self, net) -> DDIMChain:
-        return make_chain(net, self.steps, self.guidance, self.eta)
+    def chain(self, model: DiffusionModel) -> DDIMChain:
+        return model.make_chain(self.steps, self.guidance, self.eta)
 
 
 @dataclass
 class TaskResult:
-    """One row per iteration, the samples of the optimised parameters, the digit each sample
-    was prompted with (None: the null prompt), and for comparison the samples the starting
-    parameters give from the same noise."""
+    """One row per iteration, the images of the optimised parameters, the prompt of each image
+    (None: the null prompt throughout), and for comparison the images the starting parameters
+    give from the same noise."""
 
     iterations: list[dict]
     samples: torch.Tensor
-    prompts: torch.Tensor | None = None
+    prompts: list[str] | None = None
     baseline: torch.Tensor | None = None
+    evaluations: list[dict] = field(default_factory=list)
 
 
-def make_chain(net, steps: int, guidance: float = 1.0, eta: float = 0.0) -> DDIMChain:
-    """DDIM over `net` (an embedded-style denoiser with `config['scheduler']` and `null`)."""
-    null = net.null(1).detach().clone() if guidance != 1.0 else None
-    return DDIMChain(net, steps, net.config["scheduler"], guidance=guidance, null_cond=null, eta=eta)
+class Diverged(RuntimeError):
+    """The loss, a gradient or a parameter became NaN or infinite; `iterations` holds the rows
+    recorded up to and including the iteration where it happened."""
+
+    def __init__(self, reason: str, iterations: list[dict]):
+        super().__init__(reason)
+        self.iterations = iterations
 
 
-def latent_batch(net, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """A batch of standard normal latents shaped for `net`, on its device and in its dtype."""
-    param = next(net.parameters())
-    size, channels = net.config["unet"]["sample_size"], net.config["unet"]["in_channels"]
-    return torch.randn(batch, channels, size, size, generator=generator, dtype=param.dtype).to(param.device)
+def image_loss(model: DiffusionModel, reward: Reward) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Minus the mean reward of the decoded states: the decode stays inside the gradient path."""
+    return lambda state: -reward(model.decode(state)).mean()
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def held_out(model: DiffusionModel, settings: Settings, count: int, offset: int) -> tuple[torch.Tensor, DDIMChain]:
+    """`count` initial latents never used in training (seed + `offset`) and a chain over the
+    model's network whose stochastic-DDIM noise, if any, is drawn for them."""
+    generator = torch.Generator().manual_seed(settings.seed + offset)
+    latent = model.latent_batch(count, generator)
+    chain = settings.chain(model)
+    if settings.eta:
+        chain.fix_noise(latent, generator)
+    return latent, chain
+
+
+def reward_monitor(reward: Reward) -> Monitor:
+    """The default monitor: the mean reward of the evaluation images."""
+    return lambda images: {"reward": float(reward(images).mean())}
+
+
+class Evaluator:
+    """Scores the current parameters on fixed held-out noise: `images()` samples them without
+    a graph, `monitor` turns the images into numbers. Calls are not timed as training."""
+
+    def __init__(self, images: Callable[[], torch.Tensor], monitor: Monitor, every: int, iters: int):
+        self.images, self.monitor, self.every, self.iters = images, monitor, every, iters
+        self.rows: list[dict] = []
+
+    def __call__(self, done: int, seconds: float, nfe: int) -> None:
+        """Evaluate after `done` updates if it is the start, the end, or every `every`-th."""
+        if done in (0, self.iters) or (self.every and done % self.every == 0):
+            with torch.no_grad():
+                scores = self.monitor(self.images())
+            self.rows.append({"iter": done, "seconds": seconds, "nfe": nfe, **scores})
 
 
 def optimise(
     estimator: Estimator,
     problem_at: Callable[[int], Problem],
     params: list[torch.Tensor],
-    reward: Reward,
+    loss: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     iters: int,
     after_step: Callable[[], None] | None = None,
+    evaluate: Evaluator | None = None,
 ) -> list[dict]:
-    """Maximise the mean reward for `iters` iterations; `problem_at(i)` builds iteration i's
-    problem and `params` are the tensors the optimizer holds (gradients arrive in order)."""
-    rows = []
+    """Minimise `loss` for `iters` iterations; `problem_at(i)` builds iteration i's problem and
+    `params` are the tensors the optimizer holds (gradients arrive in order). `evaluate` is
+    called with the updates done, the training seconds and the network evaluations so far.
+    Raises `Diverged` with the rows so far when the loss, the gradient or the updated
+    parameters are not finite."""
+    rows, seconds_so_far, nfe_so_far = [], 0.0, 0
+    if evaluate is not None:
+        evaluate(0, 0.0, 0)
     progress = tqdm(range(iters), desc=estimator.name, mininterval=2, leave=False)
     for i in progress:
         problem = problem_at(i)
         start = time.perf_counter()
-        estimate = estimator(problem, lambda x: -reward(x).mean())
+        estimate = estimator(problem, loss)
         for p, g in zip(params, estimate.grads):
             p.grad = g.to(p.dtype)
-        optimizer.step()
-        if after_step is not None:
-            with torch.no_grad():
-                after_step()
+        finite_gradient = math.isfinite(estimate.loss) and _all_finite(estimate.grads)
+        if finite_gradient:
+            optimizer.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step()
         seconds = time.perf_counter() - start
         rows.append(
             {
@@ -97,4 +152,12 @@ def optimise(
         )
         progress.set_postfix(reward=f"{-estimate.loss:.3f}", refresh=False)
         log.debug("iteration %d: %s", i, rows[-1])
+        if not finite_gradient:
+            raise Diverged(f"non-finite loss or gradient at iteration {i} (loss {estimate.loss})", rows)
+        if not _all_finite(params):
+            raise Diverged(f"non-finite parameters after the update of iteration {i}", rows)
+        seconds_so_far += seconds
+        nfe_so_far += estimate.nfe_forward + estimate.nfe_backward
+        if evaluate is not None:
+            evaluate(i + 1, seconds_so_far, nfe_so_far)
     return rows

@@ -4,8 +4,7 @@
 
 rule bench_reference:
     input:
-        denoiser=rules.train_denoiser.output.weights,
-        classifier=rules.train_classifier.output.weights,
+        **MODEL_FILES,
     output:
         row="results/bench/{wrt}/T{steps}/{variant}.json",
         gradient="results/bench/{wrt}/T{steps}/{variant}.safetensors",
@@ -14,22 +13,25 @@ rule bench_reference:
         steps=r"\d+",
     params:
         models=models_dir,
-        b=BENCH,
+        flags=bench_flags,
     log:
         "results/logs/bench/{wrt}/T{steps}/{variant}.log",
-    threads: workflow.cores
+    benchmark:
+        "results/benchmarks/bench/{wrt}/T{steps}/{variant}.tsv"
+    threads: BENCH.get("threads", 2)
+    resources:
+        mem_mb=BENCH.get("mem_mb", 8000),
+        gpu=config.get("gpus_per_job", 0),
     conda:
-        "../../environment.yml"
+        "../envs/sdo.yaml"
     shell:
-        "sdo --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} --batch {params.b[batch]} "
-        "--seed {params.b[seed]} --repeats {params.b[repeats]} --models {params.models} --variant {wildcards.variant} "
-        "--method full --save-gradient {output.gradient} --out {output.row} > {log} 2>&1"
+        "python -m evals.cli --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} {params.flags} "
+        "--models {params.models} --save-gradient {output.gradient} --out {output.row} --sweep > {log} 2>&1"
 
 
 rule bench_estimator:
     input:
-        denoiser=rules.train_denoiser.output.weights,
-        classifier=rules.train_classifier.output.weights,
+        **MODEL_FILES,
         reference="results/bench/{wrt}/T{steps}/full.safetensors",
     output:
         row="results/bench/{wrt}/T{steps}/{variant}.json",
@@ -38,28 +40,31 @@ rule bench_estimator:
         steps=r"\d+",
     params:
         models=models_dir,
-        b=BENCH,
-        estimator=estimator_flags(BENCH["variants"]),
+        flags=bench_flags,
     log:
         "results/logs/bench/{wrt}/T{steps}/{variant}.log",
-    threads: workflow.cores
+    benchmark:
+        "results/benchmarks/bench/{wrt}/T{steps}/{variant}.tsv"
+    threads: BENCH.get("threads", 2)
+    resources:
+        mem_mb=BENCH.get("mem_mb", 8000),
+        gpu=config.get("gpus_per_job", 0),
     conda:
-        "../../environment.yml"
+        "../envs/sdo.yaml"
     shell:
-        "sdo --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} --batch {params.b[batch]} "
-        "--seed {params.b[seed]} --repeats {params.b[repeats]} --models {params.models} --variant {wildcards.variant} "
-        "{params.estimator} --reference {input.reference} --out {output.row} > {log} 2>&1"
+        "python -m evals.cli --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} {params.flags} "
+        "--models {params.models} --reference {input.reference} --out {output.row} --sweep > {log} 2>&1"
 
 
 rule fidelity_table:
     input:
         BENCH_ROWS,
     output:
-        "results/tables/fidelity.csv",
+        report("results/tables/fidelity.csv", caption="../report/fidelity.rst", category="Fidelity and cost"),
     log:
         "results/logs/fidelity_table.log",
     conda:
-        "../../environment.yml"
+        "../envs/sdo.yaml"
     script:
         "../scripts/fidelity_table.py"
 
@@ -68,12 +73,12 @@ rule fidelity_figures:
     input:
         rules.fidelity_table.output,
     output:
-        fidelity="results/figures/fidelity_vs_steps.png",
-        cost="results/figures/bench_cost_vs_steps.png",
+        fidelity=report("results/figures/fidelity_vs_steps.png", caption="../report/fidelity_figures.rst", category="Fidelity and cost"),
+        cost=report("results/figures/bench_cost_vs_steps.png", caption="../report/fidelity_figures.rst", category="Fidelity and cost"),
     log:
         "results/logs/fidelity_figures.log",
     conda:
-        "../../environment.yml"
+        "../envs/sdo.yaml"
     script:
         "../scripts/fidelity_figures.py"
 

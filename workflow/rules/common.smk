@@ -1,10 +1,18 @@
 # Shared values and helpers of the rules.
 
-import os
+import shlex
+
+from evals.config import bench_arguments, run_arguments
 
 MODELS = config["models"]
 RUNS = config["runs"]
 BENCH = config["bench"]
+MODEL_FILES = {
+    "denoiser": f"{MODELS}/denoiser.safetensors",
+    "denoiser_meta": f"{MODELS}/denoiser.json",
+    "classifier": f"{MODELS}/classifier.safetensors",
+    "classifier_meta": f"{MODELS}/classifier.json",
+}
 
 RUN_RECORDS = [
     record
@@ -20,7 +28,7 @@ RUN_RECORDS = [
 
 BENCH_ROWS = expand(
     "results/bench/{wrt}/T{steps}/{variant}.json",
-    wrt=BENCH["kinds"],
+    wrt=BENCH["wrt"],
     steps=BENCH["steps"],
     variant=list(BENCH["variants"]),
 )
@@ -31,22 +39,11 @@ def models_dir(wildcards, input):
     return os.path.dirname(input.denoiser)
 
 
-def _flag_value(value):
-    return str(value).lower() if isinstance(value, bool) else value
+def run_flags(wildcards):
+    """Only this task's and variant's values: a job reruns when one of them changes."""
+    return shlex.join(run_arguments(config, wildcards.task, wildcards.variant))
 
 
-def estimator_flags(variants):
-    """A params function: the wildcard variant's `--method M --option key=value ...` flags."""
-
-    def flags(wildcards):
-        spec = dict(variants[wildcards.variant])
-        options = " ".join(f"--option {k}={_flag_value(v)}" for k, v in spec.items() if k != "method")
-        return f"--method {spec['method']} {options}"
-
-    return flags
-
-
-def task_flags(wildcards):
-    """The task's `sdo run` flags from its config entry (underscores become dashes)."""
-    spec = RUNS["tasks"][wildcards.task]
-    return " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in spec.items() if k not in ("variants", "steps", "seeds"))
+def bench_flags(wildcards):
+    """Only this variant's values and the bench's shared ones."""
+    return shlex.join(bench_arguments(config, wildcards.variant))

@@ -1,11 +1,10 @@
-# One optimisation run per (task, variant, steps, seed); a run that cannot apply or fails still
-# writes its record with a status, so the sweep is never lost.
+# One optimisation run per (task, variant, steps, seed); a run that cannot apply, diverges or
+# fails still writes its record with a status (`--sweep`), so the sweep is never lost.
 
 
 rule run:
     input:
-        denoiser=rules.train_denoiser.output.weights,
-        classifier=rules.train_classifier.output.weights,
+        **MODEL_FILES,
     output:
         record="results/runs/{task}/{variant}/T{steps}/seed{seed}.json",
     wildcard_constraints:
@@ -14,13 +13,17 @@ rule run:
         seed=r"\d+",
     params:
         models=models_dir,
-        estimator=estimator_flags(RUNS["variants"]),
-        task=task_flags,
+        flags=run_flags,
     log:
         "results/logs/runs/{task}/{variant}/T{steps}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/runs/{task}/{variant}/T{steps}/seed{seed}.tsv"
     threads: config["threads_per_run"]
+    resources:
+        mem_mb=config.get("mem_mb_per_run", 3000),
+        gpu=config.get("gpus_per_job", 0),
     conda:
-        "../../environment.yml"
+        "../envs/sdo.yaml"
     shell:
-        "sdo --threads {threads} run --task {wildcards.task} {params.estimator} --steps {wildcards.steps} "
-        "--seed {wildcards.seed} {params.task} --models {params.models} --out {output.record} > {log} 2>&1"
+        "python -m evals.cli --threads {threads} run {params.flags} --steps {wildcards.steps} --seed {wildcards.seed} "
+        "--models {params.models} --out {output.record} --sweep > {log} 2>&1"

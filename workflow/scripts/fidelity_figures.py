@@ -2,11 +2,13 @@
 
 import logging
 
+from checkout import log_to
+
 import pandas as pd
 
 from evals.figures import bench_cost_vs_steps, fidelity_vs_steps
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)
+log_to(snakemake.log[0])
 table = pd.read_csv(snakemake.input[0])
 fidelity_vs_steps(table, snakemake.output.fidelity)
 bench_cost_vs_steps(table, snakemake.output.cost)

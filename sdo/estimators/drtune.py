@@ -1,0 +1,39 @@
+"""DRTune (Wu et al., ECCV 2024): reward supervision at K evenly spaced steps with detached inputs.
+
+Rule: at the K steps k_i = floor(i T / K), i = 0..K-1 (so K = 1 is the first step and K = T
+every step), the network is called on a detached input, keeping a graph to the conditioning or
+the weights only; every other call runs without a graph; the linear part of each DDIM update
+z_{k+1} = c1_k z_k + c2_k eps_k stays in the gradient. That is the shortcut's sum over these
+K steps (`sdo.estimators.shortcut`), computed the same way: one sampling pass without a graph,
+then one replay per supervised step. K = T is the shortcut's `all`, K = 1 its `first`.
+Cost: T forward, then K forward + K backward network evaluations, one step's graph at a
+time: O(1) autograd memory in T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdo.estimators.base import NotApplicable
+from sdo.estimators.shortcut import Replay
+
+
+@dataclass
+class DRTune(Replay):
+    name = "drtune"
+    k: int = 1
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"drtune k must be >= 1, got {self.k}")
+
+    def chosen(self, problem):
+        steps = problem.chain.steps
+        if self.k > steps:
+            raise ValueError(f"drtune k={self.k} exceeds the chain's {steps} steps")
+        if problem.wrt == "latent":
+            raise NotApplicable(
+                "drtune detaches every network input, so the initial latent reaches the sample only "
+                "through the linear skip prod_k c1_k (no network Jacobian); use shortcut at=first"
+            )
+        return [i * steps // self.k for i in range(self.k)], 1.0

@@ -1,0 +1,71 @@
+"""The embedded default model: the digits denoiser behind the model interface."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+
+from sdo.models import store
+from sdo.models.base import NULL_PROMPT, DiffusionModel
+from sdo.models.data import NUM_CLASSES
+from sdo.models.denoiser import DigitDenoiser
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+
+
+class EmbeddedDigits(DiffusionModel):
+    """16x16 pixel diffusion over handwritten digits; prompts are "0".."9", "" is the null prompt.
+    The state is the image itself, so `decode` is the identity."""
+
+    prompts = tuple(str(d) for d in range(NUM_CLASSES))
+
+    def __init__(self, net: DigitDenoiser):
+        self.net = net
+        self.scheduler_config = net.config["scheduler"]
+        unet = net.config["unet"]
+        self.state_shape = (unet["in_channels"], unet["sample_size"], unet["sample_size"])
+
+    @classmethod
+    def load(
+        cls, directory: Path | str = store.DEFAULT_DIR, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "EmbeddedDigits":
+        """The committed (or retrained) denoiser from `directory`."""
+        return cls(store.load("denoiser", directory, dtype).to(device))
+
+    def labels(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Label indices of prompts: the digit, or NUM_CLASSES for the null prompt."""
+        labels = []
+        for prompt in prompts:
+            prompt = str(prompt)
+            if prompt == NULL_PROMPT:
+                labels.append(NUM_CLASSES)
+            elif prompt in self.prompts:
+                labels.append(int(prompt))
+            else:
+                raise ValueError(f"the digits model's prompts are '0'..'9' or '' (null), got {prompt!r}")
+        return torch.tensor(labels, device=self.device)
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.net.embed(self.labels(prompts))
+
+    def decode(self, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+    def with_lora(self, rank: int) -> "EmbeddedDigits":
+        """LoRA adapters (peft) on the UNet's attention and convolutions, or, for rank 0, all
+        UNet weights; the label embeddings stay frozen."""
+        if rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: all UNet weights), got {rank}")
+        net = copy.deepcopy(self.net).requires_grad_(False)
+        if rank == 0:
+            net.unet.requires_grad_(True)
+            return EmbeddedDigits(net)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+        net.unet = inject_adapter_in_model(config, net.unet)
+        for name, param in net.unet.named_parameters():
+            param.requires_grad_("lora_" in name)
+        return EmbeddedDigits(net)

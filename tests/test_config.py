@@ -1,0 +1,196 @@
+"""Configs are refused before any job runs, and every accepted config makes commands the CLI accepts."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from evals.cli import build_parser
+from evals.config import ConfigError, check_config, load_schema
+from evals.tables import methods_table
+from sdo.estimators import ESTIMATORS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def _every_option() -> dict:
+    """The default config with every optional key and every estimator option set."""
+    config = copy.deepcopy(DEFAULT)
+    config["runs"]["variants"].update(
+        full_checkpoint={"method": "full", "checkpoint": True},
+        alignprop={"method": "truncated", "k": 2, "randomize": True, "checkpoint": False, "seed": 3},
+        doodl_mix={"method": "doodl", "mix": 0.9},
+        shortcut_random={"method": "shortcut", "at": "random", "seed": 1},
+    )
+    common = {"seeds": [4], "metrics": ["evals.rewards:per_sample"], "target": 1, "reference_index": 5, "guidance": 2.0,
+              "eta": 0.0, "lr": 0.01, "reward_tolerance": 0.05}
+    tasks = config["runs"]["tasks"]
+    for task in tasks.values():
+        task.update(common, variants=list(config["runs"]["variants"]))
+    tasks["latent"].update(prompt=3, renormalize=True)
+    tasks["conditioning"].update(prompt="none", eval_samples=6)
+    tasks["finetune"].update(lora_rank=0, eval_samples=6)
+    return config
+
+
+def _with(path: str, value) -> dict:
+    config = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return config
+
+
+BAD = [
+    ("runs.variants.shortcut", {"method": "shortcut", "steps": "first"}, ["runs.variants.shortcut", "'steps'", "at, method, seed"]),
+    ("runs.variants.shortcut", {"method": "shortcut", "at": "middle"}, ["runs.variants.shortcut.at", "'middle'", "first, last, random or all"]),
+    ("runs.variants.full", {"method": "sgd"}, ["runs.variants.full.method", "'sgd'", "full, truncated, adjoint, doodl, shortcut"]),
+    ("runs.variants.truncated", {"method": "truncated", "k": 0}, ["runs.variants.truncated.k", "0", "an integer >= 1"]),
+    ("runs.variants.doodl", {"method": "doodl", "mix": 0.4}, ["runs.variants.doodl.mix", "0.4", "0.5 < mix < 1"]),
+    ("runs.variants.full", {"method": "full", "checkpoint": "yes"}, ["runs.variants.full.checkpoint", "'yes'", "true or false"]),
+    ("runs.tasks.latent.steps", [10, 0], ["runs.tasks.latent.steps.1", "0", "positive"]),
+    ("runs.tasks.latent.iters", 0, ["runs.tasks.latent.iters", "0", "a positive integer"]),
+    ("runs.tasks.latent.reward", "beauty", ["runs.tasks.latent.reward", "'beauty'", "classifier, style"]),
+    ("runs.tasks.latent.lora_rank", 2, ["runs.tasks.latent", "'lora_rank'", "allowed keys"]),
+    ("runs.tasks.painting", {}, ["runs.tasks", "'painting'", "conditioning, finetune, latent"]),
+    ("runs.tasks.latent.variants", ["full", "sdo_fast"], ["runs.tasks.latent.variants", "'sdo_fast'", "runs.variants"]),
+    ("runs.tasks.latent.reward", "nowhere/reward.py:score", ["runs.tasks.latent.reward", "nowhere/reward.py", "does not exist"]),
+    ("bench.wrt", ["latent", "noise"], ["bench.wrt.1", "'noise'", "latent, cond or weights"]),
+    ("bench.variants.full", {"method": "adjoint"}, ["bench.variants.full.method", "'full' was expected"]),
+    ("colour", "blue", ["(top level)", "'colour'", "allowed keys"]),
+]
+
+
+@pytest.mark.parametrize("path, value, words", BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
+def test_bad_values_are_refused_naming_key_value_and_what_is_allowed(path, value, words):
+    with pytest.raises(ConfigError) as caught:
+        check_config(_with(path, value), base=ROOT)
+    message = str(caught.value)
+    assert all(word in message for word in words), message
+
+
+def test_every_estimator_option_is_in_the_schema():
+    """Each registered estimator's options in the schema are exactly its dataclass fields."""
+    rules = load_schema()["$defs"]["variant"]["allOf"]
+    in_schema = {rule["if"]["properties"]["method"]["const"]: set(rule["then"]["properties"]) - {"method"} for rule in rules}
+    assert set(in_schema) == set(ESTIMATORS)
+    for name, cls in ESTIMATORS.items():
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        assert in_schema[name] == fields, name
+
+
+def _planned_commands(configfile: Path, target: str = "all") -> list[list[str]]:
+    """The `python -m evals.cli` command of every job Snakemake plans for `target`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--configfile", str(configfile)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    commands = []
+    for line in done.stdout.splitlines():
+        if "python -m evals.cli" in line:
+            words = shlex.split(line.split("python -m evals.cli", 1)[1].split(">")[0])
+            commands.append([w for w in words if not w.startswith("$(")])
+    return commands
+
+
+@pytest.mark.parametrize("name", ["default", "every_option"])
+def test_every_generated_command_parses(tmp_path, name):
+    config = DEFAULT if name == "default" else _every_option()
+    check_config(config, base=ROOT)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    commands = _planned_commands(configfile) + _planned_commands(configfile, "bench")
+    parser = build_parser()
+    seen = set()
+    for words in commands:
+        args = parser.parse_args(words)
+        seen.add(args.command)
+        if args.command == "run":
+            assert args.sweep and args.variant
+    assert {"run", "quality", "bench"} <= seen
+    if name == "every_option":
+        renormalized = [w for w in commands if "--renormalize" in w]
+        assert renormalized and all("true" not in w for w in renormalized)
+
+
+def test_snakemake_dry_run_refuses_a_bad_config(tmp_path):
+    configfile = tmp_path / "bad.yaml"
+    configfile.write_text(yaml.safe_dump(_with("runs.variants.shortcut", {"method": "shortcut", "at": "middle"})))
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(configfile)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "runs.variants.shortcut.at: 'middle' is not one of" in done.stdout + done.stderr
+
+
+def test_methods_table_means_and_intervals():
+    """Two ok seeds (rewards 1 and 3), one diverged run counted apart, one failed variant."""
+    rows = [
+        {"task": "latent", "wrt": "latent", "variant": "full", "steps": 10, "seed": s, "status": status, "device": "cpu",
+         "seconds_per_iter": sec, "saved_bytes": 100, "final_reward_mean": reward, "final_fid": fid}
+        for s, status, sec, reward, fid in [(0, "ok", 1.0, 1.0, 10.0), (1, "ok", 3.0, 3.0, 20.0), (2, "diverged", 9.0, None, None)]
+    ] + [{"task": "latent", "wrt": "latent", "variant": "adjoint", "steps": 10, "seed": 0, "status": "failed", "device": "cpu",
+          "seconds_per_iter": None, "saved_bytes": None, "final_reward_mean": None, "final_fid": None}]
+    table = methods_table(pd.DataFrame(rows)).set_index("variant")
+    full = table.loc["full"]
+    assert full["runs"] == 2 and full["runs_diverged"] == 1 and full["runs_failed"] == 0
+    assert full["final_reward_mean"] == pytest.approx(2.0) and full["final_fid"] == pytest.approx(15.0)
+    assert full["seconds_per_iter"] == pytest.approx(2.0)
+    # t(0.975, 1) = 12.706; std of {1, 3} = sqrt(2); n = 2
+    assert full["final_reward_ci95_seeds"] == pytest.approx(12.7062047 * 2**0.5 / 2**0.5, rel=1e-6)
+    assert table.loc["adjoint", "runs"] == 0 and table.loc["adjoint", "runs_failed"] == 1
+    assert pd.isna(table.loc["adjoint", "final_reward_mean"])
+
+
+def _pins(lines) -> set[str]:
+    return {line.replace(" ", "") for line in lines if not line.startswith("-e")}
+
+
+def test_environments_pin_what_the_package_needs():
+    """The rules' conda env and environment.yml install exactly pyproject's dependencies."""
+    import tomllib
+
+    needed = _pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    rules_env = yaml.safe_load((ROOT / "workflow" / "envs" / "sdo.yaml").read_text())
+    project_env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_of = lambda env: next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))  # noqa: E731
+    assert _pins(pip_of(rules_env)) == needed - {"snakemake==9.27.1"}
+    assert _pins(pip_of(project_env)) - {"pytest>=8"} == needed
+    assert "-e ." in pip_of(project_env) and not any(line.startswith("-e") for line in pip_of(rules_env))
+
+
+def test_cost_to_quality_on_a_known_table():
+    """full gains 10 (0 -> 10) and reaches 9 at 4 s; shortcut reaches 9 at 1 s and 0.5 s
+    (seeds 0, 1); doodl starts at 5 and must reach 14 (at 6 s, not at 13 > 9); truncated never
+    gets there."""
+    from evals.convergence import cost_to_quality
+
+    def run(variant, seed, rewards, seconds_per_eval, start=0.0):
+        return [{"task": "latent", "wrt": "latent", "steps": 10, "variant": variant, "seed": seed, "iter": 2 * i,
+                 "seconds": seconds_per_eval * i, "nfe": 100 * i, "reward": start + r} for i, r in enumerate(rewards)]
+
+    rows = (run("full", 0, [0, 5, 9, 10], 2.0) + run("full", 1, [0, 5, 9.5, 10], 2.0)
+            + run("shortcut", 0, [0, 9, 9, 9], 1.0) + run("shortcut", 1, [0, 9.2, 9.5, 9.6], 0.5)
+            + run("doodl", 0, [0, 8, 9, 12], 3.0, start=5.0) + run("truncated", 0, [0, 1, 2, 3], 1.0))
+    table = cost_to_quality(pd.DataFrame(rows), fraction=0.9).set_index("variant")
+    assert table.loc["full", "seconds_to_target"] == 4.0 and table.loc["full", "nfe_to_target"] == 200
+    assert table.loc["shortcut", "seconds_to_target"] == pytest.approx(0.75)
+    assert table.loc["shortcut", "seconds_ci95"] == pytest.approx(12.7062047 * (0.5**0.5 * 0.5) / 2**0.5, rel=1e-6)
+    assert table.loc["shortcut", "seconds_vs_full"] == pytest.approx(0.75 / 4.0)
+    assert table.loc["full", "seconds_vs_shortcut"] == pytest.approx(4.0 / 0.75)
+    assert table.loc["doodl", "reached"] == 1 and table.loc["doodl", "seconds_to_target"] == 6.0
+    assert table.loc["doodl", "iters_to_target"] == 4
+    assert table.loc["truncated", "reached"] == 0 and table.loc["truncated", "runs"] == 1
+    assert pd.isna(table.loc["truncated", "seconds_to_target"]) and pd.isna(table.loc["truncated", "seconds_vs_full"])
+    assert (table["target_gain"] == 10).all()

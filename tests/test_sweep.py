@@ -1,0 +1,99 @@
+"""The sweep end to end on a tiny configuration: killed and resumed it gives the tables an
+uninterrupted sweep gives; the report builds; the SLURM profile plans."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = {"variants": ["full", "shortcut"], "steps": [2], "iters": 2, "eval_every": 1, "batch": 2, "reward": "classifier"}
+TINY = {
+    "models": str(ROOT / "results" / "models"),
+    "threads_per_run": 1,
+    "quality": {"steps": 2, "guidance": [1.0], "per_label": 8, "threads": 1},
+    "runs": {
+        "seeds": [0, 1],
+        "variants": {"full": {"method": "full"}, "shortcut": {"method": "shortcut", "at": "first"}},
+        "tasks": {
+            "latent": TASK,
+            "conditioning": {**TASK, "seeds": [0], "eval_samples": 4, "monitor_samples": 2},
+            "finetune": {**TASK, "seeds": [0], "eval_samples": 4, "monitor_samples": 2},
+        },
+    },
+}
+TABLES = ["summary.csv", "methods.csv", "evaluations.csv", "cost_to_quality.csv"]
+VARYING = ("seconds", "record", "samples_file", "iters_to_target", "_to_target", "_ci95", "_vs_")
+
+
+def _snakemake(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(workdir / "tiny.yaml"), *args]
+
+
+def _sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_snakemake(workdir, "--cores", "2", *args), capture_output=True, text=True, timeout=600)
+
+
+def _tables(workdir: Path) -> dict[str, pd.DataFrame]:
+    """The tables without the columns that hold timings or paths."""
+    frames = {}
+    for name in TABLES:
+        frame = pd.read_csv(workdir / "results" / "tables" / name)
+        frames[name] = frame[[c for c in frame.columns if not any(part in c for part in VARYING)]]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    done = _sweep(workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+def test_a_killed_sweep_resumes_to_the_same_tables(uninterrupted, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    runs = tmp_path / "results" / "runs"
+    sweep = subprocess.Popen(_snakemake(tmp_path, "--cores", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("*/*/*/*.json")):
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    finished = len(list(runs.glob("*/*/*/*.json")))
+    assert 0 < finished < 8, f"the kill should land mid-sweep, {finished} of 8 records were written"
+    assert not (tmp_path / "results" / "tables" / "summary.csv").exists()
+    assert _sweep(tmp_path, "--unlock").returncode == 0
+    resumed = _sweep(tmp_path, "--rerun-incomplete")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rerun = re.search(r"^run\s+(\d+)$", resumed.stdout + resumed.stderr, re.MULTILINE)
+    assert rerun and int(rerun.group(1)) == 8 - finished, "only the missing runs are run again"
+    ours, theirs = _tables(tmp_path), _tables(uninterrupted)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(ours[name], theirs[name], check_exact=False, rtol=1e-9, obj=name)
+
+
+def test_the_report_builds(uninterrupted):
+    done = _sweep(uninterrupted, "--report", str(uninterrupted / "report.html"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (uninterrupted / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "cost_to_quality.csv" in html and "reward_vs_seconds.png" in html
+
+
+def test_the_slurm_profile_plans_the_jobs():
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "config/profiles/slurm"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run" in done.stdout and "This was a dry-run" in done.stdout + done.stderr
