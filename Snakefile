@@ -30,6 +30,7 @@ rule all:
         "results/tables/methods.csv",
         "results/tables/evaluations.csv",
         "results/tables/cost_to_quality.csv",
+        "results/tables/guidance_vs_optimisation.csv",
         "results/figures/reward_vs_iter.png",
         "results/figures/reward_vs_seconds.png",
         "results/figures/tradeoff.png",
@@ -40,6 +41,7 @@ rule all:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/runs.smk"
+include: "workflow/rules/guidance.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/sd_cost.smk"

@@ -69,6 +69,36 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-download", action="store_true", help="SD: fetch missing weights from the Hugging Face hub")
 
 
+def _sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """What is sampled and how it is scored: shared by `run` and `guide`."""
+    parser.add_argument("--model", default="embedded", help=MODEL_HELP)
+    parser.add_argument("--steps", type=_positive, required=True, help="DDIM steps T")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=_positive, default=8)
+    parser.add_argument("--reward", default="classifier",
+                        help="embedded: classifier, style, inpaint, superres; SD: clip, aesthetic, style; "
+                             "or a callable 'package.module:function' / 'file.py:function'")
+    parser.add_argument("--target", type=int, default=3, help="digit the classifier reward asks for")
+    parser.add_argument("--reference-index", type=int, default=0, help="held-out digit used by style, inpaint, superres")
+    parser.add_argument("--metric", "--metrics", dest="metrics", action="extend", nargs="+", default=[], metavar="MODULE:FUNCTION",
+                        help="extra evaluation-only metric images -> per-sample scores (repeatable)")
+    parser.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights: adds Inception FID")
+    parser.add_argument("--clip-model", type=Path, default=None, help="local CLIP model directory: adds CLIP score")
+    parser.add_argument("--aesthetic-head", type=Path, default=None, help="SD aesthetic reward: LAION predictor head weights")
+    parser.add_argument("--style-image", type=Path, default=None, help="SD style reward: the style image")
+    parser.add_argument("--reference-images", type=Path, default=None, help="SD: image folder for Inception FID")
+    parser.add_argument("--reward-prompt", default="", help="SD clip reward: its text (default: --prompt)")
+    parser.add_argument("--reward-tolerance", type=float, default=1e-2, help="differentiability check tolerance")
+    parser.add_argument("--prompt", type=_prompt, default=NULL_PROMPT, help="conditioning prompt (embedded: a digit 0-9), or 'none' (default)")
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    parser.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
+    _model_flags(parser)
+    _sweep_flag(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's choice)")
@@ -93,43 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="optimise a task with one gradient estimator and write a JSON record")
     run.add_argument("--task", choices=sorted(TASKS), default="latent")
-    run.add_argument("--model", default="embedded", help=MODEL_HELP)
     run.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
     run.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                      help="estimator option, e.g. checkpoint=true or at=all (repeatable)")
     run.add_argument("--variant", default=None, help="name of this estimator configuration in tables (default: the method)")
-    run.add_argument("--steps", type=_positive, required=True, help="DDIM steps T")
     run.add_argument("--iters", type=_positive, required=True, help="optimisation iterations")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch", type=_positive, default=8)
-    run.add_argument("--reward", default="classifier",
-                     help="embedded: classifier, style, inpaint, superres; SD: clip, aesthetic, style; "
-                          "or a callable 'package.module:function' / 'file.py:function'")
-    run.add_argument("--target", type=int, default=3, help="digit the classifier reward asks for")
-    run.add_argument("--reference-index", type=int, default=0, help="held-out digit used by style, inpaint, superres")
-    run.add_argument("--metric", "--metrics", dest="metrics", action="append", default=[], metavar="MODULE:FUNCTION",
-                     help="extra evaluation-only metric images -> per-sample scores (repeatable)")
-    run.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights: adds Inception FID")
-    run.add_argument("--clip-model", type=Path, default=None, help="local CLIP model directory: adds CLIP score")
-    run.add_argument("--aesthetic-head", type=Path, default=None, help="SD aesthetic reward: LAION predictor head weights")
-    run.add_argument("--style-image", type=Path, default=None, help="SD style reward: the style image")
-    run.add_argument("--reference-images", type=Path, default=None, help="SD: image folder for Inception FID")
-    run.add_argument("--reward-prompt", default="", help="SD clip reward: its text (default: --prompt)")
-    run.add_argument("--reward-tolerance", type=float, default=1e-2, help="differentiability check tolerance")
-    run.add_argument("--prompt", type=_prompt, default=NULL_PROMPT, help="conditioning prompt (embedded: a digit 0-9), or 'none' (default)")
-    run.add_argument("--guidance", type=float, default=1.0)
-    run.add_argument("--eta", type=float, default=0.0)
     run.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's)")
+    run.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"), help="Adam's betas")
     run.add_argument("--renormalize", action="store_true", help="latent task: DOODL's latent renormalisation")
     run.add_argument("--lora-rank", type=int, default=4, help="finetune task: LoRA rank, 0 for all UNet weights")
     run.add_argument("--eval-samples", type=_positive, default=100, help="conditioning/finetune: samples for final metrics")
     run.add_argument("--eval-every", type=int, default=2, help="evaluate on held-out noise every N iterations (0: start and end)")
     run.add_argument("--monitor-samples", type=_positive, default=32, help="held-out samples per evaluation during the run")
-    run.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    run.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
-    _model_flags(run)
-    _sweep_flag(run)
+    _sampling_flags(run)
+
+    guide = commands.add_parser("guide", help="training-free guidance on the latent task's latents: one guided pass")
+    guide.add_argument("--scale", type=float, default=0.2, help="guidance step size")
+    guide.add_argument("--schedule", choices=["constant", "increase", "decrease"], default="constant")
+    guide.add_argument("--repeats", type=_positive, default=1, help="FreeDoM time-travel repeats per step")
+    guide.add_argument("--variant", default=None, help="name in tables (default: guidance_r<repeats>)")
+    _sampling_flags(guide)
 
     bench = commands.add_parser("bench", help="fidelity and cost of one estimator on the benchmark problem")
     bench.add_argument("--wrt", choices=PARAMETER_KINDS, required=True, help="parameter type to differentiate")
@@ -188,7 +201,13 @@ def _quality(args) -> dict:
     return experiment.quality(_spec(experiment.QualitySpec, args))
 
 
-COMMANDS = {"train": _train, "quality": _quality, "run": _run, "bench": _bench}
+def _guide(args) -> dict:
+    from evals.guide import GuideSpec, guide
+
+    return guide(_spec(GuideSpec, args))
+
+
+COMMANDS = {"train": _train, "quality": _quality, "run": _run, "bench": _bench, "guide": _guide}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,12 +67,13 @@ def check_config(config: dict, schema: dict | None = None, base: Path | str = ".
 
 
 def _flag_words(key: str, value) -> list[str]:
-    """`--key value`; a boolean is a bare flag when true and nothing when false; a list repeats."""
+    """`--key value`; a boolean is a bare flag when true and nothing when false; a list gives
+    its values after one flag."""
     flag = "--" + key.replace("_", "-")
     if isinstance(value, bool):
         return [flag] if value else []
     if isinstance(value, list):
-        return [word for item in value for word in (flag, str(item))]
+        return [flag, *map(str, value)]
     return [flag, str(value)]
 
 
@@ -100,4 +101,20 @@ def bench_arguments(config: dict, variant: str) -> list[str]:
     words = estimator_arguments(bench["variants"], variant)
     for key in ("batch", "seed", "repeats"):
         words += _flag_words(key, bench[key])
+    return words
+
+
+GUIDE_KEYS = ("model", "batch", "reward", "target", "reference_index", "metrics", "prompt", "guidance", "reward_tolerance",
+              "clip_model", "aesthetic_head", "style_image", "reward_prompt", "resolution", "dtype")
+
+
+def guide_arguments(config: dict) -> list[str]:
+    """The `sdo guide` flags: the guidance block's scale and schedule, and the latent task's
+    values that say what is sampled and how it is scored (so guidance meets the same reward)."""
+    words = []
+    for key in ("scale", "schedule"):
+        words += _flag_words(key, config["guidance"][key])
+    for key, value in config["runs"]["tasks"]["latent"].items():
+        if key in GUIDE_KEYS:
+            words += _flag_words(key, value)
     return words

@@ -80,6 +80,7 @@ class RunSpec(ModelOptions):
     eval_samples: int = 100
     eval_every: int = 2
     monitor_samples: int = 32
+    betas: tuple[float, float] = (0.9, 0.999)
     models: Path = store.DEFAULT_DIR
     device: str = "auto"
 
@@ -185,7 +186,8 @@ def run(spec: RunSpec) -> dict:
         record["model_options"] = getattr(setup.model, "options", None)
         record["reward_check_error"] = check_differentiable(setup.reward, probe_images(setup.model), tolerance=spec.reward_tolerance)
         settings = Settings(
-            spec.steps, spec.iters, spec.batch, spec.guidance, spec.eta, spec.lr, spec.seed, spec.eval_every, spec.monitor_samples
+            spec.steps, spec.iters, spec.batch, spec.guidance, spec.eta, spec.lr, spec.seed, spec.eval_every,
+            spec.monitor_samples, tuple(spec.betas),
         )
         result = TASKS[spec.task](setup.model, setup.reward, estimator, settings, monitor=setup.monitor, **_task_options(spec))
         record["iterations"], record["evaluations"] = result.iterations, result.evaluations

@@ -138,6 +138,8 @@ def clip_score(images: torch.Tensor, prompts: list[str], model_path: str) -> flo
     are; grey images become RGB."""
     from evals.image_rewards import clip_score_metric
 
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"CLIP model directory {model_path} not found; CLIP score needs local weights")
     return clip_score_metric(images.float().clamp(-1, 1).expand(-1, 3, -1, -1), prompts, model_path)
 
 

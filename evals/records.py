@@ -76,7 +76,8 @@ def save_tensors(path: Path | str, **tensors: torch.Tensor) -> None:
 
 
 def save_grid(path: Path | str, images: torch.Tensor, title: str = "") -> None:
-    """A PNG grid of images in [-1, 1] (B, 1, H, W), eight to a row."""
+    """A PNG grid of images in [-1, 1] (B, C, H, W), grey for one channel, RGB for three,
+    eight to a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +90,8 @@ def save_grid(path: Path | str, images: torch.Tensor, title: str = "") -> None:
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):
-            axis.imshow(images[index, 0], cmap="gray", vmin=-1, vmax=1)
+            image = images[index, 0] if images.shape[1] == 1 else (images[index].transpose(1, 2, 0) + 1) / 2
+            axis.imshow(image, cmap="gray", vmin=-1, vmax=1)
     if title:
         figure.suptitle(title, fontsize=8)
     figure.tight_layout()

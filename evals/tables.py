@@ -12,7 +12,7 @@ from scipy import stats
 from evals.records import write_atomic
 from sdo.tasks import TASK_WRT
 
-RUN_KEYS = ("task", "variant", "method", "steps", "seed", "batch", "target", "guidance", "eta")
+RUN_KEYS = ("task", "variant", "method", "model", "steps", "seed", "batch", "target", "guidance", "eta")
 
 
 def _run_columns(record: dict, path: Path) -> dict:
@@ -83,15 +83,16 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled_quality(summary: pd.DataFrame, classifier, reference) -> pd.DataFrame:
-    """FID and KID of each (task, variant, T) over the final (and baseline) samples of all its
-    `ok` seeds pooled, so latent runs of a few samples each reach the minimum counts; below
-    them the value stays empty and `pooled_samples` says why."""
+    """FID and KID of each (task, variant, T) of the embedded model over the final (and
+    baseline) samples of all its `ok` seeds pooled, so latent runs of a few samples each reach
+    the minimum counts; below them the value stays empty and `pooled_samples` says why."""
     from safetensors.torch import load_file
 
     from evals.metrics import distribution_distances
 
     keys, rows = ["task", "wrt", "variant", "steps"], []
     done = summary[(summary["status"] == "ok") & summary.get("samples_file", pd.Series(index=summary.index)).notna()]
+    done = done[done["model"].fillna("embedded") == "embedded"]
     for key, group in done.groupby(keys):
         files = [load_file(path) for path in group["samples_file"]]
         row = dict(zip(keys, key))

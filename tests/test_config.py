@@ -32,7 +32,7 @@ def _every_option() -> dict:
         shortcut_random={"method": "shortcut", "at": "random", "seed": 1},
     )
     common = {"seeds": [4], "metrics": ["evals.rewards:per_sample"], "target": 1, "reference_index": 5, "guidance": 2.0,
-              "eta": 0.0, "lr": 0.01, "reward_tolerance": 0.05}
+              "eta": 0.0, "lr": 0.01, "reward_tolerance": 0.05, "betas": [0.9, 0.9]}
     tasks = config["runs"]["tasks"]
     for task in tasks.values():
         task.update(common, variants=list(config["runs"]["variants"]))

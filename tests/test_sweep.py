@@ -22,7 +22,7 @@ TINY = {
     "threads_per_run": 1,
     "quality": {"steps": 2, "guidance": [1.0], "per_label": 8, "threads": 1},
     "runs": {
-        "seeds": [0, 1],
+        "seeds": [0],
         "variants": {"full": {"method": "full"}, "shortcut": {"method": "shortcut", "at": "first"}},
         "tasks": {
             "latent": TASK,
@@ -31,6 +31,9 @@ TINY = {
         },
     },
 }
+# Jobs call `python -m evals.cli`: the python of this environment, as `make` puts it on PATH.
+ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+RUNS = 6  # three tasks x two variants x one seed
 TABLES = ["summary.csv", "methods.csv", "evaluations.csv", "cost_to_quality.csv"]
 VARYING = ("seconds", "record", "samples_file", "iters_to_target", "_to_target", "_ci95", "_vs_")
 
@@ -41,7 +44,7 @@ def _snakemake(workdir: Path, *args: str) -> list[str]:
 
 
 def _sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_snakemake(workdir, "--cores", "2", *args), capture_output=True, text=True, timeout=600)
+    return subprocess.run(_snakemake(workdir, "--cores", "2", *args), capture_output=True, text=True, timeout=600, env=ENV)
 
 
 def _tables(workdir: Path) -> dict[str, pd.DataFrame]:
@@ -64,22 +67,23 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def test_a_killed_sweep_resumes_to_the_same_tables(uninterrupted, tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    runs = tmp_path / "results" / "runs"
-    sweep = subprocess.Popen(_snakemake(tmp_path, "--cores", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("*/*/*/*.json")):
-        time.sleep(0.2)
-    os.killpg(sweep.pid, signal.SIGKILL)
-    sweep.wait()
-    finished = len(list(runs.glob("*/*/*/*.json")))
-    assert 0 < finished < 8, f"the kill should land mid-sweep, {finished} of 8 records were written"
+    log = tmp_path / "first.log"
+    with log.open("w") as output:
+        sweep = subprocess.Popen(_snakemake(tmp_path, "--cores", "2"), stdout=output, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env=ENV)
+        deadline = time.time() + 300
+        while time.time() < deadline and "(Rule: run)" not in log.read_text():
+            time.sleep(0.2)
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    completed = log.read_text().count("(Rule: run)")
+    assert 0 < completed < RUNS, f"the kill should land mid-sweep, {completed} of {RUNS} runs had finished"
     assert not (tmp_path / "results" / "tables" / "summary.csv").exists()
     assert _sweep(tmp_path, "--unlock").returncode == 0
     resumed = _sweep(tmp_path, "--rerun-incomplete")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rerun = re.search(r"^run\s+(\d+)$", resumed.stdout + resumed.stderr, re.MULTILINE)
-    assert rerun and int(rerun.group(1)) == 8 - finished, "only the missing runs are run again"
+    assert rerun and int(rerun.group(1)) == RUNS - completed, "only the runs that had not finished run again"
     ours, theirs = _tables(tmp_path), _tables(uninterrupted)
     for name in TABLES:
         pd.testing.assert_frame_equal(ours[name], theirs[name], check_exact=False, rtol=1e-9, obj=name)

@@ -186,6 +186,10 @@ def test_lora_copy_trains_only_adapters_and_starts_at_the_base_model():
     base, _ = model.make_chain(3).trajectory(latent, cond)
     adapted, _ = tuned.make_chain(3).trajectory(latent, cond)
     torch.testing.assert_close(adapted, base)
+    adapters = lambda seed: [p for p in model.with_lora(2, seed).net.parameters() if p.requires_grad]  # noqa: E731
+    torch.rand(3)  # the global RNG must not matter
+    assert all(torch.equal(a, b) for a, b in zip(adapters(1), adapters(1)))
+    assert not all(torch.equal(a, b) for a, b in zip(adapters(1), adapters(2)))
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
         model.with_lora(-1)
     with pytest.raises(ValueError, match="prompts are '0'..'9'"):

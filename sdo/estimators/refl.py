@@ -34,7 +34,9 @@ class ReFL(Estimator):
     def gradient(self, problem, loss):
         chain, cond = problem.chain, problem.cond
         if problem.wrt == "latent":
-            raise NotApplicable("refl detaches every state before its one graph step: the initial latent does not reach the loss")
+            raise NotApplicable(
+                "refl detaches every state before its one graph step: the initial latent does not reach the loss"
+            )
         k = self._rng.randrange(chain.steps - min(self.last, chain.steps), chain.steps)
         z = problem.latent.detach()
         with torch.no_grad():

@@ -6,7 +6,9 @@ sets z_0 to the current latent and refreshes the kept states with `sweeps` Picar
 `sdo.estimators.shortcut`) is then replayed on the refreshed states. It samples afresh, one
 step after another, on the first call, when the batch shape, dtype, device or timesteps
 changed, and when the refresh's residual (the largest relative change of a state, per sample,
-in the last sweep) exceeds `tolerance`. With sweeps >= T the refresh is the sequential pass.
+in the last sweep) exceeds `tolerance`. With sweeps >= T the refresh is the sequential pass;
+with fewer it can be further off than the kept trajectory itself (see `sdo.picard`), which the
+residual reflects: the default is one sweep, guarded by the residual check.
 With eta > 0 the sweeps apply the chain's current noise, so a redrawn noise is a stale guess
 like any other.
 Cost: J = `sweeps` batched sweeps, J T forward network evaluations at sequential depth J (a
@@ -43,7 +45,7 @@ class Refresh:
 @dataclass
 class WarmShortcut(Shortcut):
     name = "shortcut_warm"
-    sweeps: int = 2
+    sweeps: int = 1
     tolerance: float = 1e-2
     last_refresh: Refresh | None = field(default=None, init=False, repr=False)
     _key: tuple | None = field(default=None, init=False, repr=False)

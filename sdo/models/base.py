@@ -10,14 +10,15 @@ A conditional diffusion model is seen only through
   null prompt of classifier-free guidance);
 - `decode(state) -> images`: the identity for a pixel model, the scaled VAE decode for a
   latent one; it stays inside the differentiable loss path;
-- `with_lora(rank)`: a copy whose only trainable weights are LoRA adapters (rank 0: all of
-  the noise network's weights).
+- `with_lora(rank, seed)`: a copy whose only trainable weights are LoRA adapters initialised
+  from `seed` (rank 0: all of the noise network's weights).
 
 Everything else (the chain, a batch of initial latents) is built from those.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from typing import Sequence
 
@@ -46,8 +47,9 @@ class DiffusionModel(ABC):
         """Images from chain states, differentiably."""
 
     @abstractmethod
-    def with_lora(self, rank: int) -> "DiffusionModel":
-        """A copy whose trainable weights are LoRA adapters of `rank` (0: every network weight)."""
+    def with_lora(self, rank: int, seed: int = 0) -> "DiffusionModel":
+        """A copy whose trainable weights are LoRA adapters of `rank`, their random half drawn
+        from `seed` (0: every network weight)."""
 
     @property
     def device(self) -> torch.device:
@@ -72,3 +74,12 @@ class DiffusionModel(ABC):
         noise = torch.randn(batch, *self.state_shape, generator=generator, dtype=torch.float32)
         return noise.to(self.device, self.dtype)
 
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Draw from torch's global generators seeded with `seed`, leaving their state as it was:
+    adapters initialised inside get the same numbers for the same seed in every run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

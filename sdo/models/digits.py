@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 
 from sdo.models import store
-from sdo.models.base import NULL_PROMPT, DiffusionModel
+from sdo.models.base import NULL_PROMPT, DiffusionModel, seeded
 from sdo.models.data import NUM_CLASSES
 from sdo.models.denoiser import DigitDenoiser
 
@@ -55,7 +55,7 @@ class EmbeddedDigits(DiffusionModel):
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         return state
 
-    def with_lora(self, rank: int) -> "EmbeddedDigits":
+    def with_lora(self, rank: int, seed: int = 0) -> "EmbeddedDigits":
         """LoRA adapters (peft) on the UNet's attention and convolutions, or, for rank 0, all
         UNet weights; the label embeddings stay frozen."""
         if rank < 0:
@@ -65,7 +65,8 @@ class EmbeddedDigits(DiffusionModel):
             net.unet.requires_grad_(True)
             return EmbeddedDigits(net)
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
-        net.unet = inject_adapter_in_model(config, net.unet)
+        with seeded(seed):
+            net.unet = inject_adapter_in_model(config, net.unet)
         for name, param in net.unet.named_parameters():
             param.requires_grad_("lora_" in name)
         return EmbeddedDigits(net)

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from sdo.models.base import DiffusionModel
+from sdo.models.base import DiffusionModel, seeded
 
 SD15 = {
     "unet": {
@@ -285,7 +285,7 @@ class StableDiffusion(DiffusionModel):
         """Images (B, 3, H, W), roughly in [-1, 1]: one VAE decoder pass, differentiable."""
         return self.vae.decode(state / self.vae.config.scaling_factor).sample
 
-    def with_lora(self, rank: int) -> "StableDiffusion":
+    def with_lora(self, rank: int, seed: int = 0) -> "StableDiffusion":
         """A copy sharing the frozen VAE and text encoder whose UNet is a deep copy: with LoRA
         adapters of `rank` on every attention projection (to_q, to_k, to_v, to_out.0; A
         Gaussian, B zero, so the outputs start unchanged) as the only trainable weights, or for
@@ -295,9 +295,10 @@ class StableDiffusion(DiffusionModel):
         tuned = copy.copy(self)
         tuned.net = copy.deepcopy(self.net).requires_grad_(rank == 0)
         if rank:
-            tuned.net.unet.add_adapter(
-                LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
-            )
+            with seeded(seed):
+                tuned.net.unet.add_adapter(
+                    LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+                )
             for name, param in tuned.net.named_parameters():
                 param.requires_grad_("lora_" in name)
         tuned.options = {**self.options, "lora_rank": rank}

@@ -32,7 +32,7 @@ def optimise_conditioning(
     cond = model.encode([prompt]).detach().clone()
     start = cond.clone()
     chain = settings.chain(model)
-    optimizer = torch.optim.Adam([cond], lr=settings.lr or 0.05)
+    optimizer = torch.optim.Adam([cond], lr=settings.lr or 0.05, betas=settings.betas)
 
     def problem_at(i: int) -> Problem:
         latent = model.latent_batch(settings.batch, generator)

@@ -24,7 +24,7 @@ def finetune(
     prompts: tuple[str, ...] | None = None,
     monitor: Monitor | None = None,
 ) -> TaskResult:
-    """AdamW on the trainable weights of `model.with_lora(lora_rank)`; each iteration samples
+    """AdamW on the trainable weights of `model.with_lora(lora_rank, settings.seed)`; each iteration samples
     fresh noise and prompts drawn from `prompts` (default: the model's), and the reward scores
     the samples. Progress is monitored on `settings.monitor_samples` fixed held-out latents; the
     final samples (and the base model's, for drift) come from `eval_samples` other latents,
@@ -32,11 +32,11 @@ def finetune(
     prompts = tuple(prompts or model.prompts)
     if not prompts:
         raise ValueError("finetune needs prompts: the model lists none and none were given")
-    tuned = model.with_lora(lora_rank)
+    tuned = model.with_lora(lora_rank, seed=settings.seed)
     params = [p for p in tuned.net.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(settings.seed)
     chain = settings.chain(tuned)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr or 1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr or 1e-3, betas=settings.betas, weight_decay=0.0)
 
     def problem_at(i: int) -> Problem:
         latent = model.latent_batch(settings.batch, generator)

@@ -34,7 +34,7 @@ def optimise_latent(
     chain = settings.chain(model)
     if settings.eta:
         chain.fix_noise(latent, generator)
-    optimizer = torch.optim.Adam([latent], lr=settings.lr or 0.05)
+    optimizer = torch.optim.Adam([latent], lr=settings.lr or 0.05, betas=settings.betas)
 
     def renormalise():
         norms = latent.flatten(1).norm(dim=1).view(-1, *[1] * (latent.dim() - 1))

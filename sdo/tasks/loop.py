@@ -25,7 +25,7 @@ Monitor = Callable[[torch.Tensor], dict]
 @dataclass(frozen=True)
 class Settings:
     """What every task shares: the chain (steps, guidance, eta), the loop (iterations, batch,
-    learning rate; None takes the task's own), the seed of all its noise, and how often the
+    learning rate; None takes the task's own; Adam's betas), the seed of all its noise, and how often the
     parameters are evaluated on held-out noise (`eval_every` iterations, 0: only at the start
     and the end; `monitor_samples` images each time)."""
 
@@ -38,6 +38,7 @@ class Settings:
     seed: int = 0
     eval_every: int = 0
     monitor_samples: int = 32
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def chain(self, model: DiffusionModel) -> DDIMChain:
         return model.make_chain(self.steps, self.guidance, self.eta)

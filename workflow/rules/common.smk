@@ -2,7 +2,7 @@
 
 import shlex
 
-from evals.config import bench_arguments, run_arguments
+from evals.config import bench_arguments, guide_arguments, run_arguments
 
 MODELS = config["models"]
 RUNS = config["runs"]
@@ -25,6 +25,18 @@ RUN_RECORDS = [
         seed=spec.get("seeds", RUNS["seeds"]),
     )
 ]
+
+LATENT = RUNS["tasks"].get("latent")
+GUIDED_RECORDS = (
+    expand(
+        "results/guidance/T{steps}/r{repeats}/seed{seed}.json",
+        steps=LATENT["steps"],
+        repeats=config["guidance"]["repeats"],
+        seed=LATENT.get("seeds", RUNS["seeds"]),
+    )
+    if LATENT and "guidance" in config
+    else []
+)
 
 BENCH_ROWS = expand(
     "results/bench/{wrt}/T{steps}/{variant}.json",

@@ -5,6 +5,7 @@
 rule runs_table:
     input:
         records=RUN_RECORDS,
+        guided=GUIDED_RECORDS,
         **MODEL_FILES,
     output:
         iterations=report("results/tables/runs.csv", caption="../report/runs.rst", category="Tables"),
@@ -12,6 +13,9 @@ rule runs_table:
         methods=report("results/tables/methods.csv", caption="../report/methods.rst", category="Tables"),
         evaluations=report("results/tables/evaluations.csv", caption="../report/evaluations.rst", category="Tables"),
         cost=report("results/tables/cost_to_quality.csv", caption="../report/cost_to_quality.rst", category="Tables"),
+        guidance=report(
+            "results/tables/guidance_vs_optimisation.csv", caption="../report/guidance.rst", category="Tables"
+        ),
     params:
         fraction=config["target_fraction"],
         models=models_dir,

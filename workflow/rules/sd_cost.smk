@@ -9,7 +9,7 @@ import shlex
 from evals.config import check_config, estimator_arguments
 
 
-configfile: "config/sd_cost.yaml"
+configfile: os.path.join(workflow.basedir, "config", "sd_cost.yaml")
 
 
 check_config(config, base=workflow.basedir)  # now with the sd_cost block
@@ -23,15 +23,13 @@ SD_COST_ROWS = expand(
     unet=[UNET[on] for on in SD_COST["unet_checkpointing"]],
     variant=list(SD_COST["variants"]),
 )
-
-
-def sd_cost_flags(wildcards):
-    """This variant's estimator and the block's shared values, as `sdo bench` flags."""
-    words = estimator_arguments(SD_COST["variants"], wildcards.variant)
-    for key in ("model", "resolution", "batch", "guidance", "dtype", "device", "seed", "repeats"):
-        if key in SD_COST:
-            words += ["--" + key, str(SD_COST[key])]
-    return shlex.join(words + ["--gradient-checkpointing"] * (wildcards.unet == "checkpointed"))
+# the `sdo bench` flags every row shares; a row adds its estimator and UNet checkpointing
+SD_COST_FLAGS = [
+    word
+    for key in ("model", "resolution", "batch", "guidance", "dtype", "device", "seed", "repeats")
+    if key in SD_COST
+    for word in (f"--{key}", str(SD_COST[key]))
+]
 
 
 rule sd_cost_row:
@@ -42,7 +40,11 @@ rule sd_cost_row:
         steps=r"\d+",
         unet="plain|checkpointed",
     params:
-        flags=sd_cost_flags,
+        flags=lambda wildcards: shlex.join(
+            estimator_arguments(SD_COST["variants"], wildcards.variant)
+            + SD_COST_FLAGS
+            + ["--gradient-checkpointing"] * (wildcards.unet == "checkpointed")
+        ),
     log:
         "results/logs/sd_cost/{wrt}/T{steps}/{unet}/{variant}.log",
     benchmark:

@@ -7,6 +7,7 @@ import logging
 from checkout import log_to
 
 from evals.convergence import cost_to_quality, evaluations_table
+from evals.guide import guidance_table
 from evals.tables import methods_table, pooled_quality, runs_table, write_csv
 from sdo.models import store
 from sdo.models.data import load_split
@@ -23,4 +24,5 @@ write_csv(summary, snakemake.output.summary)
 write_csv(methods, snakemake.output.methods)
 write_csv(evaluations, snakemake.output.evaluations)
 write_csv(cost_to_quality(evaluations, fraction=snakemake.params.fraction), snakemake.output.cost)
+write_csv(guidance_table(snakemake.input.guided, evaluations), snakemake.output.guidance)
 logging.info("%d iteration rows from %d runs", len(iterations), len(summary))
