@@ -48,6 +48,8 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
             axis.grid(alpha=0.3)
             axis.set_visible(bool(axis.lines))
         axes[i][0].set_ylabel(label)
+    if any(str(v).startswith("doodl") for v in colours):
+        figure.text(0.01, 0.005, "doodl samples with EDICT, not DDIM: it starts elsewhere at small T", fontsize=7, color="0.4")
     _legend(figure, axes)
     _save(figure, path, evaluations["device"])
 

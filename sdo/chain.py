@@ -114,6 +114,14 @@ class DDIMChain:
             torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device) for _ in range(self.steps)
         ]
 
+    def guided(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance of the network at per-sample timesteps `t` (not counted)."""
+        if self.guidance == 1.0:
+            return self.net(z, t, cond)
+        null = self.null_cond.expand_as(cond)
+        uncond, guided = self.net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)
+        return uncond + self.guidance * (guided - uncond)
+
     def eps(self, z: torch.Tensor, k: int, cond: torch.Tensor) -> torch.Tensor:
         """The guided noise prediction at state k, counted in `meter`. A conditioning with
         batch size 1 is shared by the whole batch."""
@@ -121,12 +129,7 @@ class DDIMChain:
         if cond.shape[0] != z.shape[0]:
             cond = cond.expand(z.shape[0], *cond.shape[1:])
         t = torch.full((z.shape[0],), float(self.timesteps[k]), dtype=z.dtype, device=z.device)
-        if self.guidance == 1.0:
-            eps = self.net(z, t, cond)
-        else:
-            null = self.null_cond.expand_as(cond)
-            uncond, guided = self.net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)
-            eps = uncond + self.guidance * (guided - uncond)
+        eps = self.guided(z, t, cond)
         if torch.is_grad_enabled() and eps.requires_grad:
             self.meter.graph_steps.append(k)
             eps = _CountBackward.apply(eps, self.meter)

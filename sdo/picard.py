@@ -33,13 +33,7 @@ def batched_eps(chain: DDIMChain, states: list[torch.Tensor], cond: torch.Tensor
     t = torch.tensor(chain.timesteps[:steps], dtype=z.dtype, device=z.device).repeat_interleave(batch)
     cond = cond.expand(batch, *cond.shape[1:]).repeat(steps, *[1] * (cond.dim() - 1))
     chain.meter.forward += steps
-    if chain.guidance == 1.0:
-        eps = chain.net(z, t, cond)
-    else:
-        null = chain.null_cond.expand_as(cond)
-        uncond, guided = chain.net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)
-        eps = uncond + chain.guidance * (guided - uncond)
-    return list(eps.chunk(steps))
+    return list(chain.guided(z, t, cond).chunk(steps))
 
 
 def sweep(chain: DDIMChain, states: list[torch.Tensor], cond: torch.Tensor) -> list[torch.Tensor]:
