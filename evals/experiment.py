@@ -29,7 +29,6 @@ from sdo.models.digits import EmbeddedDigits
 from sdo.tasks import TASKS, Diverged, Settings
 
 log = logging.getLogger(__name__)
-STATUSES = ("ok", "not_applicable", "diverged", "out_of_memory", "failed")
 
 
 @dataclass(kw_only=True)
