@@ -156,14 +156,16 @@ def _out_of_memory(error: Exception) -> bool:
     )
 
 
-def _new_record(spec, device: torch.device) -> dict:
+def new_record(spec, device: torch.device) -> dict:
+    """A record of `spec` on `device`: its config, the variant's name, the environment, status ok."""
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(spec).items()}
     config["variant"] = spec.variant or spec.method
     config["device"] = str(device)
     return {"variant": config["variant"], "config": config, **records.environment(device), "status": "ok"}
 
 
-def _finish(record: dict, out: Path | None) -> dict:
+def write_record(record: dict, out: Path | None) -> dict:
+    """Write the record atomically to `out` (if given) and return it."""
     if out is not None:
         records.write_json(out, record)
         log.info("wrote %s (status %s)", out, record["status"])
@@ -175,7 +177,7 @@ def run(spec: RunSpec) -> dict:
     holds one row per iteration and the `final` and `baseline` (starting parameters, same
     noise) metrics; the sample grid goes beside `spec.out` as PNG."""
     device = resolve_device(spec.device)
-    record = _new_record(spec, device)
+    record = new_record(spec, device)
     record.update(iterations=[], final={})
     with recorded_failures(record):
         if spec.task not in TASKS:
@@ -198,7 +200,7 @@ def run(spec: RunSpec) -> dict:
             records.save_grid(Path(spec.out).with_suffix(".png"), result.samples[:32], title)
             record["samples_file"] = str(samples_path(spec.out))
             records.save_tensors(record["samples_file"], final=result.samples, baseline=result.baseline)
-    return _finish(record, spec.out)
+    return write_record(record, spec.out)
 
 
 def samples_path(out: Path | str) -> Path:
@@ -226,7 +228,7 @@ def bench(spec: BenchSpec) -> dict:
     from safetensors.torch import load_file
 
     device = resolve_device(spec.device)
-    record = _new_record(spec, device)
+    record = new_record(spec, device)
     record.update(method=spec.method, wrt=spec.wrt, steps=spec.steps, batch=spec.batch, seed=spec.seed)
     with recorded_failures(record):
         estimator = make_estimator(spec.method, **spec.options)
@@ -249,7 +251,7 @@ def bench(spec: BenchSpec) -> dict:
         if spec.save_gradient is not None:
             grads = estimator(problem, loss).grads
             records.save_tensors(spec.save_gradient, **{str(i): g for i, g in enumerate(grads)})
-    return _finish(record, spec.out)
+    return write_record(record, spec.out)
 
 
 def quality(spec: QualitySpec) -> dict:
@@ -286,4 +288,4 @@ def quality(spec: QualitySpec) -> dict:
         "fid_train_vs_held_out": metrics.fid(load_split("train")[0], reference, classifier),
         "classifier_held_out_accuracy": store.metrics("classifier", spec.models)["held_out_accuracy"],
     }
-    return _finish(record, spec.out)
+    return write_record(record, spec.out)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from evals.experiment import RunSpec, _finish, _new_record, recorded_failures, resolve_device
+from evals.experiment import RunSpec, write_record, new_record, recorded_failures, resolve_device
 from evals.setup import setup_for
 from sdo.guidance import guided_sample
 
@@ -36,7 +36,7 @@ def guide(spec: GuideSpec) -> dict:
     device = resolve_device(spec.device)
     if spec.variant is None:
         spec.variant = f"guidance_r{spec.repeats}"
-    record = _new_record(spec, device)
+    record = new_record(spec, device)
     record["final"] = {}
     with recorded_failures(record):
         setup = setup_for(spec, device)
@@ -57,7 +57,7 @@ def guide(spec: GuideSpec) -> dict:
             baseline = model.decode(chain.trajectory(latent, cond)[0])
             record["final"] = setup.summarize(model.decode(state.detach()), [spec.prompt] * spec.batch)
             record["baseline"] = setup.summarize(baseline, [spec.prompt] * spec.batch)
-    return _finish(record, spec.out)
+    return write_record(record, spec.out)
 
 
 def guidance_table(guided: list[Path | str], evaluations: pd.DataFrame) -> pd.DataFrame:
