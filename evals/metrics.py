@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
+# torchmetrics is imported where FID or KID is computed: importing it costs seconds per process.
 
 FID_MIN_SAMPLES = 100  # above the 64 feature dimensions, so the covariance has full rank
 KID_MIN_SAMPLES = 50  # KID's subset size
@@ -42,6 +41,8 @@ def fid(samples: torch.Tensor, reference: torch.Tensor, classifier: nn.Module) -
     so report the sample count beside it."""
     if len(samples) < 2:
         raise ValueError(f"FID needs at least 2 samples, got {len(samples)}")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier, reference))
     metric.update(reference.cpu().float(), real=True)
     metric.update(samples.cpu().float(), real=False)
@@ -58,6 +59,8 @@ def inception_fid(samples: torch.Tensor, reference: torch.Tensor, weights: str |
     weights file; grey images become RGB in [0, 1]. Nothing is downloaded."""
     if not Path(weights).is_file():
         raise FileNotFoundError(f"Inception weights {weights} not found; Inception FID needs a local weights file")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
     metric.update(_rgb01(reference), real=True)
     metric.update(_rgb01(samples), real=False)
@@ -101,6 +104,8 @@ def kid(
     size = min(subset_size, len(samples), len(reference))
     if size < 2:
         raise ValueError(f"KID needs at least 2 samples, got {len(samples)}")
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     metric = KernelInceptionDistance(feature=ClassifierFeatures(classifier, reference), subset_size=size, subsets=50)
     metric.update(reference.cpu().float(), real=True)
     metric.update(samples.cpu().float(), real=False)
