@@ -45,18 +45,34 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def measure(estimator: Estimator, problem: Problem, loss, reference: list[torch.Tensor] | None, repeats: int = 5) -> dict:
-    """After one warm-up, `repeats` rounds each timing a no-graph sampling pass and then the
-    gradient, interleaved so both see the same machine state; seconds are medians with their
-    interquartile range, and `seconds_vs_sampling` is the median of the per-round ratios (what
-    holds still across reruns). Also network evaluations, sequential depth, autograd bytes,
+def sampling_seconds(problem: Problem) -> float:
+    """Seconds of one no-graph sampling pass of the problem's chain."""
+    return _timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), problem.latent.device)[0]
+
+
+def measure(
+    estimator: Estimator,
+    problem: Problem,
+    loss,
+    reference: list[torch.Tensor] | None,
+    repeats: int = 5,
+    warmup: bool = True,
+    sampled: float | None = None,
+) -> dict:
+    """After one warm-up call (`warmup=False`: the caller warmed the problem up), `repeats`
+    rounds each timing a no-graph sampling pass and then the gradient, interleaved so both see
+    the same machine state; seconds are medians with their interquartile range, and
+    `seconds_vs_sampling` is the median of the per-round ratios (what holds still across
+    reruns). Given `sampled`, the seconds of a sampling pass timed once for many rows, the
+    rounds time the gradient only. Also network evaluations, sequential depth, autograd bytes,
     peak memory, gradient norm, and cosine and relative error against `reference`."""
     device = problem.latent.device
-    estimator(problem, loss)  # warm-up
+    if warmup:
+        estimator(problem, loss)
     reset_peak(device)
     sampling, gradient, estimate = [], [], None
     for _ in range(repeats):
-        sampling.append(_timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), device)[0])
+        sampling.append(sampling_seconds(problem) if sampled is None else sampled)
         seconds, estimate = _timed(lambda: estimator(problem, loss), device)
         gradient.append(seconds)
     ratios = [g / s for g, s in zip(gradient, sampling)]

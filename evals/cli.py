@@ -73,7 +73,8 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     """What is sampled and how it is scored: shared by `run` and `guide`."""
     parser.add_argument("--model", default="embedded", help=MODEL_HELP)
     parser.add_argument("--steps", type=_positive, required=True, help="DDIM steps T")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="one or more seeds, run one after another in this process (one import, one model load)")
     parser.add_argument("--batch", type=_positive, default=8)
     parser.add_argument("--reward", default="classifier",
                         help="embedded: classifier, style, inpaint, superres; SD: clip, aesthetic, style; "
@@ -94,7 +95,36 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=float, default=0.0)
     parser.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    parser.add_argument("--out", type=Path, required=True, help="record PATH.json (a PATH.png grid goes beside it)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="record PATH.json (a PATH.png grid goes beside it); {seed} in PATH stands for the seed, "
+                             "required with several seeds")
+    _model_flags(parser)
+    _sweep_flag(parser)
+
+
+def _variant(text: str) -> tuple[str, str, dict]:
+    """`name=method[:key=value,...]`, options read as `--option` reads them."""
+    name, sep, rest = text.partition("=")
+    method, _, options = rest.partition(":")
+    if not sep or not name or method not in ESTIMATORS:
+        raise argparse.ArgumentTypeError(
+            f"variant must look like NAME=METHOD[:KEY=VALUE,...] with METHOD one of {', '.join(sorted(ESTIMATORS))}, got {text!r}"
+        )
+    return name, method, dict(_option(option) for option in options.split(",") if option)
+
+
+def _bench_problem_flags(parser: argparse.ArgumentParser) -> None:
+    """The benchmark problem and its model: shared by `bench` and `cost`."""
+    parser.add_argument("--model", default="embedded", help=MODEL_HELP)
+    parser.add_argument("--batch", type=_positive, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--repeats", type=_positive, default=5, help="timed rounds (sampling pass, then gradient) after a warm-up")
+    parser.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    parser.add_argument("--clip-model", type=Path, default=None, help="SD: loss minus CLIP similarity (default: mean square)")
+    parser.add_argument("--reward-prompt", default="", help="SD: the CLIP text (default: the model's first prompt)")
+    parser.add_argument("--lora-rank", type=int, default=None, help="weights: LoRA rank (default 0, all weights; SD: 4)")
     _model_flags(parser)
     _sweep_flag(parser)
 
@@ -146,25 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="fidelity and cost of one estimator on the benchmark problem")
     bench.add_argument("--wrt", choices=PARAMETER_KINDS, required=True, help="parameter type to differentiate")
-    bench.add_argument("--model", default="embedded", help=MODEL_HELP)
     bench.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
     bench.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
     bench.add_argument("--variant", default=None, help="name of this estimator configuration in tables (default: the method)")
     bench.add_argument("--steps", type=_positive, required=True)
-    bench.add_argument("--batch", type=_positive, default=8)
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--guidance", type=float, default=1.0)
-    bench.add_argument("--repeats", type=_positive, default=5, help="timed rounds (sampling pass, then gradient) after one warm-up")
     bench.add_argument("--reference", type=Path, default=None, help="full gradient (safetensors) to compare with")
     bench.add_argument("--save-gradient", type=Path, default=None, help="also write this gradient as safetensors")
-    bench.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
-    bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     bench.add_argument("--out", type=Path, required=True, help="row PATH.json")
-    bench.add_argument("--clip-model", type=Path, default=None, help="SD: loss minus CLIP similarity (default: mean square)")
-    bench.add_argument("--reward-prompt", default="", help="SD: the CLIP text (default: the model's first prompt)")
-    bench.add_argument("--lora-rank", type=int, default=None, help="weights: LoRA rank (default 0, all weights; SD: 4)")
-    _model_flags(bench)
-    _sweep_flag(bench)
+    _bench_problem_flags(bench)
+
+    cost = commands.add_parser(
+        "cost", help="cost of several estimator variants x parameter types x T in one process (the model is built once)"
+    )
+    cost.add_argument("--variant", dest="variants", type=_variant, action="append", required=True,
+                      metavar="NAME=METHOD[:KEY=VALUE,...]", help="a named estimator variant, e.g. draft_1=truncated:k=1 (repeatable)")
+    cost.add_argument("--wrt", choices=PARAMETER_KINDS, nargs="+", required=True, help="parameter types to differentiate")
+    cost.add_argument("--steps", type=_positive, nargs="+", required=True, help="DDIM steps T")
+    cost.add_argument("--out-dir", type=Path, required=True, help="rows go to OUT_DIR/<wrt>/T<steps>/<variant>.json")
+    _bench_problem_flags(cost)
     return parser
 
 
@@ -172,7 +201,7 @@ def _spec(cls, args: argparse.Namespace, **renamed):
     """The dataclass `cls` from the parsed flags it has fields for."""
     names = {f.name for f in cls.__dataclass_fields__.values()}
     values = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**values, **renamed)
+    return cls(**{**values, **renamed})
 
 
 def _train(args) -> dict:
@@ -189,12 +218,41 @@ def _train(args) -> dict:
     return {"status": "ok"}
 
 
+def _outcome(rows: list[dict], name) -> dict:
+    """One status for several records: ok when every one is, else the first other status with
+    every record that is not ok (`name(record)` says which)."""
+    failed = [row for row in rows if row["status"] != "ok"]
+    if not failed:
+        return {"status": "ok"}
+    reasons = "; ".join(f"{name(row)}: {row['status']}" for row in failed)
+    return {"status": failed[0]["status"], "reason": f"{len(failed)} of {len(rows)} not ok ({reasons})"}
+
+
+def _each_seed(args, experiment_for_seed) -> dict:
+    """`experiment_for_seed(seed, out)` for each `--seed`, `{seed}` in `--out` replaced by it."""
+    records = [experiment_for_seed(seed, Path(str(args.out).replace("{seed}", str(seed)))) for seed in args.seed]
+    return _outcome(records, lambda record: f"seed {record['config']['seed']}") if len(records) > 1 else records[0]
+
+
 def _run(args) -> dict:
-    return experiment.run(_spec(experiment.RunSpec, args, options=dict(args.option)))
+    return _each_seed(
+        args, lambda seed, out: experiment.run(_spec(experiment.RunSpec, args, options=dict(args.option), seed=seed, out=out))
+    )
 
 
 def _bench(args) -> dict:
     return experiment.bench(_spec(experiment.BenchSpec, args, options=dict(args.option)))
+
+
+def _cost(args) -> dict:
+    specs = [
+        _spec(experiment.BenchSpec, args, wrt=wrt, steps=steps, method=method, options=options, variant=name,
+              out=args.out_dir / wrt / f"T{steps}" / f"{name}.json")
+        for wrt in args.wrt
+        for steps in args.steps
+        for name, method, options in args.variants
+    ]
+    return _outcome(experiment.bench_rows(specs), lambda row: f"{row['wrt']} T={row['steps']} {row['variant']}")
 
 
 def _quality(args) -> dict:
@@ -204,14 +262,17 @@ def _quality(args) -> dict:
 def _guide(args) -> dict:
     from evals.guide import GuideSpec, guide
 
-    return guide(_spec(GuideSpec, args))
+    return _each_seed(args, lambda seed, out: guide(_spec(GuideSpec, args, seed=seed, out=out)))
 
 
-COMMANDS = {"train": _train, "quality": _quality, "run": _run, "bench": _bench, "guide": _guide}
+COMMANDS = {"train": _train, "quality": _quality, "run": _run, "bench": _bench, "cost": _cost, "guide": _guide}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if isinstance(getattr(args, "seed", None), list) and len(args.seed) > 1 and "{seed}" not in str(args.out):
+        parser.error(f"--out {args.out} must contain {{seed}} to name the records of seeds {args.seed}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
     )

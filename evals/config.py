@@ -77,12 +77,33 @@ def _flag_words(key: str, value) -> list[str]:
     return [flag, str(value)]
 
 
+def _options(spec: dict) -> list[str]:
+    """An estimator variant's options, `key=value` each, booleans as JSON writes them."""
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in sorted(spec.items()) if key != "method"]
+
+
 def estimator_arguments(variants: dict, variant: str) -> list[str]:
     """`--method M --variant NAME --option key=value ...` of one named variant."""
-    spec = dict(variants[variant])
-    words = ["--method", spec.pop("method"), "--variant", variant]
-    for key, value in sorted(spec.items()):
-        words += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    words = ["--method", variants[variant]["method"], "--variant", variant]
+    for option in _options(variants[variant]):
+        words += ["--option", option]
+    return words
+
+
+COST_KEYS = ("wrt", "steps", "model", "resolution", "batch", "guidance", "dtype", "device", "seed", "repeats")
+
+
+def cost_arguments(block: dict) -> list[str]:
+    """The `sdo cost` flags of an `sd_cost` block: every variant as `--variant
+    name=method:key=value,...`, its parameter types, step counts and model; not UNet
+    checkpointing or paths."""
+    words = []
+    for name, spec in block["variants"].items():
+        options = ",".join(_options(spec))
+        words += ["--variant", f"{name}={spec['method']}" + (f":{options}" if options else "")]
+    for key in COST_KEYS:
+        if key in block:
+            words += _flag_words(key, block[key])
     return words
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from evals import metrics, records
-from evals.bench import bench_problem, measure
+from evals.bench import bench_problem, measure, sampling_seconds
 from evals.rewards import ClassifierLogProb, check_differentiable
 from evals.setup import probe_images, setup_for
 from sdo.estimators import NotApplicable, make_estimator
@@ -219,39 +220,109 @@ def _task_options(spec: RunSpec) -> dict:
 
 def bench(spec: BenchSpec) -> dict:
     """Seconds, network evaluations, depth, autograd bytes, peak memory and (given a reference
-    gradient) fidelity of one estimator variant on the benchmark problem. On the embedded model
-    the loss is minus log p(3) under the classifier and the weights are all the denoiser's; on
-    Stable Diffusion it is `evals.sd_setup.bench_reward`'s (the decoded images' mean square, or
-    CLIP similarity) and the weights are LoRA adapters of rank 4 (`lora_rank`) on the UNet's
-    attention projections, not its 860 M weights. `sd-random` rows are `cost_only`: random
-    weights, so only time and memory mean anything."""
-    from safetensors.torch import load_file
-
+    gradient) fidelity of one estimator variant on the benchmark problem, after a warm-up call
+    of the same estimator. On the embedded model the loss is minus log p(3) under the
+    classifier and the weights are all the denoiser's; on Stable Diffusion it is
+    `evals.sd_setup.bench_reward`'s (the decoded images' mean square, or CLIP similarity) and
+    the weights are LoRA adapters of rank 4 (`lora_rank`) on the UNet's attention projections,
+    not its 860 M weights. `sd-random` rows are `cost_only`: random weights, so only time and
+    memory mean anything."""
     device = resolve_device(spec.device)
+    record = _bench_record(spec, device)
+    with recorded_failures(record):
+        model, reward, rank, facts = _bench_model(spec, device)
+        record.update(facts)
+        problem, loss = bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.guidance, rank)
+        _measure_row(spec, problem, loss, record, warmup=True)
+    return write_record(record, spec.out)
+
+
+# what the rows of one `bench_rows` call may differ in; everything else builds the shared model
+ROW_FIELDS = ("wrt", "steps", "method", "options", "variant", "reference", "save_gradient", "out")
+
+
+def bench_rows(specs: list[BenchSpec]) -> list[dict]:
+    """`bench` of many rows in one process, for a model that is slow to build: the model and the
+    reward are built once, each (wrt, steps) problem once, warmed up once by a `shortcut`
+    gradient (every network once forward and backward) and its sampling pass timed once; each
+    row then times its gradient alone, without a warm-up of its own, its peak memory reset
+    before it (on a GPU, where this is for, the pass holds still between rows, and timing it
+    once saves a fifth of a cost sweep). The specs may differ only in
+    `ROW_FIELDS`. A row that fails, runs out of memory or does not apply is written with that
+    status and the others go on."""
+    shared = {key: value for key, value in dataclasses.asdict(specs[0]).items() if key not in ROW_FIELDS}
+    for spec in specs:
+        if (other := {k: v for k, v in dataclasses.asdict(spec).items() if k not in ROW_FIELDS}) != shared:
+            different = sorted(k for k in shared if shared[k] != other[k])
+            raise ValueError(f"bench_rows: rows must share everything but {ROW_FIELDS}; {different} differ")
+    device = resolve_device(specs[0].device)
+    loading = {"status": "ok"}
+    with recorded_failures(loading):
+        model, reward, rank, facts = _bench_model(specs[0], device)
+    problems: dict[tuple[str, int], list[BenchSpec]] = {}
+    for spec in specs:
+        problems.setdefault((spec.wrt, spec.steps), []).append(spec)
+    rows = []
+    for (wrt, steps), group in problems.items():
+        setup = dict(loading)
+        if setup["status"] == "ok":
+            with recorded_failures(setup):
+                problem, loss = bench_problem(model, reward, wrt, steps, specs[0].batch, specs[0].seed, specs[0].guidance, rank)
+                make_estimator("shortcut")(problem, loss)
+                sampled = sampling_seconds(problem)
+        for spec in group:
+            record = _bench_record(spec, device)
+            if setup["status"] != "ok":
+                record.update(status=setup["status"], reason=setup["reason"])
+            else:
+                record.update(facts)
+                with recorded_failures(record):
+                    _measure_row(spec, problem, loss, record, warmup=False, sampled=sampled)
+            rows.append(write_record(record, spec.out))
+            _release(device)
+        problem = loss = None
+    return rows
+
+
+def _bench_record(spec: BenchSpec, device: torch.device) -> dict:
     record = new_record(spec, device)
     record.update(method=spec.method, wrt=spec.wrt, steps=spec.steps, batch=spec.batch, seed=spec.seed)
-    with recorded_failures(record):
-        estimator = make_estimator(spec.method, **spec.options)
-        if spec.model == "embedded":
-            model = EmbeddedDigits.load(spec.models, device)
-            reward, rank = ClassifierLogProb(store.load("classifier", spec.models).to(device), 3), 0
-        else:
-            from evals.sd_setup import bench_reward, load_model
+    return record
 
-            model = load_model(spec, device)
-            reward, rank = bench_reward(spec, model, device), 4
-            record.update(model_options=model.options, cost_only=spec.model.startswith("sd-random:"))
-        rank = rank if spec.lora_rank is None else spec.lora_rank
-        problem, loss = bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.guidance, rank)
-        reference = None
-        if spec.reference is not None:
-            stored = load_file(spec.reference)
-            reference = [stored[str(i)].to(device) for i in range(len(stored))]
-        record.update(measure(estimator, problem, loss, reference, repeats=spec.repeats))
-        if spec.save_gradient is not None:
-            grads = estimator(problem, loss).grads
-            records.save_tensors(spec.save_gradient, **{str(i): g for i, g in enumerate(grads)})
-    return write_record(record, spec.out)
+
+def _bench_model(spec: BenchSpec, device: torch.device):
+    """The model, the reward, the LoRA rank of the weights rows and the facts a row records."""
+    if spec.model == "embedded":
+        model = EmbeddedDigits.load(spec.models, device)
+        reward, rank, facts = ClassifierLogProb(store.load("classifier", spec.models).to(device), 3), 0, {}
+    else:
+        from evals.sd_setup import bench_reward, load_model
+
+        model = load_model(spec, device)
+        reward, rank = bench_reward(spec, model, device), 4
+        facts = {"model_options": model.options, "cost_only": spec.model.startswith("sd-random:")}
+    return model, reward, rank if spec.lora_rank is None else spec.lora_rank, facts
+
+
+def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sampled: float | None = None) -> None:
+    from safetensors.torch import load_file
+
+    estimator = make_estimator(spec.method, **spec.options)
+    reference = None
+    if spec.reference is not None:
+        stored = load_file(spec.reference)
+        reference = [stored[str(i)].to(problem.latent.device) for i in range(len(stored))]
+    record.update(measure(estimator, problem, loss, reference, spec.repeats, warmup, sampled))
+    if spec.save_gradient is not None:
+        grads = estimator(problem, loss).grads
+        records.save_tensors(spec.save_gradient, **{str(i): g for i, g in enumerate(grads)})
+
+
+def _release(device: torch.device) -> None:
+    """Drop what a finished row left behind (a failed row's graph included)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def quality(spec: QualitySpec) -> dict:

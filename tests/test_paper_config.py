@@ -41,16 +41,21 @@ def test_paper_config_plans_runs_on_stable_diffusion():
 
 
 @pytest.mark.parametrize("preset", [None, "sd_cost_gpu.yaml"])
-def test_sd_cost_plans_one_bench_per_row(preset):
+def test_sd_cost_plans_one_process_per_unet_setting(preset):
+    """Each UNet checkpointing setting is one `sdo cost` process measuring every row of the
+    block: its parameter types, step counts and variants with their options."""
     names = ["config.yaml", "sd_cost.yaml"] + ([preset] if preset else [])
     block = _merged(*names)["sd_cost"]
     commands = _planned_commands(ROOT / "config" / (preset or "sd_cost.yaml"), target="sd_cost")
     parser = build_parser()
-    rows = [parser.parse_args(words) for words in commands]
-    assert len(rows) == len(block["wrt"]) * len(block["steps"]) * len(block["unet_checkpointing"]) * len(block["variants"])
-    assert all(args.command == "bench" and args.model == "sd-random:1.5" and args.sweep for args in rows)
-    assert {args.resolution for args in rows} == {block["resolution"]} and {args.device for args in rows} == {block["device"]}
-    assert {args.gradient_checkpointing for args in rows} == set(block["unet_checkpointing"])
+    jobs = [parser.parse_args(words) for words in commands]
+    assert len(jobs) == len(block["unet_checkpointing"])
+    assert {args.gradient_checkpointing for args in jobs} == set(block["unet_checkpointing"])
+    for args in jobs:
+        assert args.command == "cost" and args.model == "sd-random:1.5" and args.sweep
+        assert args.resolution == block["resolution"] and args.device == block["device"] and args.dtype == block["dtype"]
+        assert args.wrt == block["wrt"] and args.steps == block["steps"]
+        assert {name: {"method": method, **options} for name, method, options in args.variants} == block["variants"]
 
 
 def test_sd_keys_are_checked():

@@ -384,6 +384,55 @@ def test_random_weights_bench_is_cost_only(tmp_path, tiny_dir, monkeypatch):
     assert drawn == {"version": "1.5", "seed": 3, "resolution": 32} and row["config"]["lora_rank"] is None
 
 
+def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, monkeypatch):
+    """`sdo cost` measures every variant x parameter type x T in one process on one model: each
+    row's gradient is the one `sdo bench` gives alone, and an out-of-memory row is a row while
+    the others go on (exit 1, or 0 with --sweep)."""
+    from evals import experiment
+    from evals.cli import main
+    from sdo.estimators import Adjoint
+
+    built = []
+
+    def tiny_random(version, seed, **levers):
+        built.append(version)
+        return StableDiffusion.load(tiny_dir, **levers)
+
+    def out_of_memory(self, problem, loss):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(StableDiffusion, "random", tiny_random)
+    monkeypatch.setattr(Adjoint, "gradient", out_of_memory)
+    flags = ["--threads", "1", "cost", "--model", "sd-random:1.5", "--resolution", "16", "--wrt", "latent", "weights",
+             "--steps", "2", "3", "--variant", "full=full", "--variant", "draft_1=truncated:k=1", "--variant", "adjoint=adjoint",
+             "--batch", "1", "--repeats", "1", "--device", "cpu", "--out-dir", str(tmp_path)]
+    assert main(flags) == 1
+    assert built == ["1.5"]
+    rows = {(row["wrt"], row["steps"], row["variant"]): row for row in map(_record, tmp_path.rglob("*.json"))}
+    assert sorted(rows) == sorted((w, t, v) for w in ("latent", "weights") for t in (2, 3) for v in ("full", "draft_1", "adjoint"))
+    for (wrt, steps, variant), row in rows.items():
+        if variant == "adjoint":
+            assert row["status"] == "out_of_memory" and "Tried to allocate" in row["reason"]
+            continue
+        assert row["status"] == "ok" and row["cost_only"] and row["peak_bytes"] > 0 and row["nfe_backward"] > 0
+        assert row["config"]["options"] == ({"k": 1} if variant == "draft_1" else {})
+        alone = experiment.bench(experiment.BenchSpec(
+            wrt=wrt, method=row["method"], options=row["config"]["options"], steps=steps, batch=1, repeats=1,
+            model="sd-random:1.5", resolution=16, device="cpu",
+        ))
+        assert alone["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-6)
+        assert (alone["nfe_forward"], alone["nfe_backward"]) == (row["nfe_forward"], row["nfe_backward"])
+    assert main(flags + ["--sweep"]) == 0
+
+
+def test_cost_rows_must_share_the_model():
+    from evals import experiment
+
+    rows = [experiment.BenchSpec(wrt="latent", method="full", steps=2, resolution=r) for r in (16, 32)]
+    with pytest.raises(ValueError, match=r"\['resolution'\] differ"):
+        experiment.bench_rows(rows)
+
+
 @pytest.mark.parametrize("error, status", [
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out_of_memory"),
     (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"), "out_of_memory"),

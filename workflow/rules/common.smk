@@ -14,26 +14,24 @@ MODEL_FILES = {
     "classifier_meta": f"{MODELS}/classifier.json",
 }
 
+RUN_RECORD = "results/runs/{task}/{variant}/T{steps}/seed{seed}.json"
+GUIDED_RECORD = "results/guidance/T{steps}/r{repeats}/seed{seed}.json"
+
+
+def seeds_of(task):
+    """The task's own seeds, else the runs' seeds."""
+    return RUNS["tasks"][task].get("seeds", RUNS["seeds"])
+
+
 RUN_RECORDS = [
     record
     for task, spec in RUNS["tasks"].items()
-    for record in expand(
-        "results/runs/{task}/{variant}/T{steps}/seed{seed}.json",
-        task=task,
-        variant=spec["variants"],
-        steps=spec["steps"],
-        seed=spec.get("seeds", RUNS["seeds"]),
-    )
+    for record in expand(RUN_RECORD, task=task, variant=spec["variants"], steps=spec["steps"], seed=seeds_of(task))
 ]
 
 LATENT = RUNS["tasks"].get("latent")
 GUIDED_RECORDS = (
-    expand(
-        "results/guidance/T{steps}/r{repeats}/seed{seed}.json",
-        steps=LATENT["steps"],
-        repeats=config["guidance"]["repeats"],
-        seed=LATENT.get("seeds", RUNS["seeds"]),
-    )
+    expand(GUIDED_RECORD, steps=LATENT["steps"], repeats=config["guidance"]["repeats"], seed=seeds_of("latent"))
     if LATENT and "guidance" in config
     else []
 )
@@ -49,11 +47,6 @@ BENCH_ROWS = expand(
 def models_dir(wildcards, input):
     """The directory holding the model files a rule takes as input."""
     return os.path.dirname(input.denoiser)
-
-
-def run_flags(wildcards):
-    """Only this task's and variant's values: a job reruns when one of them changes."""
-    return shlex.join(run_arguments(config, wildcards.task, wildcards.variant))
 
 
 def bench_flags(wildcards):
