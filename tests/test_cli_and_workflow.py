@@ -79,6 +79,23 @@ def test_same_seed_same_record(tmp_path):
     assert a["final"]["kid"] is None and a["final"]["nn_distance"] > 0 and len(a["evaluations"]) == 2
 
 
+def test_several_seeds_in_one_process(tmp_path):
+    """`--seed 5 6` writes one record per seed, each the record its seed gives alone (LoRA
+    adapters and noise included); several seeds need {seed} in --out."""
+    flags = ["run", "--task", "finetune", "--method", "shortcut", "--steps", "2", "--iters", "2", "--batch", "2",
+             "--eval-samples", "4", "--monitor-samples", "2"]
+    assert main(flags + ["--seed", "5", "6", "--out", str(tmp_path / "seed{seed}.json")]) == 0
+    assert main(flags + ["--seed", "6", "--out", str(tmp_path / "alone.json")]) == 0
+    together, alone = (_without_timings(json.loads((tmp_path / name).read_text())) for name in ("seed6.json", "alone.json"))
+    for record in (together, alone):
+        record["config"].pop("out"), record.pop("samples_file")
+    assert together == alone and together["config"]["seed"] == 6
+    assert json.loads((tmp_path / "seed5.json").read_text())["config"]["seed"] == 5
+    with pytest.raises(SystemExit) as usage:
+        main(flags + ["--seed", "5", "6", "--out", str(tmp_path / "one.json")])
+    assert usage.value.code == 2
+
+
 def test_inapplicable_pair_is_a_row_with_its_status(tmp_path, capsys):
     out = tmp_path / "run.json"
     flags = ["run", "--method", "truncated", "--option", "k=1", "--steps", "3", "--iters", "1", "--batch", "2", "--out", str(out)]
