@@ -414,6 +414,9 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
         if variant == "adjoint":
             assert row["status"] == "out_of_memory" and "Tried to allocate" in row["reason"]
             continue
+        if (wrt, variant) == ("latent", "draft_1"):
+            assert row["status"] == "not_applicable"
+            continue
         assert row["status"] == "ok" and row["cost_only"] and row["peak_bytes"] > 0 and row["nfe_backward"] > 0
         assert row["config"]["options"] == ({"k": 1} if variant == "draft_1" else {})
         alone = experiment.bench(experiment.BenchSpec(

@@ -34,6 +34,7 @@ TINY = {
 # Jobs call `python -m evals.cli`: the python of this environment, as `make` puts it on PATH.
 ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 RUNS = 6  # run jobs: three tasks x two variants x one T, each with its seeds
+RUN_RULE = "run_(?:latent|conditioning|finetune)"
 TABLES = ["summary.csv", "methods.csv", "evaluations.csv", "cost_to_quality.csv"]
 VARYING = ("seconds", "record", "samples_file", "iters_to_target", "_to_target", "_ci95", "_vs_")
 
@@ -72,17 +73,17 @@ def test_a_killed_sweep_resumes_to_the_same_tables(uninterrupted, tmp_path):
         sweep = subprocess.Popen(_snakemake(tmp_path, "--cores", "2"), stdout=output, stderr=subprocess.STDOUT,
                                  start_new_session=True, env=ENV)
         deadline = time.time() + 300
-        while time.time() < deadline and "(Rule: run_" not in log.read_text():
+        while time.time() < deadline and not re.search(rf"\(Rule: {RUN_RULE}\)", log.read_text()):
             time.sleep(0.2)
         os.killpg(sweep.pid, signal.SIGKILL)
         sweep.wait()
-    completed = log.read_text().count("(Rule: run_")
+    completed = len(re.findall(rf"\(Rule: {RUN_RULE}\)", log.read_text()))
     assert 0 < completed < RUNS, f"the kill should land mid-sweep, {completed} of {RUNS} runs had finished"
     assert not (tmp_path / "results" / "tables" / "summary.csv").exists()
     assert _sweep(tmp_path, "--unlock").returncode == 0
     resumed = _sweep(tmp_path, "--rerun-incomplete")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    rerun = re.findall(r"^run_\w+\s+(\d+)$", resumed.stdout + resumed.stderr, re.MULTILINE)
+    rerun = re.findall(rf"^{RUN_RULE}\s+(\d+)$", resumed.stdout + resumed.stderr, re.MULTILINE)
     assert sum(map(int, rerun)) == RUNS - completed, "only the runs that had not finished run again"
     ours, theirs = _tables(tmp_path), _tables(uninterrupted)
     for name in TABLES:
