@@ -3,9 +3,12 @@ needs to reach a stated fraction of the improvement full backpropagation achieve
 
 Rule: for a task and T, full's gain is the mean over seeds of (final - start) of its
 held-out evaluation reward. A run reaches the target at its first evaluation whose reward is at
-least its own start + `fraction` x that gain (its own start: DOODL samples with EDICT and
-starts elsewhere at small T). Seconds and evaluations are the training cost up to then
-(evaluations themselves are not counted). Runs that never get there are counted as such.
+least min(its own start, full's start on the same seed) + `fraction` x that gain. A sampler
+that starts lower (DOODL's EDICT at small T) must gain as much as full from its own start; one
+that starts higher must reach full's target, the same quality, since a bounded reward may not
+leave room for full's whole gain above a better start. Seconds and evaluations are the
+training cost up to then (evaluations themselves are not counted). Runs that never get there
+are counted as such.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ def evaluations_table(paths: list[Path | str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _first_reach(run: pd.DataFrame, gain: float, fraction: float) -> pd.Series:
+def _first_reach(run: pd.DataFrame, gain: float, fraction: float, reference_start: float) -> pd.Series:
     run = run.sort_values("iter")
     start = run["reward"].iloc[0]
-    reached = run[run["reward"] >= start + fraction * gain]
+    reached = run[run["reward"] >= min(start, reference_start) + fraction * gain]
     first = reached.iloc[0] if len(reached) else None
     return pd.Series({
         "start_reward": start,
@@ -66,7 +69,8 @@ def cost_to_quality(evaluations: pd.DataFrame, fraction: float = 0.9, reference:
         ends = base.sort_values("iter").groupby("seed")["reward"].agg(["first", "last"])
         gain = float((ends["last"] - ends["first"]).mean())
         for (wrt, variant, seed), run in group.groupby(["wrt", "variant", "seed"]):
-            row = _first_reach(run, gain, fraction) if gain > 0 else pd.Series({"reached": False})
+            reference_start = ends["first"].get(seed, ends["first"].mean())
+            row = _first_reach(run, gain, fraction, reference_start) if gain > 0 else pd.Series({"reached": False})
             per_run.append({"task": task, "wrt": wrt, "steps": steps, "variant": variant, "seed": seed,
                             "target_gain": gain, **row.to_dict()})
     runs = pd.DataFrame(per_run)

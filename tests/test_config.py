@@ -172,8 +172,8 @@ def test_environments_pin_what_the_package_needs():
 
 def test_cost_to_quality_on_a_known_table():
     """full gains 10 (0 -> 10) and reaches 9 at 4 s; shortcut reaches 9 at 1 s and 0.5 s
-    (seeds 0, 1); doodl starts at 5 and must reach 14 (at 6 s, not at 13 > 9); truncated never
-    gets there."""
+    (seeds 0, 1); doodl starts at 5 on seed 0 and needs only full's 9 (at 3 s), at -5 on seed 1
+    and must gain 9 from there, to 4 (at 6 s, not at 3); truncated never gets there."""
     from evals.convergence import cost_to_quality
 
     def run(variant, seed, rewards, seconds_per_eval, start=0.0):
@@ -182,15 +182,16 @@ def test_cost_to_quality_on_a_known_table():
 
     rows = (run("full", 0, [0, 5, 9, 10], 2.0) + run("full", 1, [0, 5, 9.5, 10], 2.0)
             + run("shortcut", 0, [0, 9, 9, 9], 1.0) + run("shortcut", 1, [0, 9.2, 9.5, 9.6], 0.5)
-            + run("doodl", 0, [0, 8, 9, 12], 3.0, start=5.0) + run("truncated", 0, [0, 1, 2, 3], 1.0))
+            + run("doodl", 0, [0, 8, 9, 12], 3.0, start=5.0) + run("doodl", 1, [0, 8, 9, 12], 3.0, start=-5.0)
+            + run("truncated", 0, [0, 1, 2, 3], 1.0))
     table = cost_to_quality(pd.DataFrame(rows), fraction=0.9).set_index("variant")
     assert table.loc["full", "seconds_to_target"] == 4.0 and table.loc["full", "nfe_to_target"] == 200
     assert table.loc["shortcut", "seconds_to_target"] == pytest.approx(0.75)
     assert table.loc["shortcut", "seconds_ci95"] == pytest.approx(12.7062047 * (0.5**0.5 * 0.5) / 2**0.5, rel=1e-6)
     assert table.loc["shortcut", "seconds_vs_full"] == pytest.approx(0.75 / 4.0)
     assert table.loc["full", "seconds_vs_shortcut"] == pytest.approx(4.0 / 0.75)
-    assert table.loc["doodl", "reached"] == 1 and table.loc["doodl", "seconds_to_target"] == 6.0
-    assert table.loc["doodl", "iters_to_target"] == 4
+    assert table.loc["doodl", "reached"] == 2 and table.loc["doodl", "seconds_to_target"] == 4.5
+    assert table.loc["doodl", "iters_to_target"] == 3 and table.loc["doodl", "start_reward"] == 0
     assert table.loc["truncated", "reached"] == 0 and table.loc["truncated", "runs"] == 1
     assert pd.isna(table.loc["truncated", "seconds_to_target"]) and pd.isna(table.loc["truncated", "seconds_vs_full"])
     assert (table["target_gain"] == 10).all()
