@@ -9,7 +9,9 @@ import time
 import torch
 
 from evals.meters import peak_bytes, reset_peak, synchronize
+from evals.plain_loop import plain_gradient
 from sdo.estimators import Estimator, Problem
+from sdo.memory import saved_bytes
 from sdo.models.base import DiffusionModel
 
 
@@ -55,45 +57,62 @@ def measure(
     problem: Problem,
     loss,
     reference: list[torch.Tensor] | None,
-    repeats: int = 5,
+    rounds: int = 5,
     warmup: bool = True,
     sampled: float | None = None,
+    plain: str | None = None,
 ) -> dict:
-    """After one warm-up call (`warmup=False`: the caller warmed the problem up), `repeats`
-    rounds each timing a no-graph sampling pass and then the gradient, interleaved so both see
-    the same machine state; seconds are medians with their interquartile range, and
-    `seconds_vs_sampling` is the median of the per-round ratios (what holds still across
-    reruns). Given `sampled`, the seconds of a sampling pass timed once for many rows, the
-    rounds time the gradient only. Also network evaluations, sequential depth, autograd bytes,
-    peak memory, gradient norm, and cosine and relative error against `reference`."""
+    """After one warm-up call (`warmup=False`: the caller warmed the problem up), `rounds`
+    rounds each timing a no-graph sampling pass, then (given `plain`, 'full' or 'shortcut') the
+    plain diffusers loop of that rule (`evals.plain_loop`), then the gradient, interleaved so
+    all see the same machine state. Seconds are medians with their interquartile range;
+    `seconds_vs_sampling` and `seconds_vs_plain` are medians of the per-round ratios (what
+    holds still across reruns). Given `sampled`, the seconds of a sampling pass timed once for
+    many rows, the rounds time the gradient only. Also network evaluations, sequential depth,
+    peak memory, gradient norm, cosine and relative error against `reference`, and autograd's
+    bytes, counted on a call of their own after the timed rounds."""
     device = problem.latent.device
     if warmup:
         estimator(problem, loss)
+        if plain:
+            plain_gradient(plain, problem, loss)
     reset_peak(device)
-    sampling, gradient, estimate = [], [], None
-    for _ in range(repeats):
+    sampling, gradient, plain_seconds, estimate = [], [], [], None
+    for _ in range(rounds):
         sampling.append(sampling_seconds(problem) if sampled is None else sampled)
+        if plain:
+            plain_seconds.append(_timed(lambda: plain_gradient(plain, problem, loss), device)[0])
         seconds, estimate = _timed(lambda: estimator(problem, loss), device)
         gradient.append(seconds)
-    ratios = [g / s for g, s in zip(gradient, sampling)]
+    peak = peak_bytes(device)
     grad = _flat(estimate.grads)
     q1, median, q3 = _quartiles(gradient)
-    r1, ratio, r3 = _quartiles(ratios)
+    r1, ratio, r3 = _quartiles([g / s for g, s in zip(gradient, sampling)])
     row = {
         "seconds": median,
         "seconds_iqr": q3 - q1,
         "sample_seconds": statistics.median(sampling),
         "seconds_vs_sampling": ratio,
         "seconds_vs_sampling_iqr": r3 - r1,
-        "repeats": repeats,
+        "rounds": rounds,
         "nfe_forward": estimate.nfe_forward,
         "nfe_backward": estimate.nfe_backward,
         "depth": estimator.depth(estimate, problem.chain.steps),
-        "saved_bytes": estimate.saved_bytes,
-        "peak_bytes": peak_bytes(device),
+        "saved_bytes": saved_bytes(estimator, problem, loss),
+        "peak_bytes": peak,
         "grad_norm": float(grad.norm()),
         "loss": estimate.loss,
     }
+    if plain:
+        p1, versus, p3 = _quartiles([g / p for g, p in zip(gradient, plain_seconds)])
+        plain_grad = _flat(plain_gradient(plain, problem, loss))
+        row.update(
+            plain=plain,
+            plain_seconds=statistics.median(plain_seconds),
+            seconds_vs_plain=versus,
+            seconds_vs_plain_iqr=p3 - p1,
+            plain_rel_error=float((grad - plain_grad).norm() / plain_grad.norm()),
+        )
     if reference is not None:
         ref = _flat(reference)
         row["cosine"] = float(torch.nn.functional.cosine_similarity(grad, ref, dim=0))

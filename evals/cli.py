@@ -119,7 +119,9 @@ def _bench_problem_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--repeats", type=_positive, default=5, help="timed rounds (sampling pass, then gradient) after a warm-up")
+    parser.add_argument("--rounds", type=_positive, default=5, help="timed rounds (sampling pass, then gradient) after a warm-up")
+    parser.add_argument("--no-plain-loop", dest="plain_loop", action="store_false",
+                        help="do not time the plain diffusers loop beside full and the shortcut")
     parser.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     parser.add_argument("--clip-model", type=Path, default=None, help="SD: loss minus CLIP similarity (default: mean square)")

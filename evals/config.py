@@ -90,7 +90,7 @@ def estimator_arguments(variants: dict, variant: str) -> list[str]:
     return words
 
 
-COST_KEYS = ("wrt", "steps", "model", "resolution", "batch", "guidance", "dtype", "device", "seed", "repeats")
+COST_KEYS = ("wrt", "steps", "model", "resolution", "batch", "guidance", "dtype", "device", "seed", "rounds")
 
 
 def cost_arguments(block: dict) -> list[str]:
@@ -120,7 +120,7 @@ def bench_arguments(config: dict, variant: str) -> list[str]:
     """The `sdo bench` flags of one variant, apart from wrt, steps and paths."""
     bench = config["bench"]
     words = estimator_arguments(bench["variants"], variant)
-    for key in ("batch", "seed", "repeats"):
+    for key in ("batch", "seed", "rounds"):
         words += _flag_words(key, bench[key])
     return words
 

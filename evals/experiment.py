@@ -20,6 +20,7 @@ import torch
 
 from evals import metrics, records
 from evals.bench import bench_problem, measure, sampling_seconds
+from evals.plain_loop import plain_rule_for
 from evals.rewards import ClassifierLogProb, check_differentiable
 from evals.setup import probe_images, setup_for
 from sdo.estimators import NotApplicable, make_estimator
@@ -102,7 +103,8 @@ class BenchSpec(ModelOptions):
     batch: int = 8
     seed: int = 0
     guidance: float = 1.0
-    repeats: int = 5
+    rounds: int = 5
+    plain_loop: bool = True  # time full's and the shortcut's plain diffusers loop beside them
     reference: Path | None = None
     save_gradient: Path | None = None
     models: Path = store.DEFAULT_DIR
@@ -192,7 +194,8 @@ def run(spec: RunSpec) -> dict:
             spec.monitor_samples, tuple(spec.betas),
         )
         result = TASKS[spec.task](setup.model, setup.reward, estimator, settings, monitor=setup.monitor, **_task_options(spec))
-        record["iterations"], record["evaluations"] = result.iterations, result.evaluations
+        record["iterations"], record["evaluations"] = result.trace.rows, result.evaluations
+        record["saved_bytes"] = result.trace.saved_bytes
         record["final"] = setup.summarize(result.samples, result.prompts)
         record["baseline"] = setup.summarize(result.baseline, result.prompts)
         record["final"]["drift"] = float((result.samples - result.baseline).flatten(1).norm(dim=1).mean())
@@ -312,7 +315,8 @@ def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sam
     if spec.reference is not None:
         stored = load_file(spec.reference)
         reference = [stored[str(i)].to(problem.latent.device) for i in range(len(stored))]
-    record.update(measure(estimator, problem, loss, reference, spec.repeats, warmup, sampled))
+    plain = plain_rule_for(spec.method, spec.options) if spec.plain_loop else None
+    record.update(measure(estimator, problem, loss, reference, spec.rounds, warmup, sampled, plain))
     if spec.save_gradient is not None:
         grads = estimator(problem, loss).grads
         records.save_tensors(spec.save_gradient, **{str(i): g for i, g in enumerate(grads)})

@@ -41,7 +41,7 @@ def runs_table(paths: list[Path | str]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 **run,
                 "iters": len(iterations),
                 "seconds_per_iter": pd.Series(timed, dtype=float).median(),
-                "saved_bytes": max((row["saved_bytes"] for row in iterations), default=None),
+                "saved_bytes": record.get("saved_bytes"),
                 "nfe_forward": iterations[0]["nfe_forward"] if iterations else None,
                 "nfe_backward": iterations[0]["nfe_backward"] if iterations else None,
                 **{f"final_{k}": v for k, v in (record.get("final") or {}).items()},

@@ -83,17 +83,21 @@ class DDIMChain:
             raise ValueError(f"eta must be >= 0, got {eta}")
         if guidance != 1.0 and null_cond is None:
             raise ValueError(f"guidance {guidance} needs a null_cond for the unconditional prediction")
-        scheduler = DDIMScheduler(
-            **scheduler_config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-        )
-        scheduler.set_timesteps(steps)
+        self.scheduler_config = scheduler_config
         self.net, self.steps, self.guidance, self.null_cond, self.eta = net, steps, guidance, null_cond, eta
+        scheduler = self.diffusers_scheduler()
         self.timesteps = scheduler.timesteps.tolist() + [0]
         cumprod = scheduler.alphas_cumprod.double()
         self.alphas = [float(cumprod[t]) for t in self.timesteps]
         self.coefficients = [self._coefficients(k) for k in range(steps)]
         self.noise: list[torch.Tensor] | None = None
         self.meter = Meter()
+
+    def diffusers_scheduler(self) -> DDIMScheduler:
+        """diffusers' own scheduler set to this chain's steps (the reference its update equals)."""
+        scheduler = DDIMScheduler(**self.scheduler_config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        scheduler.set_timesteps(self.steps)
+        return scheduler
 
     def _coefficients(self, k: int) -> tuple[float, float, float]:
         """(c1_k, c2_k, s_k) of step k."""

@@ -20,7 +20,7 @@ from sdo.models.digits import EmbeddedDigits
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FIELDS = {"device", "python", "versions", "commit"}
 RUN_FIELDS = {"variant", "config", "iterations", "final", "status"} | ENVIRONMENT_FIELDS
-ITERATION_FIELDS = {"iter", "loss", "reward", "seconds", "nfe_forward", "nfe_backward", "saved_bytes"}
+ITERATION_FIELDS = {"iter", "loss", "reward", "seconds", "nfe_forward", "nfe_backward"}
 FINAL_FIELDS = {"reward_mean", "reward_ci95", "target_accuracy", "fid", "fid_note", "samples", "nn_distance", "drift"}
 
 
@@ -51,7 +51,8 @@ def test_run_writes_a_complete_record(tmp_path):
     assert record["final"]["fid"] is None and "4 samples < 100" in record["final"]["fid_note"]
     assert [row["iter"] for row in record["evaluations"]] == [0, 2]
     assert {"reward", "nn_distance", "target_accuracy", "seconds", "nfe"} <= set(record["evaluations"][-1])
-    assert record["iterations"][0]["nfe_forward"] == 4 and record["iterations"][0]["nfe_backward"] == 1
+    assert record["iterations"][0]["nfe_forward"] == 3 and record["iterations"][0]["nfe_backward"] == 1
+    assert record["saved_bytes"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
 
 
@@ -119,7 +120,7 @@ def test_bad_estimator_option_exits_non_zero_with_one_line(tmp_path, capsys):
 
 def test_bench_row_compares_with_the_reference(tmp_path):
     reference = tmp_path / "full.safetensors"
-    common = ["bench", "--wrt", "cond", "--steps", "3", "--batch", "2", "--repeats", "1"]
+    common = ["bench", "--wrt", "cond", "--steps", "3", "--batch", "2", "--rounds", "1"]
     assert main(common + ["--method", "full", "--save-gradient", str(reference), "--out", str(tmp_path / "full.json")]) == 0
     assert main(common + ["--method", "full", "--option", "checkpoint=true", "--variant", "full_checkpoint",
                           "--reference", str(reference), "--out", str(tmp_path / "ck.json")]) == 0

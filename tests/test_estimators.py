@@ -8,6 +8,7 @@ from conftest import relative_error, smooth_loss, tiny_problem
 
 from sdo import NotApplicable, Problem, edict, make_estimator
 from sdo.estimators.adjoint import reconstruction_error
+from sdo.memory import saved_bytes
 
 KINDS = ["latent", "cond", "weights"]
 
@@ -156,7 +157,7 @@ def test_saved_bytes_scale_as_the_design_says(wrt):
         problem = tiny_problem(wrt, steps=steps)
         for label, spec in ESTIMATOR_SPECS.items():
             name = label.split("+")[0]
-            counted[label, steps] = make_estimator(name, **spec)(problem, smooth_loss()).saved_bytes
+            counted[label, steps] = saved_bytes(make_estimator(name, **spec), problem, smooth_loss())
     state_bytes = problem.latent.numel() * problem.latent.element_size()
     for label in ("adjoint", "doodl", "shortcut", "shortcut+all"):
         assert counted[label, 16] <= 1.1 * counted[label, 4], (label, counted)

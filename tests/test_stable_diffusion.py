@@ -129,7 +129,7 @@ def test_every_estimator_runs_every_task(model, task, method):
             TASKS[task](model, brightness, estimator, settings, **options)
         return
     result = TASKS[task](model, brightness, estimator, settings, **options)
-    (row,) = result.iterations
+    (row,) = result.trace.rows
     assert math.isfinite(row["loss"]) and row["nfe_backward"] > 0 and row["grad_norm"] > 0
     assert result.samples.shape == (1, 3, 16, 16)
 
@@ -356,7 +356,7 @@ def test_sdo_bench_on_stable_diffusion(tmp_path, tiny_dir, clip_dir, wrt):
 
     out = tmp_path / "row.json"
     flags = ["--threads", "1", "bench", "--model", f"sd:{tiny_dir}", "--wrt", wrt, "--method", "shortcut", "--steps", "2",
-             "--batch", "1", "--repeats", "1", "--device", "cpu", "--out", str(out)]
+             "--batch", "1", "--rounds", "1", "--device", "cpu", "--out", str(out)]
     assert main(flags + (["--clip-model", str(clip_dir)] if wrt == "weights" else [])) == 0
     row = _record(out)
     assert row["status"] == "ok" and row["cost_only"] is False and row["model_options"]["resolution"] == 16
@@ -377,7 +377,7 @@ def test_random_weights_bench_is_cost_only(tmp_path, tiny_dir, monkeypatch):
         return StableDiffusion.load(tiny_dir, **levers)
 
     monkeypatch.setattr(StableDiffusion, "random", tiny_random)
-    spec = experiment.BenchSpec(wrt="weights", method="full", steps=2, batch=1, repeats=1, seed=3, model="sd-random:1.5",
+    spec = experiment.BenchSpec(wrt="weights", method="full", steps=2, batch=1, rounds=1, seed=3, model="sd-random:1.5",
                                 resolution=32, device="cpu")
     row = experiment.bench(spec)
     assert row["status"] == "ok" and row["cost_only"] is True and row["model_options"]["resolution"] == 32
@@ -405,7 +405,7 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
     monkeypatch.setattr(Adjoint, "gradient", out_of_memory)
     flags = ["--threads", "1", "cost", "--model", "sd-random:1.5", "--resolution", "16", "--wrt", "latent", "weights",
              "--steps", "2", "3", "--variant", "full=full", "--variant", "draft_1=truncated:k=1", "--variant", "adjoint=adjoint",
-             "--batch", "1", "--repeats", "1", "--device", "cpu", "--out-dir", str(tmp_path)]
+             "--batch", "1", "--rounds", "1", "--device", "cpu", "--out-dir", str(tmp_path)]
     assert main(flags) == 1
     assert built == ["1.5"]
     rows = {(row["wrt"], row["steps"], row["variant"]): row for row in map(_record, tmp_path.rglob("*.json"))}
@@ -420,7 +420,7 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
         assert row["status"] == "ok" and row["cost_only"] and row["peak_bytes"] > 0 and row["nfe_backward"] > 0
         assert row["config"]["options"] == ({"k": 1} if variant == "draft_1" else {})
         alone = experiment.bench(experiment.BenchSpec(
-            wrt=wrt, method=row["method"], options=row["config"]["options"], steps=steps, batch=1, repeats=1,
+            wrt=wrt, method=row["method"], options=row["config"]["options"], steps=steps, batch=1, rounds=1,
             model="sd-random:1.5", resolution=16, device="cpu",
         ))
         assert alone["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-6)

@@ -8,7 +8,6 @@ from typing import Callable, ClassVar
 import torch
 
 from sdo.chain import DDIMChain, Meter
-from sdo.memory import SavedTensors
 
 PARAMETER_KINDS = ("latent", "cond", "weights")
 Loss = Callable[[torch.Tensor], torch.Tensor]
@@ -48,21 +47,21 @@ class Problem:
 @dataclass
 class Estimate:
     """The sample z_T, the loss on it, one gradient per parameter, and what they cost:
-    guided-denoiser calls forward and backward, the steps that ran with a graph, and the peak
-    bytes autograd held at once."""
+    guided-denoiser calls forward and backward and the steps that ran with a graph (autograd's
+    bytes are measured apart, untimed: `sdo.memory.saved_bytes`)."""
 
     sample: torch.Tensor
     loss: float
     grads: list[torch.Tensor]
     nfe_forward: int
     nfe_backward: int
-    saved_bytes: int
     graph_steps: list[int] = field(default_factory=list)
 
 
 class Estimator:
     """Subclasses implement `gradient(problem, loss) -> (sample, loss, grads)`; calling the
-    estimator runs it under the meters."""
+    estimator runs it and counts its network evaluations (integer counters and one identity
+    autograd node per graph step: microseconds against a network call)."""
 
     name: ClassVar[str]
 
@@ -82,15 +81,13 @@ class Estimator:
 
     def __call__(self, problem: Problem, loss: Loss) -> Estimate:
         meter = problem.chain.meter = Meter()
-        with SavedTensors() as saved:
-            sample, value, grads = self.gradient(problem, loss)
+        sample, value, grads = self.gradient(problem, loss)
         return Estimate(
             sample=sample.detach(),
             loss=float(value.detach()),
             grads=[g.detach() for g in grads],
             nfe_forward=meter.forward,
             nfe_backward=meter.backward,
-            saved_bytes=saved.peak,
             graph_steps=sorted(set(meter.graph_steps)),
         )
 

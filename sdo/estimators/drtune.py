@@ -5,9 +5,10 @@ every step), the network is called on a detached input, keeping a graph to the c
 the weights only; every other call runs without a graph; the linear part of each DDIM update
 z_{k+1} = c1_k z_k + c2_k eps_k stays in the gradient. That is the shortcut's sum over these
 K steps (`sdo.estimators.shortcut`), computed the same way: one sampling pass without a graph,
-then one replay per supervised step. K = T is the shortcut's `all`, K = 1 its `first`.
-Cost: T forward, then K forward + K backward network evaluations, one step's graph at a
-time: O(1) autograd memory in T.
+then one replay per supervised step (K = 1 keeps its graph during the pass). K = T is the
+shortcut's `all`, K = 1 its `first`.
+Cost: T forward, then K forward + K backward network evaluations (K = 1: 1 backward), one
+step's graph at a time: O(1) autograd memory in T.
 """
 
 from __future__ import annotations

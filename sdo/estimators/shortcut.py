@@ -11,8 +11,9 @@ gradient while the network calls off the chosen steps are detached, so
 with g = dL/dz_T. Steps S, chosen by `at`: `first` (the released rule; for the latent the only step whose
 input is the parameter), `last`, `random` (one step drawn per call, w = T, an unbiased
 estimate of `all`) or `all` (the whole sum).
-Cost: one sampling pass without a graph (T forward), then |S| forward + |S| backward, one
-step's graph at a time: O(1) autograd memory in T.
+Cost: one sampling pass without a graph (T forward) in which a single chosen step keeps its
+graph, then 1 backward; with several chosen steps, |S| replays of 1 forward + 1 backward after
+the pass, one step's graph at a time: O(1) autograd memory in T either way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -29,26 +31,39 @@ AT_CHOICES = ("first", "last", "random", "all")
 
 
 class Replay(Estimator):
-    """The rules that sample without a graph, then replay chosen steps one graph at a time
+    """The rules that sample without a graph and differentiate chosen steps one graph at a time
     with the linear skip factor above. Subclasses say which steps (`chosen`) and may supply
-    the trajectory another way (`trajectory`)."""
+    the trajectory another way (`trajectory`). A single chosen step keeps its network call's
+    graph during the sampling pass itself (T forward + 1 backward, as the released code does);
+    several are replayed one at a time after it (T + |S| forward + |S| backward, O(1) memory)."""
 
     def chosen(self, problem: Problem) -> tuple[list[int], float]:
-        """The steps S to replay and the weight w of their sum."""
+        """The steps S to differentiate and the weight w of their sum."""
         raise NotImplementedError
 
     def trajectory(self, problem: Problem, keep: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """The sample z_T and the states z_k for k in `keep`, all without a graph."""
         return problem.chain.trajectory(problem.latent, problem.cond, keep=keep)
 
+    def predictions(self, problem: Problem, chosen: list[int]) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+        """The sample z_T and a function giving step k's network output with a graph to the
+        parameters (its input held fixed, unless it is the latent being differentiated)."""
+        chain = problem.chain
+        if len(chosen) == 1 and type(self).trajectory is Replay.trajectory:
+            final, held = _pass_holding(problem, chosen[0])
+            return final, lambda k: held
+        final, states = self.trajectory(problem, chosen)
+        return final, lambda k: chain.eps(problem.latent if problem.wrt == "latent" else states[k], k, problem.cond)
+
     def depth(self, estimate, steps):
-        """The sampling pass, then one round of replays: they are independent of each other."""
-        return steps + 2 * bool(estimate.nfe_backward)
+        """The sampling pass, then the backward of a held step or one round of independent replays."""
+        replayed = estimate.nfe_forward > steps
+        return steps + (2 if replayed else 1) * bool(estimate.nfe_backward)
 
     def gradient(self, problem: Problem, loss: Loss):
         chain, params = problem.chain, problem.params
         chosen, weight = self.chosen(problem)
-        final, states = self.trajectory(problem, chosen)
+        final, prediction = self.predictions(problem, chosen)
         sample = final.requires_grad_()
         value = loss(sample)
         (g,) = torch.autograd.grad(value, sample)
@@ -57,13 +72,26 @@ class Replay(Estimator):
         if problem.wrt == "latent":
             grads[0] += g * math.prod(c1)
         for k in chosen:
-            z = problem.latent if problem.wrt == "latent" else states[k]
-            eps = chain.eps(z, k, problem.cond)
             cotangent = g * (weight * chain.coefficients[k][1] * math.prod(c1[k + 1 :]))
-            for total, part in zip(grads, torch.autograd.grad(eps, params, cotangent, allow_unused=True)):
+            for total, part in zip(grads, torch.autograd.grad(prediction(k), params, cotangent, allow_unused=True)):
                 if part is not None:
                     total += part
         return sample, value, grads
+
+
+def _pass_holding(problem: Problem, held_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sampling pass without a graph, except that step `held_step`'s network call keeps its
+    graph to the parameters: the sample z_T and that call's output."""
+    chain, z, held = problem.chain, problem.latent.detach(), None
+    with torch.no_grad():
+        for k in range(chain.steps):
+            if k != held_step:
+                z = chain.step(z, k, problem.cond)
+                continue
+            with torch.enable_grad():
+                held = chain.eps(problem.latent if problem.wrt == "latent" else z, k, problem.cond)
+            z = chain.update(z, k, held.detach())
+    return z, held
 
 
 @dataclass

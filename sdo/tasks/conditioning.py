@@ -47,9 +47,9 @@ def optimise_conditioning(
         settings.eval_every,
         settings.iters,
     )
-    rows = optimise(estimator, problem_at, [cond], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate)
+    trace = optimise(estimator, problem_at, [cond], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate)
     latent, final_chain = held_out(model, settings, eval_samples, offset=10_000)
     with torch.no_grad():
         final = model.decode(estimator.sample(final_chain, latent, cond))
         baseline = model.decode(estimator.sample(final_chain, latent, start))
-    return TaskResult(rows, final, None, baseline, evaluate.rows)
+    return TaskResult(trace, final, None, baseline, evaluate.rows)

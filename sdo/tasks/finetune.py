@@ -56,7 +56,7 @@ def finetune(
         settings.eval_every,
         settings.iters,
     )
-    rows = optimise(estimator, problem_at, params, image_loss(tuned, reward), optimizer, settings.iters, evaluate=evaluate)
+    trace = optimise(estimator, problem_at, params, image_loss(tuned, reward), optimizer, settings.iters, evaluate=evaluate)
     latent, final_chain = held_out(tuned, settings, eval_samples, offset=10_000)
     shown = cycling(eval_samples)
     cond = model.encode(shown).detach()
@@ -65,4 +65,4 @@ def finetune(
     with torch.no_grad():
         final = tuned.decode(estimator.sample(final_chain, latent, cond))
         baseline = model.decode(estimator.sample(base, latent, cond))
-    return TaskResult(rows, final, shown, baseline, evaluate.rows)
+    return TaskResult(trace, final, shown, baseline, evaluate.rows)

@@ -44,7 +44,7 @@ def optimise_latent(
         return model.decode(estimator.sample(chain, z, cond))
 
     evaluate = Evaluator(lambda: images(latent), monitor or reward_monitor(reward), settings.eval_every, settings.iters)
-    rows = optimise(
+    trace = optimise(
         estimator,
         lambda i: Problem(chain, latent, cond, WRT),
         [latent],
@@ -56,4 +56,4 @@ def optimise_latent(
     )
     with torch.no_grad():
         final, baseline = images(latent), images(start)
-    return TaskResult(rows, final, [prompt] * settings.batch, baseline, evaluate.rows)
+    return TaskResult(trace, final, [prompt] * settings.batch, baseline, evaluate.rows)

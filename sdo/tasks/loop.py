@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from sdo.chain import DDIMChain
 from sdo.estimators import Estimator, Problem
+from sdo.memory import saved_bytes
 from sdo.models.base import DiffusionModel
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,21 @@ class Settings:
 
 
 @dataclass
-class TaskResult:
-    """One row per iteration, the images of the optimised parameters, the prompt of each image
-    (None: the null prompt throughout), and for comparison the images the starting parameters
-    give from the same noise."""
+class Trace:
+    """What an optimisation recorded: one row per iteration, and the peak bytes autograd held
+    during one gradient (measured once, untimed, on the first iteration's problem)."""
 
-    iterations: list[dict]
+    rows: list[dict]
+    saved_bytes: int | None = None
+
+
+@dataclass
+class TaskResult:
+    """The optimisation's trace, the images of the optimised parameters, the prompt of each
+    image (None: the null prompt throughout), and for comparison the images the starting
+    parameters give from the same noise."""
+
+    trace: Trace
     samples: torch.Tensor
     prompts: list[str] | None = None
     baseline: torch.Tensor | None = None
@@ -116,18 +126,22 @@ def optimise(
     iters: int,
     after_step: Callable[[], None] | None = None,
     evaluate: Evaluator | None = None,
-) -> list[dict]:
+) -> Trace:
     """Minimise `loss` for `iters` iterations; `problem_at(i)` builds iteration i's problem and
     `params` are the tensors the optimizer holds (gradients arrive in order). `evaluate` is
     called with the updates done, the training seconds and the network evaluations so far.
-    Raises `Diverged` with the rows so far when the loss, the gradient or the updated
-    parameters are not finite."""
-    rows, seconds_so_far, nfe_so_far = [], 0.0, 0
+    Only the estimate and the update are timed; autograd's bytes are measured before the first
+    one on a copy of the estimator, outside the timer. Raises `Diverged` with the rows so far
+    when the loss, the gradient or the updated parameters are not finite."""
+    trace, seconds_so_far, nfe_so_far = Trace([]), 0.0, 0
+    rows = trace.rows
     if evaluate is not None:
         evaluate(0, 0.0, 0)
     progress = tqdm(range(iters), desc=estimator.name, mininterval=2, leave=False)
     for i in progress:
         problem = problem_at(i)
+        if i == 0:
+            trace.saved_bytes = saved_bytes(estimator, problem, loss)
         start = time.perf_counter()
         estimate = estimator(problem, loss)
         for p, g in zip(params, estimate.grads):
@@ -147,7 +161,6 @@ def optimise(
                 "seconds": seconds,
                 "nfe_forward": estimate.nfe_forward,
                 "nfe_backward": estimate.nfe_backward,
-                "saved_bytes": estimate.saved_bytes,
                 "grad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in estimate.grads))),
             }
         )
@@ -161,4 +174,4 @@ def optimise(
         nfe_so_far += estimate.nfe_forward + estimate.nfe_backward
         if evaluate is not None:
             evaluate(i + 1, seconds_so_far, nfe_so_far)
-    return rows
+    return trace

@@ -1,0 +1,58 @@
+"""The harness's yardstick: full backpropagation and the shortcut as plain loops over the
+diffusers scheduler's own `step` and the raw network, with nothing of the project's chain,
+meters or estimators in between.
+
+Rule: `full` calls the (guided) network and `scheduler.step` T times with autograd on and
+backpropagates the loss; `shortcut` keeps the graph of the first network call only (to the
+latent, the conditioning or the weights), runs every later call without a graph on a detached
+input and keeps applying `scheduler.step` to the tensor that carries the graph, as the SDO
+authors' released code does. The bench times these interleaved with the project's `full` and
+`shortcut` on the same problem; the ratio says what the harness itself adds to a gradient.
+Cost: T forward + T backward (`full`), T forward + 1 backward (`shortcut`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdo.estimators import Problem
+
+RULES = ("full", "shortcut")
+
+
+def _guided(chain, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance written out: one batched call on (null, cond) when guided."""
+    t = t.to(z.dtype).expand(z.shape[0])
+    cond = cond.expand(z.shape[0], *cond.shape[1:])
+    if chain.guidance == 1.0:
+        return chain.net(z, t, cond)
+    null = chain.null_cond.expand_as(cond)
+    uncond, conditional = chain.net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)
+    return uncond + chain.guidance * (conditional - uncond)
+
+
+def plain_gradient(rule: str, problem: Problem, loss) -> list[torch.Tensor]:
+    """The gradient of `loss(sample)` by the plain loop `rule` ('full' or 'shortcut')."""
+    if rule not in RULES:
+        raise ValueError(f"plain loop rule must be one of {RULES}, got {rule!r}")
+    chain = problem.chain
+    scheduler = chain.diffusers_scheduler()
+    z = problem.latent
+    for k, t in enumerate(scheduler.timesteps):
+        if rule == "full" or k == 0:
+            out = _guided(chain, z, t, problem.cond)
+        else:
+            with torch.no_grad():
+                out = _guided(chain, z.detach(), t, problem.cond)
+        z = scheduler.step(out, t, z).prev_sample
+    return list(torch.autograd.grad(loss(z), problem.params, allow_unused=True, materialize_grads=True))
+
+
+def plain_rule_for(method: str, options: dict) -> str | None:
+    """The plain loop an estimator variant is the project's version of: `full` without
+    checkpointing, and the shortcut at its first step; None for every other variant."""
+    if method == "full" and not options.get("checkpoint", False):
+        return "full"
+    if method == "shortcut" and options.get("at", "first") == "first":
+        return "shortcut"
+    return None
