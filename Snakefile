@@ -1,4 +1,5 @@
-# The SDO benchmark: methods x tasks x step counts x seeds -> results/tables and results/figures.
+# The SDO benchmark: models x tasks x methods x step counts x seeds -> results/tables and
+# results/figures, with verdicts first (results/tables/verdicts.csv).
 import os
 import sys
 
@@ -17,24 +18,35 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 # working directory) and scripts (workflow/scripts/checkout.py), in any environment.
 sys.path.insert(0, workflow.basedir)
 
-from evals.config import check_config
+from evals.config import check_config, layered
+from evals.sweep import verdicts_rst
 
+# Snakemake merges a --configfile into the defaults key by key; a plug-in's options block (a
+# task's reward_options, a variant) is replaced whole instead, so no run mixes two files' options.
+settings = workflow.config_settings
+defaults = [] if settings.replace_workflow_config else [os.path.join(workflow.basedir, "config", "config.yaml")]
+rebuilt = layered([*defaults, *settings.configfiles, dict(settings.config)])
+config.clear()
+config.update(rebuilt)
 check_config(config, base=workflow.basedir)
 
 
 rule all:
     input:
-        "results/tables/model_quality.json",
+        "results/tables/verdicts.csv",
+        "results/tables/model_quality.csv",
         "results/tables/runs.csv",
         "results/tables/summary.csv",
         "results/tables/methods.csv",
         "results/tables/evaluations.csv",
         "results/tables/cost_to_quality.csv",
+        "results/tables/audits.csv",
         "results/tables/guidance_vs_optimisation.csv",
-        "results/figures/reward_vs_iter.png",
+        "results/figures/verdicts.png",
+        "results/figures/reward_vs_cost.png",
         "results/figures/reward_vs_seconds.png",
+        "results/figures/fidelity_along_runs.png",
         "results/figures/tradeoff.png",
-        "results/figures/cost_vs_steps.png",
         "results/figures/samples.png",
 
 
@@ -45,3 +57,6 @@ include: "workflow/rules/guidance.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/sd_cost.smk"
+
+
+config["report_verdicts"] = verdicts_rst("results/tables/verdicts.csv")  # the report's first page

@@ -8,15 +8,14 @@ import time
 
 import torch
 
-from evals.meters import peak_bytes, reset_peak, synchronize
 from evals.plain_loop import plain_gradient
-from sdo.estimators import Estimator, Problem
-from sdo.memory import saved_bytes
+from sdo.estimators import Estimator, Problem, fidelity
+from sdo.memory import peak_bytes, reset_peak, saved_bytes, synchronize
 from sdo.models.base import DiffusionModel
 
 
 def bench_problem(
-    model: DiffusionModel, reward, wrt: str, steps: int, batch: int, seed: int, guidance: float = 1.0, lora_rank: int = 0
+    model: DiffusionModel, reward, wrt: str, steps: int, batch: int, seed: int, cfg_scale: float = 1.0, lora_rank: int = 0
 ):
     """The benchmark's problem: latents from `seed`, prompts cycling through the model's, loss
     minus the mean reward of the decoded samples; the weights are the trainable ones of
@@ -25,8 +24,7 @@ def bench_problem(
         model = model.with_lora(lora_rank)
     latent = model.latent_batch(batch, torch.Generator().manual_seed(seed))
     prompts = [model.prompts[i % len(model.prompts)] for i in range(batch)] if model.prompts else [""] * batch
-    cond = model.encode(prompts).detach()
-    problem = Problem(model.make_chain(steps, guidance), latent, cond, wrt)
+    problem = Problem(model.make_chain(steps, cfg_scale), latent, model.encode(prompts), wrt)
     return problem, lambda x: -reward(model.decode(x)).mean()
 
 
@@ -114,7 +112,49 @@ def measure(
             plain_rel_error=float((grad - plain_grad).norm() / plain_grad.norm()),
         )
     if reference is not None:
-        ref = _flat(reference)
-        row["cosine"] = float(torch.nn.functional.cosine_similarity(grad, ref, dim=0))
-        row["rel_error"] = float((grad - ref).norm() / ref.norm())
+        row.update(fidelity(estimate.grads, reference))
     return row
+
+
+def backward_cost(problem: Problem, rounds: int = 9) -> dict:
+    """The cost of one backward pass of the (guided) network against one forward pass, in
+    rounds that each time, at the middle step's state: a forward without a graph (t_f), a
+    forward with a graph to the problem's parameters (t_g), and that forward with its backward
+    (t_gb). `backward_vs_forward` is the median over rounds of (t_gb - t_g) / t_f: the weight w
+    that makes network evaluations a cost machine load cannot move, nfe_forward + w nfe_backward,
+    in forward passes (a forward with a graph counts as a forward; `graph_vs_forward` says how
+    much more it costs)."""
+    chain, device = problem.chain, problem.latent.device
+    k = chain.steps // 2
+    with torch.no_grad():
+        state = chain.trajectory(problem.latent, problem.cond, keep=[k])[1][k]
+    z = state.detach().requires_grad_() if problem.wrt == "latent" else state
+    params = [z] if problem.wrt == "latent" else problem.params
+
+    def forward():
+        with torch.no_grad():
+            return chain.predict(state, k, problem.cond)
+
+    def graph():
+        return chain.predict(z, k, problem.cond)
+
+    def graph_backward():
+        out = graph()
+        return torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
+
+    for call in (forward, graph, graph_backward):  # warm-up
+        call()
+    rows = []
+    for _ in range(rounds):
+        rows.append([_timed(call, device)[0] for call in (forward, graph, graph_backward)])
+    backward = [(gb - g) / f for f, g, gb in rows]
+    graphs = [g / f for f, g, _ in rows]
+    q1, median, q3 = _quartiles(backward)
+    return {
+        "backward_vs_forward": median,
+        "backward_vs_forward_iqr": q3 - q1,
+        "graph_vs_forward": statistics.median(graphs),
+        "forward_seconds": statistics.median(f for f, _, _ in rows),
+        "rounds": rounds,
+        "step": k,
+    }

@@ -1,5 +1,11 @@
 """The `sdo` command: parses flags into an experiment spec and calls `evals.experiment`.
 
+Each plug-in's options go in flags of their own, `KEY=VALUE` each (the value read as JSON where
+it parses: numbers, booleans, lists; else text) and checked by the plug-in that owns them:
+`--option` (the estimator), `--model-option`, `--task-option`, `--reward-option`,
+`--metric-option`. `--plugin FILE.py` imports a file that registers more models, tasks,
+samplers, estimators or rewards before anything else.
+
 Exit status: 0 when the record's status is `ok` (or, with `--sweep`, whenever the record was
 written), 1 when the run could not be done as asked (the record still says why), 2 for bad
 usage.
@@ -8,6 +14,7 @@ usage.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -19,7 +26,6 @@ import torch
 from evals import experiment
 from sdo.estimators import ESTIMATORS, PARAMETER_KINDS
 from sdo.models import store
-from sdo.models.base import NULL_PROMPT
 from sdo.tasks import TASKS
 
 log = logging.getLogger("sdo")
@@ -29,7 +35,7 @@ def _option(text: str) -> tuple[str, object]:
     """`key=value` with the value read as JSON where it parses (numbers, booleans), else text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"estimator option must look like key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(f"an option must look like key=value, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -46,9 +52,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _prompt(text: str) -> str:
-    """A prompt; `none` (or an empty string) is the null prompt."""
-    return NULL_PROMPT if text in ("none", "") else text
+def _options_flag(parser: argparse.ArgumentParser, flag: str, dest: str, owner: str) -> None:
+    parser.add_argument(flag, dest=dest, type=_option, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"an option of the {owner} (repeatable)")
 
 
 def _sweep_flag(parser: argparse.ArgumentParser) -> None:
@@ -56,49 +62,41 @@ def _sweep_flag(parser: argparse.ArgumentParser) -> None:
                         help="exit 0 whenever the record is written, whatever its status (for workflows)")
 
 
-MODEL_HELP = "embedded (default), sd:<directory or model id>, or sd-random:<version> (random weights: cost only)"
+MODEL_HELP = (
+    "embedded (default), embedded-flow, sd:/sdxl:/sd3:/flux:<directory or model id>, a diffusers directory, "
+    "or random:<architecture> (random weights: cost only)"
+)
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    """How a Stable Diffusion model is loaded (`experiment.ModelOptions`)."""
-    parser.add_argument("--resolution", type=_positive, default=None, help="SD: image side in pixels (default: the model's)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="SD: networks' dtype")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="SD: recompute UNet and VAE block activations")
-    parser.add_argument("--attention-slicing", action="store_true", help="SD: attention in slices of heads")
-    parser.add_argument("--vae-slicing", action="store_true", help="SD: decode one image at a time")
-    parser.add_argument("--allow-download", action="store_true", help="SD: fetch missing weights from the Hugging Face hub")
+    parser.add_argument("--model", default="embedded", help=MODEL_HELP)
+    _options_flag(parser, "--model-option", "model_options", "model (e.g. dtype=bfloat16, gradient_checkpointing=true)")
+    parser.add_argument("--mem-mb", type=_positive, default=None,
+                        help="memory budget in MiB: a run predicted or found past it ends as out_of_memory")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
 
 
 def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     """What is sampled and how it is scored: shared by `run` and `guide`."""
-    parser.add_argument("--model", default="embedded", help=MODEL_HELP)
-    parser.add_argument("--steps", type=_positive, required=True, help="DDIM steps T")
+    _model_flags(parser)
+    _options_flag(parser, "--task-option", "task_options", "task (e.g. prompt=3, lora_rank=4, eval_samples=100)")
+    parser.add_argument("--steps", type=_positive, required=True, help="sampling steps T")
     parser.add_argument("--seed", type=int, nargs="+", default=[0],
                         help="one or more seeds, run one after another in this process (one import, one model load)")
     parser.add_argument("--batch", type=_positive, default=8)
     parser.add_argument("--reward", default="classifier",
-                        help="embedded: classifier, style, inpaint, superres; SD: clip, aesthetic, style; "
+                        help="digits: classifier, style, inpaint, superres; rgb: clip, aesthetic, style, mean_square; "
                              "or a callable 'package.module:function' / 'file.py:function'")
-    parser.add_argument("--target", type=int, default=3, help="digit the classifier reward asks for")
-    parser.add_argument("--reference-index", type=int, default=0, help="held-out digit used by style, inpaint, superres")
+    _options_flag(parser, "--reward-option", "reward_options", "reward (e.g. target=3, clip_model=DIR, text=...)")
+    parser.add_argument("--reward-tolerance", type=float, default=1e-2, help="differentiability check tolerance")
     parser.add_argument("--metric", "--metrics", dest="metrics", action="extend", nargs="+", default=[], metavar="MODULE:FUNCTION",
                         help="extra evaluation-only metric images -> per-sample scores (repeatable)")
-    parser.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights: adds Inception FID")
-    parser.add_argument("--clip-model", type=Path, default=None, help="local CLIP model directory: adds CLIP score")
-    parser.add_argument("--aesthetic-head", type=Path, default=None, help="SD aesthetic reward: LAION predictor head weights")
-    parser.add_argument("--style-image", type=Path, default=None, help="SD style reward: the style image")
-    parser.add_argument("--reference-images", type=Path, default=None, help="SD: image folder for Inception FID")
-    parser.add_argument("--reward-prompt", default="", help="SD clip reward: its text (default: --prompt)")
-    parser.add_argument("--reward-tolerance", type=float, default=1e-2, help="differentiability check tolerance")
-    parser.add_argument("--prompt", type=_prompt, default=NULL_PROMPT, help="conditioning prompt (embedded: a digit 0-9), or 'none' (default)")
-    parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--eta", type=float, default=0.0)
-    parser.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    _options_flag(parser, "--metric-option", "metric_options", "metrics (e.g. clip_model=DIR, inception_weights=FILE)")
+    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's stochasticity (ddim samplers only)")
     parser.add_argument("--out", type=Path, required=True,
                         help="record PATH.json (a PATH.png grid goes beside it); {seed} in PATH stands for the seed, "
                              "required with several seeds")
-    _model_flags(parser)
     _sweep_flag(parser)
 
 
@@ -115,25 +113,31 @@ def _variant(text: str) -> tuple[str, str, dict]:
 
 def _bench_problem_flags(parser: argparse.ArgumentParser) -> None:
     """The benchmark problem and its model: shared by `bench` and `cost`."""
-    parser.add_argument("--model", default="embedded", help=MODEL_HELP)
+    _model_flags(parser)
     parser.add_argument("--batch", type=_positive, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
     parser.add_argument("--rounds", type=_positive, default=5, help="timed rounds (sampling pass, then gradient) after a warm-up")
     parser.add_argument("--no-plain-loop", dest="plain_loop", action="store_false",
                         help="do not time the plain diffusers loop beside full and the shortcut")
-    parser.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    parser.add_argument("--clip-model", type=Path, default=None, help="SD: loss minus CLIP similarity (default: mean square)")
-    parser.add_argument("--reward-prompt", default="", help="SD: the CLIP text (default: the model's first prompt)")
-    parser.add_argument("--lora-rank", type=int, default=None, help="weights: LoRA rank (default 0, all weights; SD: 4)")
-    _model_flags(parser)
+    parser.add_argument("--reward", default=None, help="the loss's reward (default: the model's domain's bench reward)")
+    _options_flag(parser, "--reward-option", "reward_options", "reward")
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="weights: LoRA rank (default 0, all weights, on the embedded models; 4 otherwise)")
     _sweep_flag(parser)
+
+
+def _estimator_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=sorted(ESTIMATORS), required=True, help="the gradient estimator")
+    _options_flag(parser, "--option", "options", "estimator (e.g. checkpoint=true, at=all, tail=5)")
+    parser.add_argument("--variant", default=None, help="name of this estimator configuration in tables (default: the method)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="import a file that registers models, tasks, samplers, estimators or rewards (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -144,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-steps", type=_positive, default=2500, help="denoiser optimiser steps")
     train.add_argument("--epochs", type=_positive, default=60, help="classifier epochs")
 
-    quality = commands.add_parser("quality", help="label accuracy and FID of the base model's samples")
-    quality.add_argument("--models", type=Path, default=store.DEFAULT_DIR)
+    quality = commands.add_parser("quality", help="label accuracy and FID of an embedded model's samples")
+    quality.add_argument("--model", default="embedded", help="embedded or embedded-flow")
+    _options_flag(quality, "--model-option", "model_options", "model (weights=DIR)")
     quality.add_argument("--steps", type=_positive, default=50)
-    quality.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    quality.add_argument("--cfg-scale", dest="cfg_scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     quality.add_argument("--per-label", type=_positive, default=50)
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--device", default="auto")
@@ -155,18 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="optimise a task with one gradient estimator and write a JSON record")
     run.add_argument("--task", choices=sorted(TASKS), default="latent")
-    run.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
-    run.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                     help="estimator option, e.g. checkpoint=true or at=all (repeatable)")
-    run.add_argument("--variant", default=None, help="name of this estimator configuration in tables (default: the method)")
+    _estimator_flags(run)
     run.add_argument("--iters", type=_positive, required=True, help="optimisation iterations")
     run.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's)")
     run.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"), help="Adam's betas")
-    run.add_argument("--renormalize", action="store_true", help="latent task: DOODL's latent renormalisation")
-    run.add_argument("--lora-rank", type=int, default=4, help="finetune task: LoRA rank, 0 for all UNet weights")
-    run.add_argument("--eval-samples", type=_positive, default=100, help="conditioning/finetune: samples for final metrics")
     run.add_argument("--eval-every", type=int, default=2, help="evaluate on held-out noise every N iterations (0: start and end)")
-    run.add_argument("--monitor-samples", type=_positive, default=32, help="held-out samples per evaluation during the run")
+    run.add_argument("--audit-every", type=int, default=0,
+                     help="online fidelity audit: the exact gradient every N iterations, untimed (0: off)")
+    run.add_argument("--fallback-below", type=float, default=None,
+                     help="audit: use the exact gradient when the cosine falls below this (its cost counts)")
+    run.add_argument("--audit-checkpoint", action="store_true", help="audit: checkpoint the exact gradient per step")
+    run.add_argument("--reuse", type=Path, default=None,
+                     help="staged records (evals.rerun): a seed whose record there has this config and did not fail "
+                          "is moved back instead of run again")
     _sampling_flags(run)
 
     guide = commands.add_parser("guide", help="training-free guidance on the latent task's latents: one guided pass")
@@ -178,32 +184,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="fidelity and cost of one estimator on the benchmark problem")
     bench.add_argument("--wrt", choices=PARAMETER_KINDS, required=True, help="parameter type to differentiate")
-    bench.add_argument("--method", choices=sorted(ESTIMATORS), required=True)
-    bench.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
-    bench.add_argument("--variant", default=None, help="name of this estimator configuration in tables (default: the method)")
+    _estimator_flags(bench)
     bench.add_argument("--steps", type=_positive, required=True)
     bench.add_argument("--reference", type=Path, default=None, help="full gradient (safetensors) to compare with")
     bench.add_argument("--save-gradient", type=Path, default=None, help="also write this gradient as safetensors")
     bench.add_argument("--out", type=Path, required=True, help="row PATH.json")
     _bench_problem_flags(bench)
 
+    backward = commands.add_parser("backward-cost", help="the cost of a backward pass against a forward one on this device")
+    backward.add_argument("--wrt", choices=PARAMETER_KINDS, required=True, help="parameter type the backward reaches")
+    backward.add_argument("--steps", type=_positive, default=10, help="sampling steps T (the middle step's state is used)")
+    backward.add_argument("--batch", type=_positive, default=8)
+    backward.add_argument("--seed", type=int, default=0)
+    backward.add_argument("--cfg-scale", type=float, default=1.0)
+    backward.add_argument("--lora-rank", type=int, default=None, help="weights: LoRA rank (default 0 embedded, 4 otherwise)")
+    backward.add_argument("--rounds", type=_positive, default=9, help="timed rounds")
+    backward.add_argument("--out", type=Path, required=True, help="record PATH.json")
+    _model_flags(backward)
+
     cost = commands.add_parser(
         "cost", help="cost of several estimator variants x parameter types x T in one process (the model is built once)"
     )
     cost.add_argument("--variant", dest="variants", type=_variant, action="append", required=True,
-                      metavar="NAME=METHOD[:KEY=VALUE,...]", help="a named estimator variant, e.g. draft_1=truncated:k=1 (repeatable)")
+                      metavar="NAME=METHOD[:KEY=VALUE,...]", help="a named estimator variant, e.g. draft_1=truncated:tail=1 (repeatable)")
     cost.add_argument("--wrt", choices=PARAMETER_KINDS, nargs="+", required=True, help="parameter types to differentiate")
-    cost.add_argument("--steps", type=_positive, nargs="+", required=True, help="DDIM steps T")
+    cost.add_argument("--steps", type=_positive, nargs="+", required=True, help="sampling steps T")
     cost.add_argument("--out-dir", type=Path, required=True, help="rows go to OUT_DIR/<wrt>/T<steps>/<variant>.json")
     _bench_problem_flags(cost)
     return parser
 
 
-def _spec(cls, args: argparse.Namespace, **renamed):
-    """The dataclass `cls` from the parsed flags it has fields for."""
+def _spec(cls, args: argparse.Namespace, **given):
+    """The dataclass `cls` from the parsed flags it has fields for; KEY=VALUE lists become dicts."""
     names = {f.name for f in cls.__dataclass_fields__.values()}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**{**values, **renamed})
+    values = {k: (dict(v) if k.endswith("options") and isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
+    return cls(**{**values, **given})
 
 
 def _train(args) -> dict:
@@ -214,9 +229,9 @@ def _train(args) -> dict:
         store.save(model, "classifier", args.out, metrics={"held_out_accuracy": accuracy})
     else:
         start = time.perf_counter()
-        model = train.train_denoiser(steps=args.train_steps, seed=args.seed)
+        model = train.train_denoiser(steps=args.train_steps, seed=args.seed, kind=args.kind)
         metrics = {"train_seconds": time.perf_counter() - start, "train_steps": args.train_steps}
-        store.save(model, "denoiser", args.out, metrics=metrics)
+        store.save(model, args.kind, args.out, metrics=metrics)
     return {"status": "ok"}
 
 
@@ -237,13 +252,17 @@ def _each_seed(args, experiment_for_seed) -> dict:
 
 
 def _run(args) -> dict:
-    return _each_seed(
-        args, lambda seed, out: experiment.run(_spec(experiment.RunSpec, args, options=dict(args.option), seed=seed, out=out))
-    )
+    from evals.rerun import reuse
+
+    def run_seed(seed: int, out: Path) -> dict:
+        spec = _spec(experiment.RunSpec, args, seed=seed, out=out)
+        return reuse(experiment.new_record(spec, spec.device)["config"], out, args.reuse) or experiment.run(spec)
+
+    return _each_seed(args, run_seed)
 
 
 def _bench(args) -> dict:
-    return experiment.bench(_spec(experiment.BenchSpec, args, options=dict(args.option)))
+    return experiment.bench(_spec(experiment.BenchSpec, args))
 
 
 def _cost(args) -> dict:
@@ -267,10 +286,33 @@ def _guide(args) -> dict:
     return _each_seed(args, lambda seed, out: guide(_spec(GuideSpec, args, seed=seed, out=out)))
 
 
-COMMANDS = {"train": _train, "quality": _quality, "run": _run, "bench": _bench, "cost": _cost, "guide": _guide}
+def _backward_cost(args) -> dict:
+    return experiment.measure_backward_cost(_spec(experiment.BackwardCostSpec, args))
+
+
+COMMANDS = {
+    "train": _train, "quality": _quality, "run": _run, "bench": _bench, "cost": _cost, "guide": _guide,
+    "backward-cost": _backward_cost,
+}
+
+
+def import_plugin(path: str | Path) -> None:
+    """Import a file that registers plug-ins (models, tasks, samplers, estimators, rewards)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plugin file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_sdo_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    for path in early.parse_known_args(argv)[0].plugin:  # before the parser lists the registries' choices
+        import_plugin(path)
     parser = build_parser()
     args = parser.parse_args(argv)
     if isinstance(getattr(args, "seed", None), list) and len(args.seed) > 1 and "{seed}" not in str(args.out):
@@ -282,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         record = COMMANDS[args.command](args)
-    except Exception as error:  # outside a run record: a model file, a device, a write
+    except Exception as error:  # outside a run record: a model file, a write
         if args.verbose:
             raise
         print(f"sdo {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)

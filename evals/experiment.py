@@ -1,10 +1,14 @@
 """Experiments as functions: a spec in, a record out. The command line only parses flags into
 specs and calls these; a notebook can call them directly.
 
-Every record carries the same environment block (device, library versions, commit) and a
-`status`: ok, not_applicable (the estimator's rule cannot reach the parameter), diverged (the
-loss, a gradient or a parameter became non-finite; the iterations so far are kept),
-out_of_memory, or failed (with the reason). A run never raises for these: the record says it.
+A spec names a model, a task and an estimator, and carries each plug-in's own options as a
+dict (`model_options`, `task_options`, `options` for the estimator, `reward_options`,
+`metric_options`), checked by the plug-in that owns them. Every record carries the same
+environment block (device, library versions, commit) and a `status`: ok, not_applicable (the
+estimator's rule cannot reach the parameter), diverged (the loss, a gradient or a parameter
+became non-finite; the iterations and evaluations so far are kept), out_of_memory (past the
+device or the run's memory budget), or failed (with the reason). A run never raises for
+these: the record says it.
 """
 
 from __future__ import annotations
@@ -18,109 +22,115 @@ from pathlib import Path
 
 import torch
 
-from evals import metrics, records
-from evals.bench import bench_problem, measure, sampling_seconds
+from evals import records
+from evals.bench import backward_cost, bench_problem, measure, sampling_seconds
+from evals.domains import domain_of, probe_images, setup_for
 from evals.plain_loop import plain_rule_for
-from evals.rewards import ClassifierLogProb, check_differentiable
-from evals.setup import probe_images, setup_for
+from evals.rewards import build_reward
+from evals.rewards.checks import check_differentiable
 from sdo.estimators import NotApplicable, make_estimator
-from sdo.models import store
-from sdo.models.base import NULL_PROMPT
-from sdo.models.data import load_split
-from sdo.models.digits import EmbeddedDigits
-from sdo.tasks import TASKS, Diverged, Settings
+from sdo.memory import OverBudget, enforce_budget
+from sdo.models import load_model
+from sdo.tasks import TASKS, Audit, Diverged, Settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class ModelOptions:
-    """How a Stable Diffusion model is loaded (the embedded model ignores these): the image
-    resolution (None: the model's own), the networks' dtype, `StableDiffusion`'s memory levers,
-    and whether missing weights may be downloaded."""
+class RunSpec:
+    """One optimisation run: a task optimised with one estimator variant on a model.
 
-    resolution: int | None = None
-    dtype: str = "float32"
-    gradient_checkpointing: bool = False
-    attention_slicing: bool = False
-    vae_slicing: bool = False
-    allow_download: bool = False
+    `audit_every` N > 0 turns on the online fidelity audit (`sdo.tasks.Audit`): the exact
+    gradient every N iterations, compared and, below `fallback_below`, used instead. `mem_mb` is
+    the run's memory budget (None: none)."""
 
-
-@dataclass
-class RunSpec(ModelOptions):
-    """One optimisation run: a task optimised with one estimator variant on a model."""
-
+    task: str = "latent"
     method: str
     steps: int
     iters: int
     out: Path | None = None
-    task: str = "latent"
     model: str = "embedded"
+    model_options: dict = field(default_factory=dict)
+    task_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     variant: str | None = None  # the name tables use; default: the method's
+    reward: str = "classifier"
+    reward_options: dict = field(default_factory=dict)
+    reward_tolerance: float = 1e-2
+    metrics: list[str] = field(default_factory=list)
+    metric_options: dict = field(default_factory=dict)
     seed: int = 0
     batch: int = 8
-    reward: str = "classifier"
-    target: int = 3
-    reference_index: int = 0
-    metrics: list[str] = field(default_factory=list)
-    inception_weights: Path | None = None
-    clip_model: Path | None = None
-    aesthetic_head: Path | None = None
-    style_image: Path | None = None
-    reference_images: Path | None = None  # Stable Diffusion: folder for Inception FID
-    reward_prompt: str = ""  # Stable Diffusion: the clip reward's text (default: `prompt`)
-    reward_tolerance: float = 1e-2
-    prompt: str = NULL_PROMPT
-    guidance: float = 1.0
+    cfg_scale: float = 1.0
     eta: float = 0.0
     lr: float | None = None
-    renormalize: bool = False
-    lora_rank: int = 4
-    eval_samples: int = 100
-    eval_every: int = 2
-    monitor_samples: int = 32
     betas: tuple[float, float] = (0.9, 0.999)
-    models: Path = store.DEFAULT_DIR
+    eval_every: int = 2
+    audit_every: int = 0
+    fallback_below: float | None = None
+    audit_checkpoint: bool = False
+    mem_mb: int | None = None
     device: str = "auto"
 
 
-@dataclass
-class BenchSpec(ModelOptions):
-    """One fidelity/cost measurement of an estimator variant on the benchmark problem."""
+@dataclass(kw_only=True)
+class BenchSpec:
+    """One fidelity/cost measurement of an estimator variant on the benchmark problem. The
+    reward is the model's domain's bench reward unless `reward` names another; the weights are
+    LoRA adapters of `lora_rank` (None: 0, every network weight, on the embedded models; 4 on
+    the diffusers families)."""
 
     wrt: str
     method: str
     steps: int
     out: Path | None = None
     model: str = "embedded"
-    clip_model: Path | None = None  # Stable Diffusion: CLIP similarity as the loss
-    reward_prompt: str = ""
-    lora_rank: int | None = None  # weights: None takes 0 (all) on the embedded model, 4 on SD
+    model_options: dict = field(default_factory=dict)
+    reward: str | None = None
+    reward_options: dict = field(default_factory=dict)
+    lora_rank: int | None = None
     options: dict = field(default_factory=dict)
     variant: str | None = None
     batch: int = 8
     seed: int = 0
-    guidance: float = 1.0
+    cfg_scale: float = 1.0
     rounds: int = 5
     plain_loop: bool = True  # time full's and the shortcut's plain diffusers loop beside them
     reference: Path | None = None
     save_gradient: Path | None = None
-    models: Path = store.DEFAULT_DIR
+    mem_mb: int | None = None
     device: str = "auto"
 
 
-@dataclass
+@dataclass(kw_only=True)
+class BackwardCostSpec:
+    """The cost of a backward pass against a forward one, for a model, a parameter type and a
+    batch (what turns a run's network evaluations into a load-free cost)."""
+
+    wrt: str
+    out: Path | None = None
+    model: str = "embedded"
+    model_options: dict = field(default_factory=dict)
+    batch: int = 8
+    steps: int = 10
+    cfg_scale: float = 1.0
+    lora_rank: int | None = None
+    rounds: int = 9
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(kw_only=True)
 class QualitySpec:
-    """Label accuracy and FID of the base model's samples per guidance scale."""
+    """Label accuracy and FID of an embedded model's samples per guidance scale."""
 
     out: Path | None = None
+    model: str = "embedded"
+    model_options: dict = field(default_factory=dict)
     steps: int = 50
-    guidance: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
     per_label: int = 50
     seed: int = 0
-    models: Path = store.DEFAULT_DIR
     device: str = "auto"
 
 
@@ -129,7 +139,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available")
+        raise ValueError(f"device {name!r} asked for but CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -141,7 +151,8 @@ def recorded_failures(record: dict):
     except NotApplicable as reason:
         record.update(status="not_applicable", reason=str(reason))
     except Diverged as error:
-        record.update(status="diverged", reason=str(error), iterations=error.iterations)
+        record.update(status="diverged", reason=str(error), iterations=error.trace.rows, evaluations=error.evaluations,
+                      audits=error.trace.audits, saved_bytes=error.trace.saved_bytes)
     except Exception as error:
         if _out_of_memory(error):
             record.update(status="out_of_memory", reason=str(error).splitlines()[0])
@@ -153,18 +164,23 @@ def recorded_failures(record: dict):
 
 
 def _out_of_memory(error: Exception) -> bool:
-    """CUDA's torch.OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
-    return isinstance(error, torch.OutOfMemoryError) or (
+    """CUDA's torch.OutOfMemoryError, the CPU allocator's RuntimeError ("can't allocate
+    memory"), Python's MemoryError, or a run predicted past its budget (OverBudget)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError, OverBudget)) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
     )
 
 
-def new_record(spec, device: torch.device) -> dict:
-    """A record of `spec` on `device`: its config, the variant's name, the environment, status ok."""
+def new_record(spec, device_name: str) -> dict:
+    """A record of `spec`: its config, the variant's name, the environment, status ok."""
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(spec).items()}
-    config["variant"] = spec.variant or spec.method
-    config["device"] = str(device)
-    return {"variant": config["variant"], "config": config, **records.environment(device), "status": "ok"}
+    config["variant"] = getattr(spec, "variant", None) or getattr(spec, "method", None)
+    try:
+        environment = records.environment(resolve_device(device_name))
+    except ValueError:
+        environment = records.environment(torch.device("cpu"))
+    config["device"] = device_name
+    return {"variant": config["variant"], "config": config, **environment, "status": "ok"}
 
 
 def write_record(record: dict, out: Path | None) -> dict:
@@ -175,27 +191,42 @@ def write_record(record: dict, out: Path | None) -> dict:
     return record
 
 
+def _budget(mem_mb: int | None) -> int | None:
+    return None if mem_mb is None else int(mem_mb) * 2**20
+
+
+def settings_of(spec: RunSpec) -> Settings:
+    audit = Audit(spec.audit_every, spec.fallback_below, spec.audit_checkpoint) if spec.audit_every else None
+    return Settings(
+        spec.steps, spec.iters, spec.batch, spec.cfg_scale, spec.eta, spec.lr, spec.seed, spec.eval_every,
+        tuple(spec.betas), audit, _budget(spec.mem_mb),
+    )
+
+
 def run(spec: RunSpec) -> dict:
     """Optimise `spec.task` with one estimator variant and evaluate the result: the record
-    holds one row per iteration and the `final` and `baseline` (starting parameters, same
-    noise) metrics; the sample grid goes beside `spec.out` as PNG."""
-    device = resolve_device(spec.device)
-    record = new_record(spec, device)
+    holds one row per iteration, the held-out evaluations, the audits, and the `final` and
+    `baseline` (starting parameters, same noise) metrics; the sample grid goes beside
+    `spec.out` as PNG."""
+    record = new_record(spec, spec.device)
     record.update(iterations=[], final={})
     with recorded_failures(record):
+        device = resolve_device(spec.device)
         if spec.task not in TASKS:
             raise ValueError(f"unknown task {spec.task!r}; known: {sorted(TASKS)}")
+        task = TASKS[spec.task]
+        task_options = task.make_options(spec.task_options)
         estimator = make_estimator(spec.method, **spec.options)
-        setup = setup_for(spec, device)
-        record["model_options"] = getattr(setup.model, "options", None)
-        record["reward_check_error"] = check_differentiable(setup.reward, probe_images(setup.model), tolerance=spec.reward_tolerance)
-        settings = Settings(
-            spec.steps, spec.iters, spec.batch, spec.guidance, spec.eta, spec.lr, spec.seed, spec.eval_every,
-            spec.monitor_samples, tuple(spec.betas),
-        )
-        result = TASKS[spec.task](setup.model, setup.reward, estimator, settings, monitor=setup.monitor, **_task_options(spec))
+        settings = settings_of(spec)
+        with enforce_budget(settings.budget_bytes, device):
+            model = load_model(spec.model, device, seed=spec.seed, **spec.model_options)
+            setup = setup_for(model, spec.reward, spec.reward_options, spec.metrics, spec.metric_options, device)
+            record["model_options"] = model.options
+            record["reward_check_error"] = check_differentiable(setup.reward, probe_images(model), tolerance=spec.reward_tolerance)
+            result = task.run(model, setup.reward, estimator, settings, task_options, monitor=setup.monitor)
         record["iterations"], record["evaluations"] = result.trace.rows, result.evaluations
-        record["saved_bytes"] = result.trace.saved_bytes
+        record["audits"], record["saved_bytes"] = result.trace.audits, result.trace.saved_bytes
+        record["start_deviation"] = result.start_deviation
         record["final"] = setup.summarize(result.samples, result.prompts)
         record["baseline"] = setup.summarize(result.baseline, result.prompts)
         record["final"]["drift"] = float((result.samples - result.baseline).flatten(1).norm(dim=1).mean())
@@ -212,31 +243,19 @@ def samples_path(out: Path | str) -> Path:
     return Path(out).with_suffix(".samples.safetensors")
 
 
-def _task_options(spec: RunSpec) -> dict:
-    """The chosen task's own keyword arguments."""
-    if spec.task == "latent":
-        return {"prompt": spec.prompt, "renormalize": spec.renormalize}
-    if spec.task == "conditioning":
-        return {"prompt": spec.prompt, "eval_samples": spec.eval_samples}
-    return {"lora_rank": spec.lora_rank, "eval_samples": spec.eval_samples}
-
-
 def bench(spec: BenchSpec) -> dict:
     """Seconds, network evaluations, depth, autograd bytes, peak memory and (given a reference
     gradient) fidelity of one estimator variant on the benchmark problem, after a warm-up call
-    of the same estimator. On the embedded model the loss is minus log p(3) under the
-    classifier and the weights are all the denoiser's; on Stable Diffusion it is
-    `evals.sd_setup.bench_reward`'s (the decoded images' mean square, or CLIP similarity) and
-    the weights are LoRA adapters of rank 4 (`lora_rank`) on the UNet's attention projections,
-    not its 860 M weights. `sd-random` rows are `cost_only`: random weights, so only time and
-    memory mean anything."""
-    device = resolve_device(spec.device)
-    record = _bench_record(spec, device)
+    of the same estimator. Random-weight rows (`random:<architecture>`) are `cost_only`: only
+    time and memory mean anything."""
+    record = _bench_record(spec)
     with recorded_failures(record):
-        model, reward, rank, facts = _bench_model(spec, device)
-        record.update(facts)
-        problem, loss = bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.guidance, rank)
-        _measure_row(spec, problem, loss, record, warmup=True)
+        device = resolve_device(spec.device)
+        with enforce_budget(_budget(spec.mem_mb), device):
+            model, reward, rank, facts = _bench_model(spec, device)
+            record.update(facts)
+            problem, loss = bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.cfg_scale, rank)
+            _measure_row(spec, problem, loss, record, warmup=True)
     return write_record(record, spec.out)
 
 
@@ -250,17 +269,16 @@ def bench_rows(specs: list[BenchSpec]) -> list[dict]:
     gradient (every network once forward and backward) and its sampling pass timed once; each
     row then times its gradient alone, without a warm-up of its own, its peak memory reset
     before it (on a GPU, where this is for, the pass holds still between rows, and timing it
-    once saves a fifth of a cost sweep). The specs may differ only in
-    `ROW_FIELDS`. A row that fails, runs out of memory or does not apply is written with that
-    status and the others go on."""
+    once saves a fifth of a cost sweep). The specs may differ only in `ROW_FIELDS`. A row that
+    fails, runs out of memory or does not apply is written with that status and the others go on."""
     shared = {key: value for key, value in dataclasses.asdict(specs[0]).items() if key not in ROW_FIELDS}
     for spec in specs:
         if (other := {k: v for k, v in dataclasses.asdict(spec).items() if k not in ROW_FIELDS}) != shared:
             different = sorted(k for k in shared if shared[k] != other[k])
             raise ValueError(f"bench_rows: rows must share everything but {ROW_FIELDS}; {different} differ")
-    device = resolve_device(specs[0].device)
     loading = {"status": "ok"}
     with recorded_failures(loading):
+        device = resolve_device(specs[0].device)
         model, reward, rank, facts = _bench_model(specs[0], device)
     problems: dict[tuple[str, int], list[BenchSpec]] = {}
     for spec in specs:
@@ -270,11 +288,11 @@ def bench_rows(specs: list[BenchSpec]) -> list[dict]:
         setup = dict(loading)
         if setup["status"] == "ok":
             with recorded_failures(setup):
-                problem, loss = bench_problem(model, reward, wrt, steps, specs[0].batch, specs[0].seed, specs[0].guidance, rank)
+                problem, loss = bench_problem(model, reward, wrt, steps, specs[0].batch, specs[0].seed, specs[0].cfg_scale, rank)
                 make_estimator("shortcut")(problem, loss)
                 sampled = sampling_seconds(problem)
         for spec in group:
-            record = _bench_record(spec, device)
+            record = _bench_record(spec)
             if setup["status"] != "ok":
                 record.update(status=setup["status"], reason=setup["reason"])
             else:
@@ -282,29 +300,26 @@ def bench_rows(specs: list[BenchSpec]) -> list[dict]:
                 with recorded_failures(record):
                     _measure_row(spec, problem, loss, record, warmup=False, sampled=sampled)
             rows.append(write_record(record, spec.out))
-            _release(device)
+            _release(device if loading["status"] == "ok" else torch.device("cpu"))
         problem = loss = None
     return rows
 
 
-def _bench_record(spec: BenchSpec, device: torch.device) -> dict:
-    record = new_record(spec, device)
+def _bench_record(spec: BenchSpec) -> dict:
+    record = new_record(spec, spec.device)
     record.update(method=spec.method, wrt=spec.wrt, steps=spec.steps, batch=spec.batch, seed=spec.seed)
     return record
 
 
 def _bench_model(spec: BenchSpec, device: torch.device):
     """The model, the reward, the LoRA rank of the weights rows and the facts a row records."""
-    if spec.model == "embedded":
-        model = EmbeddedDigits.load(spec.models, device)
-        reward, rank, facts = ClassifierLogProb(store.load("classifier", spec.models).to(device), 3), 0, {}
-    else:
-        from evals.sd_setup import bench_reward, load_model
-
-        model = load_model(spec, device)
-        reward, rank = bench_reward(spec, model, device), 4
-        facts = {"model_options": model.options, "cost_only": spec.model.startswith("sd-random:")}
-    return model, reward, rank if spec.lora_rank is None else spec.lora_rank, facts
+    model = load_model(spec.model, device, seed=spec.seed, **spec.model_options)
+    domain = domain_of(model)
+    name, options = (spec.reward, spec.reward_options) if spec.reward else domain.bench_reward
+    reward = build_reward(name, model.domain, options, domain.context(model, device))
+    rank = spec.lora_rank if spec.lora_rank is not None else (0 if model.domain == "digits" else 4)
+    facts = {"model_options": model.options, "cost_only": spec.model.startswith("random:")}
+    return model, reward, rank, facts
 
 
 def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sampled: float | None = None) -> None:
@@ -329,38 +344,63 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def measure_backward_cost(spec: BackwardCostSpec) -> dict:
+    """The record of `evals.bench.backward_cost` on the bench problem of `spec` (its reward:
+    the model's domain's bench reward; the network's cost does not depend on it)."""
+    record = new_record(spec, spec.device)
+    record.update(wrt=spec.wrt, model=spec.model, batch=spec.batch)
+    with recorded_failures(record):
+        device = resolve_device(spec.device)
+        model = load_model(spec.model, device, seed=spec.seed, **spec.model_options)
+        domain = domain_of(model)
+        name, options = domain.bench_reward
+        reward = build_reward(name, model.domain, options, domain.context(model, device))
+        rank = spec.lora_rank if spec.lora_rank is not None else (0 if model.domain == "digits" else 4)
+        problem, _ = bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.cfg_scale, rank)
+        record.update(backward_cost(problem, spec.rounds))
+    return write_record(record, spec.out)
+
+
 def quality(spec: QualitySpec) -> dict:
-    """Label accuracy and FID of the base model's samples, per guidance scale."""
+    """Label accuracy and FID of an embedded model's samples, per classifier-free guidance scale."""
+    from evals import metrics
+    from sdo.models import store
+    from sdo.models.data import load_split
+
     device = resolve_device(spec.device)
-    model = EmbeddedDigits.load(spec.models, device)
-    classifier = store.load("classifier", spec.models).to(device)
+    model = load_model(spec.model, device, **spec.model_options)
+    if model.domain != "digits":
+        raise ValueError(f"quality measures the embedded digits models; {spec.model!r} makes {model.domain} images")
+    classifier = store.load("classifier", model.directory).to(device)
     labels = torch.arange(10).repeat_interleave(spec.per_label)
     latent = model.latent_batch(len(labels), torch.Generator().manual_seed(spec.seed))
     reference, _ = load_split("held_out")
     rows = []
-    for guidance in spec.guidance:
-        chain = model.make_chain(spec.steps, guidance=guidance)
+    for cfg_scale in spec.cfg_scales:
+        chain = model.make_chain(spec.steps, cfg_scale=cfg_scale)
         samples = torch.cat(
             [chain.trajectory(z, model.encode([str(int(d)) for d in y]))[0] for z, y in zip(latent.split(100), labels.split(100))]
         )
         predicted = classifier(samples).argmax(1).cpu()
         rows.append({
-            "guidance": guidance,
+            "cfg_scale": cfg_scale,
             "label_accuracy": metrics.label_accuracy(samples, labels, classifier),
             "label_accuracy_per_digit": [float((predicted[labels == d] == d).float().mean()) for d in range(10)],
             "fid": metrics.fid(samples, reference, classifier),
         })
-        log.info("guidance %.1f: label accuracy %.3f, FID %.2f over %d samples", guidance, rows[-1]["label_accuracy"], rows[-1]["fid"], len(samples))
+        log.info("cfg scale %.1f: label accuracy %.3f, FID %.2f over %d samples", cfg_scale, rows[-1]["label_accuracy"], rows[-1]["fid"], len(samples))
         if len(rows) == 1 and spec.out is not None:
             grid = samples.view(10, spec.per_label, *samples.shape[1:])[:, :8].flatten(0, 1)
-            records.save_grid(Path(spec.out).with_suffix(".png"), grid, f"DDIM {spec.steps}, guidance {guidance}, one row per digit")
+            title = f"{spec.model} · {model.sampler} {spec.steps} steps, cfg scale {cfg_scale}, one row per digit"
+            records.save_grid(Path(spec.out).with_suffix(".png"), grid, title)
     record = {
-        "config": {"steps": spec.steps, "per_label": spec.per_label, "seed": spec.seed},
+        "config": {"model": spec.model, "steps": spec.steps, "per_label": spec.per_label, "seed": spec.seed},
         **records.environment(device),
         "status": "ok",
+        "sampler": model.sampler,
         "samples": len(labels),
-        "by_guidance": rows,
+        "by_cfg_scale": rows,
         "fid_train_vs_held_out": metrics.fid(load_split("train")[0], reference, classifier),
-        "classifier_held_out_accuracy": store.metrics("classifier", spec.models)["held_out_accuracy"],
+        "classifier_held_out_accuracy": store.metrics("classifier", model.directory)["held_out_accuracy"],
     }
     return write_record(record, spec.out)

@@ -1,4 +1,5 @@
-"""Figures drawn only from tables, each naming the device its numbers came from."""
+"""Figures drawn only from tables, each naming the device its numbers came from. A table with no
+finished runs still gives a figure, which says so."""
 
 from __future__ import annotations
 
@@ -8,115 +9,202 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from evals.records import write_atomic  # noqa: E402
 
+VERDICT_COLOURS = {"holds": "#2a9d4b", "refuted": "#c0392b", "inconclusive": "#7f8c8d", "invalid_start": "#d4a017"}
+
 
 def _colours(variants) -> dict:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {v: cycle[i % len(cycle)] for i, v in enumerate(sorted(variants))}
+    return {v: cycle[i % len(cycle)] for i, v in enumerate(sorted(map(str, variants)))}
+
+
+def _devices(frame: pd.DataFrame):
+    return frame["device"].dropna().astype(str) if "device" in frame else []
 
 
 def _save(figure, path: Path | str, devices, top: float = 0.94) -> None:
-    figure.text(0.99, 0.005, "device: " + "; ".join(sorted(set(devices))), ha="right", va="bottom", fontsize=7, color="0.4")
+    shown = sorted(set(devices)) or ["not recorded"]
+    figure.text(0.99, 0.005, "device: " + "; ".join(shown), ha="right", va="bottom", fontsize=7, color="0.4")
     figure.tight_layout(rect=(0, 0.03, 1, top))
     write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=130, format="png"))
     plt.close(figure)
 
 
-def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics=(("reward", "held-out reward"),)) -> None:
-    """Held-out evaluation curves: a row of panels per (task, metric), a column per T, a line per
-    variant (mean over seeds against the mean x; band: Student-t 95% interval over seeds)."""
+def _empty(path: Path | str, what: str) -> None:
+    """A figure that says there was nothing to draw."""
+    figure, axis = plt.subplots(figsize=(6, 2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, f"no {what}: see the tables' status counts", ha="center", va="center", fontsize=11)
+    _save(figure, path, [])
+
+
+def _legend(figure, axes) -> None:
+    """One legend for the figure with every line label that appears in any panel."""
+    labels = {}
+    for axis in np.ravel(axes):
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    if labels:
+        figure.legend(list(labels.values()), list(labels), loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+
+
+def verdicts(table: pd.DataFrame, path: Path | str) -> None:
+    """The answer at a glance: for each model, task and T, the subject's paired cost ratio to
+    each baseline (IQM over seeds, bootstrap interval; log scale, in the load-free cost unit),
+    coloured by the verdict on the paper's claim, with the claim's threshold and parity marked."""
+    if table.empty or "ratio" not in table:
+        return _empty(path, "verdicts")
+    claim = table["threshold"].min()
+    rows = table[table["threshold"] == claim].reset_index(drop=True)
+    labels = [f"{r.model} · {r.task} · T={r.steps}  vs {r.baseline}" for r in rows.itertuples()]
+    figure, axis = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.6))
+    y = np.arange(len(rows))[::-1]
+    for yi, row in zip(y, rows.itertuples()):
+        colour = VERDICT_COLOURS.get(row.verdict, "0.5")
+        low, high = row.ratio_low, row.ratio_high
+        if np.isfinite(low) and np.isfinite(high):
+            axis.plot([low, high], [yi, yi], color=colour, lw=3, alpha=0.6, solid_capstyle="round")
+        elif np.isfinite(low):  # no finite upper limit: a censored run may be arbitrarily slow
+            axis.annotate("", xy=(low * 30, yi), xytext=(low, yi), arrowprops=dict(arrowstyle="->", color=colour, lw=2))
+        if np.isfinite(row.ratio):
+            axis.plot(row.ratio, yi, "o", color=colour, ms=6, label=row.verdict)
+        hacked = getattr(row, "reward_hacked", False)
+        if hacked is True:
+            axis.text(row.ratio if np.isfinite(row.ratio) else 1, yi + 0.25, "reward hacked", fontsize=7, color="#c0392b")
+    axis.axvline(claim, color="#2a9d4b", ls="--", lw=1)
+    axis.axvline(1.0, color="0.3", ls=":", lw=1)
+    axis.text(claim, len(rows) - 0.4, f" claim: <= {claim:g} x", fontsize=8, color="#2a9d4b", va="bottom")
+    axis.set_yticks(y, labels, fontsize=8)
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    unit = rows["unit"].iloc[0]
+    axis.set_xlabel(f"{rows['subject'].iloc[0]}'s cost to reach the target / the baseline's ({unit}: forward-pass equivalents)")
+    axis.grid(alpha=0.3, which="both", axis="x")
+    axis.set_ylim(-0.7, len(rows) - 0.3)
+    _legend(figure, np.array([axis]))
+    _save(figure, path, [], top=0.93)
+
+
+def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics) -> None:
+    """Held-out evaluation curves: a row of panels per (model, task, metric), a column per T, a
+    line per variant (mean over seeds against the mean x; band: Student-t 95% interval over
+    seeds)."""
     from evals.tables import t_half_width
 
-    tasks, steps = sorted(evaluations["task"].unique()), sorted(evaluations["steps"].unique())
-    metrics = [(m, label) for m, label in metrics if m in evaluations]
+    if evaluations.empty or x not in evaluations:
+        return _empty(path, "held-out evaluations")
+    evaluations = evaluations[evaluations.get("status", "ok") == "ok"] if "status" in evaluations else evaluations
+    if evaluations.empty:
+        return _empty(path, "finished runs")
+    groups = sorted(evaluations.groupby(["model", "task"]).groups)
+    steps = sorted(evaluations["steps"].unique())
+    metrics = [(m, label) for m, label in metrics if m in evaluations and evaluations[m].notna().any()]
     colours = _colours(evaluations["variant"].unique())
-    rows = [(task, metric, label) for task in tasks for metric, label in metrics]
+    rows = [(model, task, metric, label) for model, task in groups for metric, label in metrics]
     figure, axes = plt.subplots(len(rows), len(steps), figsize=(3.8 * len(steps), 2.9 * len(rows)), squeeze=False)
-    for i, (task, metric, label) in enumerate(rows):
+    for i, (model, task, metric, label) in enumerate(rows):
         for j, t in enumerate(steps):
             axis = axes[i][j]
-            for variant, group in evaluations[(evaluations["task"] == task) & (evaluations["steps"] == t)].groupby("variant"):
+            panel = evaluations[(evaluations["model"] == model) & (evaluations["task"] == task) & (evaluations["steps"] == t)]
+            for variant, group in panel.groupby("variant"):
                 stats = group.groupby("iter").agg(x=(x, "mean"), y=(metric, "mean"), half=(metric, t_half_width))
-                axis.plot(stats["x"], stats["y"], "o-", ms=2.5, color=colours[variant], label=variant, lw=1.5)
-                axis.fill_between(stats["x"], stats["y"] - stats["half"], stats["y"] + stats["half"], color=colours[variant], alpha=0.12)
-            axis.set_title(f"{task} · T = {t}", fontsize=10)
+                axis.plot(stats["x"], stats["y"], "o-", ms=2.5, color=colours[str(variant)], label=variant, lw=1.5)
+                axis.fill_between(stats["x"], stats["y"] - stats["half"], stats["y"] + stats["half"],
+                                  color=colours[str(variant)], alpha=0.12)
+            axis.set_title(f"{model} · {task} · T = {t}", fontsize=9)
             axis.set_xlabel(xlabel)
             axis.grid(alpha=0.3)
             axis.set_visible(bool(axis.lines))
         axes[i][0].set_ylabel(label)
     if any(str(v).startswith("doodl") for v in colours):
-        figure.text(0.01, 0.005, "doodl samples with EDICT, not DDIM: it starts elsewhere at small T", fontsize=7, color="0.4")
+        figure.text(0.01, 0.005, "doodl samples with EDICT, not the base sampler: it starts elsewhere at small T", fontsize=7, color="0.4")
     _legend(figure, axes)
-    _save(figure, path, evaluations["device"])
+    _save(figure, path, _devices(evaluations))
 
 
-def reward_vs_iter(evaluations: pd.DataFrame, path: Path | str) -> None:
-    """Held-out reward and distance to real data against iterations."""
-    _curves(evaluations, "iter", "iteration", path, METRICS)
+METRICS = (("reward", "held-out reward"), ("nn_distance", "distance to real data\n(1 = as real data; lower is better)"))
+
+
+def reward_vs_cost(evaluations: pd.DataFrame, path: Path | str) -> None:
+    """Held-out reward and distance to real data against the training cost in the load-free
+    unit (network evaluations, a backward weighted by its measured cost): what the verdicts
+    are read from."""
+    _curves(evaluations, "cost", "training cost (forward-pass equivalents)", path, METRICS)
 
 
 def reward_vs_seconds(evaluations: pd.DataFrame, path: Path | str) -> None:
-    """Held-out reward and distance to real data against training wall-clock seconds: the
-    convergence curves cost at equal quality is read from."""
+    """Held-out reward and distance to real data against training wall-clock seconds."""
     _curves(evaluations, "seconds", "training seconds", path, METRICS)
 
 
-METRICS = (("reward", "held-out reward"), ("nn_distance", "distance to real digits\n(1 = as real data; lower is better)"))
+def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
+    """The online fidelity audit: each estimator's cosine with the exact gradient against the
+    iteration (a thin line per run, the mean over seeds bold), one panel per model, task and
+    T; the fallback threshold dashed where one was set, audits below it marked."""
+    if audits.empty or "cosine" not in audits:
+        return _empty(path, "audits (set audit_every to audit a run)")
+    panels = sorted(audits.groupby(["model", "task", "steps"]).groups)
+    colours = _colours(audits["variant"].unique())
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for axis, (model, task, steps) in zip(axes.flat, panels):
+        panel = audits[(audits["model"] == model) & (audits["task"] == task) & (audits["steps"] == steps)]
+        for variant, group in panel.groupby("variant"):
+            colour = colours[str(variant)]
+            for _, run in group.groupby("seed"):
+                axis.plot(run["iter"], run["cosine"], "-", color=colour, alpha=0.25, lw=0.8)
+            mean = group.groupby("iter")["cosine"].mean()
+            axis.plot(mean.index, mean.values, "o-", color=colour, lw=2, ms=3, label=variant)
+        threshold = panel["fallback_below"].dropna()
+        if len(threshold):
+            axis.axhline(float(threshold.iloc[0]), color="#c0392b", ls="--", lw=1)
+            below = panel[panel["cosine"] < float(threshold.iloc[0])]
+            axis.plot(below["iter"], below["cosine"], "x", color="#c0392b", ms=6, label="below threshold")
+        axis.set(title=f"{model} · {task} · T = {steps}", xlabel="iteration", ylabel="cosine with the exact gradient", ylim=(-0.05, 1.05))
+        axis.title.set_fontsize(9)
+        axis.grid(alpha=0.3)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    _legend(figure, axes)
+    _save(figure, path, _devices(audits))
 
 
 def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
     """Final held-out reward, and distance to real data, against seconds per iteration: one
-    point per variant x T (bigger markers for larger T), one panel pair per task."""
-    done = methods[methods["runs"] > 0]
-    tasks = sorted(done["task"].unique())
+    point per variant x T (bigger markers for larger T), one panel pair per model and task."""
+    done = methods[methods["runs"] > 0] if "runs" in methods else methods.iloc[0:0]
+    if done.empty or "final_reward_mean" not in done:
+        return _empty(path, "finished runs")
+    panels = sorted(done.groupby(["model", "task"]).groups)
     colours = _colours(done["variant"].unique())
-    figure, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.2 * len(tasks)), squeeze=False)
+    figure, axes = plt.subplots(len(panels), 2, figsize=(9, 3.2 * len(panels)), squeeze=False)
     sizes = {t: 12 + 10 * i for i, t in enumerate(sorted(done["steps"].unique()))}
-    for (reward, realism), task in zip(axes, tasks):
-        for variant, group in done[done["task"] == task].groupby("variant"):
+    for (reward, realism), (model, task) in zip(axes, panels):
+        for variant, group in done[(done["model"] == model) & (done["task"] == task)].groupby("variant"):
             group = group.sort_values("steps")
+            colour = colours[str(variant)]
             for axis, column in ((reward, "final_reward_mean"), (realism, "final_nn_distance")):
                 if column not in group:
                     continue
-                axis.plot(group["seconds_per_iter"], group[column], "-", color=colours[variant], alpha=0.4, lw=1)
-                axis.scatter(group["seconds_per_iter"], group[column], s=group["steps"].map(sizes), color=colours[variant], label=variant)
+                axis.plot(group["seconds_per_iter"], group[column], "-", color=colour, alpha=0.4, lw=1)
+                axis.scatter(group["seconds_per_iter"], group[column], s=group["steps"].map(sizes), color=colour, label=variant)
             if "final_reward_ci95_seeds" in group:
                 reward.errorbar(group["seconds_per_iter"], group["final_reward_mean"], yerr=group["final_reward_ci95_seeds"],
-                                fmt="none", ecolor=colours[variant], alpha=0.5, lw=1)
-        reward.set(xscale="log", xlabel="seconds per iteration", ylabel="final reward (mean over seeds)", title=f"{task}: reward")
-        realism.set(xscale="log", xlabel="seconds per iteration", ylabel="distance to real digits", title=f"{task}: quality")
+                                fmt="none", ecolor=colour, alpha=0.5, lw=1)
+        reward.set(xscale="log", xlabel="seconds per iteration", ylabel="final reward (mean over seeds)", title=f"{model} · {task}: reward")
+        realism.set(xscale="log", xlabel="seconds per iteration", ylabel="distance to real data", title=f"{model} · {task}: quality")
         for axis in (reward, realism):
             axis.grid(alpha=0.3, which="both")
+            axis.title.set_fontsize(9)
     figure.text(0.01, 0.005, "marker size: T (" + ", ".join(map(str, sizes)) + ")", fontsize=7, color="0.4")
     _legend(figure, axes)
-    _save(figure, path, done["device"])
-
-
-def cost_vs_steps(summary: pd.DataFrame, path: Path | str) -> None:
-    """Seconds per iteration and autograd bytes against T, log scales: one row per task, one
-    line per estimator."""
-    done = summary[summary["status"] == "ok"]
-    tasks = sorted(done["task"].unique())
-    colours = _colours(done["variant"].unique())
-    figure, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.0 * len(tasks)), squeeze=False)
-    for (seconds, memory), task in zip(axes, tasks):
-        rows = done[done["task"] == task]
-        for variant, group in rows.groupby("variant"):
-            stats = group.groupby("steps")[["seconds_per_iter", "saved_bytes"]].median()
-            seconds.plot(stats.index, stats["seconds_per_iter"], "o-", ms=3, color=colours[variant], label=variant)
-            memory.plot(stats.index, stats["saved_bytes"] / 2**20, "o-", ms=3, color=colours[variant], label=variant)
-        seconds.set(ylabel="seconds per iteration", title=f"{task}: time")
-        memory.set(ylabel="autograd MiB (peak)", title=f"{task}: memory kept by autograd")
-        ticks = sorted(rows["steps"].unique())
-        for axis in (seconds, memory):
-            _log_axes(axis, ticks)
-            axis.set_xlabel("DDIM steps T")
-    _legend(figure, axes)
-    _save(figure, path, summary["device"])
+    _save(figure, path, _devices(done))
 
 
 def _log_axes(axis, ticks) -> None:
@@ -130,18 +218,11 @@ def _log_axes(axis, ticks) -> None:
     axis.grid(alpha=0.3, which="both")
 
 
-def _legend(figure, axes) -> None:
-    """One legend for the figure with every line label that appears in any panel."""
-    labels = {}
-    for axis in axes.flat:
-        for handle, label in zip(*axis.get_legend_handles_labels()):
-            labels.setdefault(label, handle)
-    figure.legend(list(labels.values()), list(labels), loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
-
-
 def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path | str, title: str) -> None:
     """A grid: one row per (column, label, log-y), one column per parameter type, a line per variant."""
-    done = frame[frame["status"] == "ok"]
+    done = frame[frame["status"] == "ok"] if "status" in frame else frame
+    if done.empty:
+        return _empty(path, "finished bench rows")
     kinds = [k for k in ("latent", "cond", "weights") if k in set(frame["wrt"])]
     colours = _colours(frame["variant"].unique())
     ticks = sorted(frame["steps"].unique())
@@ -150,28 +231,24 @@ def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path 
         for variant, group in done[done["wrt"] == kind].groupby("variant"):
             group = group.sort_values("steps")
             for i, (column, _, _) in enumerate(rows):
-                axes[i][j].plot(group["steps"], group[column], "o-", ms=3, color=colours[variant], label=variant)
+                if column in group:
+                    axes[i][j].plot(group["steps"], group[column], "o-", ms=3, color=colours[str(variant)], label=variant)
         for i, (_, label, logy) in enumerate(rows):
             axis = axes[i][j]
             _log_axes(axis, ticks)
-            axis.set(yscale="log" if logy else "linear", xlabel="DDIM steps T", ylabel=label, title=f"{title}: {kind}")
+            axis.set(yscale="log" if logy else "linear", xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}")
     _legend(figure, axes)
-    _save(figure, path, frame["device"], top=0.92)
+    _save(figure, path, _devices(frame), top=0.92)
 
 
 def fidelity_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
     """Cosine and relative error of each estimator's gradient against full backpropagation."""
-    _by_kind(
-        fidelity,
-        [("cosine", "cosine with full", False), ("rel_error", "relative error vs full", True)],
-        path,
-        "fidelity",
-    )
+    _by_kind(fidelity, [("cosine", "cosine with full", False), ("rel_error", "relative error vs full", True)], path, "fidelity")
 
 
 def bench_cost_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
     """Seconds per gradient, autograd bytes and peak memory against T, log scales."""
-    frame = fidelity.assign(saved_mib=fidelity["saved_bytes"] / 2**20, peak_mib=fidelity["peak_bytes"] / 2**20)
+    frame = fidelity.assign(saved_mib=fidelity.get("saved_bytes", np.nan) / 2**20, peak_mib=fidelity.get("peak_bytes", np.nan) / 2**20)
     _by_kind(
         frame,
         [("seconds", "seconds per gradient", True), ("saved_mib", "autograd MiB (peak)", True), ("peak_mib", "peak memory MiB", True)],
@@ -188,22 +265,26 @@ def _strip(images):
 
 
 def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> None:
-    """Start against end: for each task at its largest T and lowest seed, one row per variant,
-    `per_row` samples from the starting parameters (left) and the optimised ones (right), the
-    same noise in both."""
+    """Start against end: for each model and task at its largest T and lowest seed, one row per
+    variant, `per_row` samples from the starting parameters (left) and the optimised ones
+    (right), the same noise in both."""
     from safetensors.torch import load_file
 
-    done = summary[(summary["status"] == "ok") & summary.get("samples_file", pd.Series(index=summary.index)).notna()]
+    if summary.empty or "samples_file" not in summary:
+        return _empty(path, "finished runs with samples")
+    done = summary[(summary["status"] == "ok") & summary["samples_file"].notna()]
+    if done.empty:
+        return _empty(path, "finished runs with samples")
     picked = [group[(group["steps"] == group["steps"].max())].sort_values("seed").drop_duplicates("variant")
-              for _, group in done.groupby("task")]
-    rows = pd.concat(picked) if picked else done
-    figure, axes = plt.subplots(max(len(rows), 1), 2, figsize=(2 * per_row * 0.55, 0.75 * max(len(rows), 1) + 0.6), squeeze=False)
+              for _, group in done.groupby(["model", "task"])]
+    rows = pd.concat(picked)
+    figure, axes = plt.subplots(len(rows), 2, figsize=(2 * per_row * 0.55, 0.75 * len(rows) + 0.6), squeeze=False)
     for (start, end), row in zip(axes, rows.itertuples()):
         tensors = load_file(row.samples_file)
         for axis, key in ((start, "baseline"), (end, "final")):
             axis.imshow(_strip(tensors[key][:per_row]), cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([]), axis.set_yticks([])
-        start.set_ylabel(f"{row.task}\n{row.variant}\nT={row.steps}", rotation=0, ha="right", va="center", fontsize=7)
+        start.set_ylabel(f"{row.model}\n{row.task}\n{row.variant}\nT={row.steps}", rotation=0, ha="right", va="center", fontsize=7)
     axes[0][0].set_title("start (same noise)", fontsize=9)
     axes[0][1].set_title("end", fontsize=9)
-    _save(figure, path, rows["device"] if len(rows) else ["none"], top=0.97)
+    _save(figure, path, _devices(rows), top=0.97)

@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import torch
 
+from sdo import conditioning
 from sdo.estimators import Problem
 
 RULES = ("full", "shortcut")
 
 
-def _guided(chain, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def _guided(chain, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
     """Classifier-free guidance written out: one batched call on (null, cond) when guided."""
     t = t.to(z.dtype).expand(z.shape[0])
-    cond = cond.expand(z.shape[0], *cond.shape[1:])
-    if chain.guidance == 1.0:
+    cond = conditioning.expand(cond, z.shape[0])
+    if chain.cfg_scale == 1.0:
         return chain.net(z, t, cond)
-    null = chain.null_cond.expand_as(cond)
-    uncond, conditional = chain.net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)
-    return uncond + chain.guidance * (conditional - uncond)
+    both = conditioning.cat(conditioning.expand(chain.null_cond, z.shape[0]), cond)
+    uncond, conditional = chain.net(torch.cat([z, z]), torch.cat([t, t]), both).chunk(2)
+    return uncond + chain.cfg_scale * (conditional - uncond)
 
 
 def plain_gradient(rule: str, problem: Problem, loss) -> list[torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -57,14 +58,26 @@ def write_atomic(path: Path | str, write) -> None:
 
 
 def write_json(path: Path | str, record: dict) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=_jsonable)))
+    """The record as strict JSON (NaN and infinities become null), written atomically."""
+    text = json.dumps(strict(record), indent=2, allow_nan=False)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _jsonable(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.tolist()
+def strict(value):
+    """`value` with what JSON cannot hold made plain: NaN and infinities as None, numpy and
+    torch numbers and arrays as Python ones, paths and tuples as strings and lists."""
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return strict(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Path):
         return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 

@@ -1,4 +1,5 @@
-"""Bytes kept by autograd, counted exactly with saved-tensor hooks, outside every timed region.
+"""Memory: bytes kept by autograd (counted exactly with saved-tensor hooks, outside every timed
+region), the device's own peak and current use, and a run's budget.
 
 The hooks run Python for every tensor autograd saves: full backpropagation saves thousands
 per gradient, the shortcut a handful, so timing a gradient under them would slow `full` far
@@ -8,8 +9,13 @@ measures on its own call, which callers make once per run configuration and neve
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import resource
+import sys
 import weakref
+from pathlib import Path
 
 import torch
 
@@ -78,3 +84,115 @@ def saved_bytes(estimator, problem, loss) -> int:
 def hooks_active() -> bool:
     """Whether saved-tensor hooks are installed right now (what a timed region must not have)."""
     return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
+class OverBudget(MemoryError):
+    """A run would not fit its memory budget: it ends as `out_of_memory` before allocating."""
+
+
+def predicted_saved_bytes(estimator, problem, loss) -> int:
+    """Autograd's bytes at the problem's batch B, predicted from gradients of its first one and
+    two samples: s(1) + (B - 1) (s(2) - s(1)) (weights saved by layers count once, activations
+    grow with the batch). Two gradients at batch 1 and 2, untimed."""
+    batch = problem.latent.shape[0]
+    one = saved_bytes(estimator, problem.subset(1), loss)
+    if batch == 1:
+        return one
+    two = saved_bytes(estimator, problem.subset(2), loss)
+    return one + (batch - 1) * max(two - one, 0)
+
+
+def check_budget(estimator, problem, loss, budget_bytes: int) -> int:
+    """The predicted autograd bytes of one gradient; OverBudget when they and what the process
+    (or the GPU) already holds exceed `budget_bytes`."""
+    predicted = predicted_saved_bytes(estimator, problem, loss)
+    used = used_bytes(problem.latent.device)
+    if used + predicted > budget_bytes:
+        raise OverBudget(
+            f"a gradient of {estimator.name} at batch {problem.latent.shape[0]} would keep {predicted / 2**20:.0f} MiB for "
+            f"autograd beside the {used / 2**20:.0f} MiB in use, over the budget of {budget_bytes / 2**20:.0f} MiB "
+            "(predicted from batches 1 and 2); lower the batch or raise the budget (mem_mb)"
+        )
+    return predicted
+
+
+def _linux() -> bool:
+    return sys.platform.startswith("linux")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Forget the peak so far. On CPU (Linux) free the heap's slack first (glibc's malloc_trim)
+    and reset the kernel's high-water mark, so the next peak is this work's own."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    if _linux():
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _status_kib(field: str) -> int | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def peak_bytes(device: torch.device) -> int:
+    """Peak bytes since the last `reset_peak`: allocated CUDA memory, or peak RSS on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    if _linux():
+        return _status_kib("VmHWM") * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def used_bytes(device: torch.device) -> int:
+    """Bytes in use now: memory the CUDA caching allocator reserved, or the resident set on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_reserved(device))
+    if _linux():
+        return _status_kib("VmRSS") * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+@contextlib.contextmanager
+def enforce_budget(budget_bytes: int | None, device: torch.device):
+    """Hold the process to `budget_bytes` while the block runs (None: no budget): on CPU (Linux)
+    a soft limit on the data segment, so an allocation past it fails at once with the
+    allocator's "can't allocate memory" instead of swelling into swap; on CUDA the caching
+    allocator's per-process fraction of the GPU, so it raises OutOfMemoryError past it. Both
+    are restored afterwards. OverBudget when the process already holds more."""
+    if budget_bytes is None:
+        yield
+        return
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)
+        try:
+            yield
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+        return
+    if not _linux():
+        yield
+        return
+    held = _status_kib("VmData") * 1024
+    if held > budget_bytes:
+        raise OverBudget(f"the process already holds {held / 2**20:.0f} MiB, over the budget of {budget_bytes / 2**20:.0f} MiB")
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (budget_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))

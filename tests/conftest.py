@@ -7,7 +7,7 @@ import copy
 import torch
 
 from sdo import Problem
-from sdo.chain import DDIMChain
+from sdo.samplers.ddim import DDIM
 from sdo.models.denoiser import DEFAULT_CONFIG, DigitDenoiser
 
 TINY_CONFIG = copy.deepcopy(DEFAULT_CONFIG)
@@ -26,11 +26,11 @@ def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
 
 
 def tiny_problem_parts(
-    steps: int, eta: float = 0.0, guidance: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3
+    steps: int, eta: float = 0.0, cfg_scale: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3
 ):
-    """A guided float64 chain on 8x8 images with its latent and conditioning."""
+    """A guided float64 DDIM chain on 8x8 images with its latent and conditioning."""
     net = tiny_net(seed, perturb)
-    chain = DDIMChain(net, steps, TINY_CONFIG["scheduler"], guidance=guidance, null_cond=net.null(1).clone(), eta=eta)
+    chain = DDIM(net, steps, TINY_CONFIG["scheduler"], cfg_scale=cfg_scale, null_cond=net.null(1).clone(), eta=eta)
     generator = torch.Generator().manual_seed(seed + 1)
     latent = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
     cond = net.embed(torch.arange(batch) % 10).detach().clone()

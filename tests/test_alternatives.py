@@ -12,7 +12,8 @@ from conftest import TINY_CONFIG, relative_error, smooth_loss, tiny_problem, tin
 from diffusers import DDIMParallelScheduler
 from torch import nn
 
-from sdo import DDIMChain, NotApplicable, Problem, make_estimator, picard
+from sdo import NotApplicable, Problem, make_estimator, picard
+from sdo.samplers.ddim import DDIM
 from sdo.guidance import guidance_gradient, guided_sample, schedule_weights
 
 
@@ -20,7 +21,7 @@ def _net_eps(chain, z, k, cond):
     """Guided noise prediction computed from the network directly, not through the chain."""
     t = torch.full((z.shape[0],), float(chain.timesteps[k]), dtype=z.dtype)
     uncond = chain.net(z, t, chain.null_cond.expand_as(cond))
-    return uncond + chain.guidance * (chain.net(z, t, cond) - uncond)
+    return uncond + chain.cfg_scale * (chain.net(z, t, cond) - uncond)
 
 
 def _x0_hat(chain, z, k, cond):
@@ -46,7 +47,7 @@ def _literal_drtune(problem: Problem, supervised: set[int], loss) -> list[torch.
     chain, z = problem.chain, problem.latent
     for k in range(chain.steps):
         with torch.set_grad_enabled(k in supervised):
-            eps = chain.eps(z.detach(), k, problem.cond)
+            eps = chain.predict(z.detach(), k, problem.cond)
         z = chain.update(z, k, eps)
     return _grads(loss(z), problem)
 
@@ -54,17 +55,17 @@ def _literal_drtune(problem: Problem, supervised: set[int], loss) -> list[torch.
 @pytest.mark.parametrize("wrt", ["cond", "weights"])
 def test_drtune_all_steps_is_shortcut_all_and_one_step_is_shortcut_first(wrt):
     problem, loss = tiny_problem(wrt, steps=3), smooth_loss()
-    every = make_estimator("drtune", k=3)(problem, loss)
+    every = make_estimator("drtune", supervised=3)(problem, loss)
     assert relative_error(every.grads, make_estimator("shortcut", at="all")(problem, loss).grads) <= 1e-10
     assert every.graph_steps == [0, 1, 2] and every.nfe_forward == 6 and every.nfe_backward == 3
-    one = make_estimator("drtune", k=1)(problem, loss)
+    one = make_estimator("drtune", supervised=1)(problem, loss)
     assert relative_error(one.grads, make_estimator("shortcut", at="first")(problem, loss).grads) <= 1e-10
     assert one.graph_steps == [0]
 
 
 def test_drtune_supervises_evenly_spaced_steps_by_the_literal_rule():
     problem, loss = tiny_problem("cond", steps=5), smooth_loss()
-    estimator = make_estimator("drtune", k=3)
+    estimator = make_estimator("drtune", supervised=3)
     estimate = estimator(problem, loss)
     assert estimate.graph_steps == [0, 1, 3]  # floor(i * 5 / 3), i = 0, 1, 2
     assert estimate.nfe_forward == 5 + 3 and estimate.nfe_backward == 3
@@ -73,12 +74,12 @@ def test_drtune_supervises_evenly_spaced_steps_by_the_literal_rule():
 
 
 def test_drtune_refuses_what_it_cannot_do():
-    with pytest.raises(ValueError, match="drtune k=4 exceeds the chain's 3 steps"):
-        make_estimator("drtune", k=4)(tiny_problem("cond", steps=3), smooth_loss())
+    with pytest.raises(ValueError, match="drtune supervised=4 exceeds the chain's 3 steps"):
+        make_estimator("drtune", supervised=4)(tiny_problem("cond", steps=3), smooth_loss())
     with pytest.raises(NotApplicable, match="detaches every network input"):
-        make_estimator("drtune", k=2)(tiny_problem("latent", steps=3), smooth_loss())
-    with pytest.raises(ValueError, match="drtune k must be >= 1"):
-        make_estimator("drtune", k=0)
+        make_estimator("drtune", supervised=2)(tiny_problem("latent", steps=3), smooth_loss())
+    with pytest.raises(ValueError, match="drtune supervised must be >= 1"):
+        make_estimator("drtune", supervised=0)
 
 
 # ReFL
@@ -115,7 +116,7 @@ class _Cheap(nn.Module):
 
 @pytest.mark.parametrize(("last", "window"), [(3, {5, 6, 7}), (20, set(range(8)))])
 def test_refl_draws_uniformly_from_the_last_steps(last, window):
-    chain = DDIMChain(_Cheap(), 8, TINY_CONFIG["scheduler"])
+    chain = DDIM(_Cheap(), 8, TINY_CONFIG["scheduler"])
     problem = Problem(chain, torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.ones(2, 2, 3, dtype=torch.float64), "cond")
     estimator = make_estimator("refl", last=last, seed=0)
     counts = Counter(estimator(problem, smooth_loss()).graph_steps[0] for _ in range(80 * len(window)))
@@ -142,7 +143,7 @@ def test_guidance_gradient_matches_finite_differences():
         direction = torch.randn(z.shape, generator=torch.Generator().manual_seed(5), dtype=z.dtype)
         h = 1e-6
         plus, minus = (
-            float(loss(chain.predicted_sample(z + s * h * direction, 1, chain.eps(z + s * h * direction, 1, cond))))
+            float(loss(chain.predicted_sample(z + s * h * direction, 1, chain.predict(z + s * h * direction, 1, cond))))
             for s in (1, -1)
         )
     numeric = (plus - minus) / (2 * h)
@@ -183,7 +184,7 @@ def test_time_travel_renoises_with_the_generator_and_counts_every_call():
             z = math.sqrt(back) * z_next + math.sqrt(1 - back) * torch.randn(z.shape, generator=generator, dtype=z.dtype)
         eps, _, g = guidance_gradient(chain, z, 0, cond, loss)
         z_next = chain.update(z, 0, eps) - 0.2 * g
-    assert torch.equal(runs[0][0], z_next)
+    torch.testing.assert_close(runs[0][0], z_next, rtol=1e-12, atol=1e-12)  # DDIM's re-noising written out
     with pytest.raises(ValueError, match="pass a torch.Generator"):
         guided_sample(chain, latent, cond, loss, scale=0.2, repeats=2)
 
@@ -196,10 +197,10 @@ def test_batched_sweep_equals_per_step_calls_and_diffusers_update():
     states = _states(chain, latent, cond)
     chain.meter.forward = 0
     with torch.no_grad():
-        batched = picard.batched_eps(chain, states, cond)
+        batched = picard.batched_predictions(chain, states, cond)
         assert chain.meter.forward == 4
         for k in range(4):
-            torch.testing.assert_close(batched[k], chain.eps(states[k], k, cond), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(batched[k], chain.predict(states[k], k, cond), rtol=1e-12, atol=1e-12)
     scheduler = DDIMParallelScheduler(**TINY_CONFIG["scheduler"], clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     scheduler.set_timesteps(4)
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()  # the chain's schedule in float64

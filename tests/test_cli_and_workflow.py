@@ -12,7 +12,7 @@ import torch
 
 from evals.bench import bench_problem
 from evals.cli import main
-from evals.rewards import ClassifierLogProb
+from evals.rewards.digits import ClassifierLogProb
 from sdo import make_estimator
 from sdo.models import store
 from sdo.models.digits import EmbeddedDigits
@@ -71,7 +71,7 @@ def test_same_seed_same_record(tmp_path):
         out = tmp_path / f"{name}.json"
         torch.rand(3)  # the global RNG moves between the runs
         assert main(["run", "--task", "conditioning", "--method", "full", "--steps", "2", "--iters", "2", "--batch", "2",
-                     "--eval-samples", "6", "--seed", "5", "--out", str(out)]) == 0
+                     "--task-option", "eval_samples=6", "--seed", "5", "--out", str(out)]) == 0
         records.append(json.loads(out.read_text()))
     a, b = (_without_timings(r) for r in records)
     for record in (a, b):
@@ -84,7 +84,7 @@ def test_several_seeds_in_one_process(tmp_path):
     """`--seed 5 6` writes one record per seed, each the record its seed gives alone (LoRA
     adapters and noise included); several seeds need {seed} in --out."""
     flags = ["run", "--task", "finetune", "--method", "shortcut", "--steps", "2", "--iters", "2", "--batch", "2",
-             "--eval-samples", "4", "--monitor-samples", "2"]
+             "--task-option", "eval_samples=4", "--task-option", "monitor_samples=2"]
     assert main(flags + ["--seed", "5", "6", "--out", str(tmp_path / "seed{seed}.json")]) == 0
     assert main(flags + ["--seed", "6", "--out", str(tmp_path / "alone.json")]) == 0
     together, alone = (_without_timings(json.loads((tmp_path / name).read_text())) for name in ("seed6.json", "alone.json"))
@@ -99,7 +99,7 @@ def test_several_seeds_in_one_process(tmp_path):
 
 def test_inapplicable_pair_is_a_row_with_its_status(tmp_path, capsys):
     out = tmp_path / "run.json"
-    flags = ["run", "--method", "truncated", "--option", "k=1", "--steps", "3", "--iters", "1", "--batch", "2", "--out", str(out)]
+    flags = ["run", "--method", "truncated", "--option", "tail=1", "--steps", "3", "--iters", "1", "--batch", "2", "--out", str(out)]
     assert main(flags) == 1
     record = json.loads(out.read_text())
     assert record["status"] == "not_applicable" and "initial latent" in record["reason"]

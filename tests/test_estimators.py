@@ -31,14 +31,14 @@ def test_truncated_equals_reference_that_detaches_the_head(wrt):
     problem = tiny_problem(wrt, steps=5)
     chain, loss = problem.chain, smooth_loss()
     assert relative_error(
-        make_estimator("truncated", k=5)(problem, loss).grads, make_estimator("full")(problem, loss).grads
+        make_estimator("truncated", tail=5)(problem, loss).grads, make_estimator("full")(problem, loss).grads
     ) <= 1e-12
     z = problem.latent
     for k in range(5):
         z = chain.step(z, k, problem.cond)
         if k < 3:
             z = z.detach()
-    estimate = make_estimator("truncated", k=2)(problem, loss)
+    estimate = make_estimator("truncated", tail=2)(problem, loss)
     assert relative_error(estimate.grads, _autograd(problem, z, loss)) <= 1e-12
     assert estimate.graph_steps == [3, 4] and estimate.nfe_backward == 2
 
@@ -46,14 +46,14 @@ def test_truncated_equals_reference_that_detaches_the_head(wrt):
 def test_truncated_latent_needs_the_whole_chain():
     problem = tiny_problem("latent", steps=4)
     with pytest.raises(NotApplicable, match="cannot reach the initial latent"):
-        make_estimator("truncated", k=3)(problem, smooth_loss())
+        make_estimator("truncated", tail=3)(problem, smooth_loss())
     full = make_estimator("full")(problem, smooth_loss())
-    assert relative_error(make_estimator("truncated", k=4)(problem, smooth_loss()).grads, full.grads) <= 1e-12
+    assert relative_error(make_estimator("truncated", tail=4)(problem, smooth_loss()).grads, full.grads) <= 1e-12
 
 
 def test_randomized_truncation_draws_one_contiguous_tail_per_call():
     problem = tiny_problem("cond", steps=6)
-    estimator = make_estimator("truncated", k=4, randomize=True, seed=1)
+    estimator = make_estimator("truncated", tail=4, randomize=True, seed=1)
     drawn = set()
     for _ in range(12):
         steps = estimator(problem, smooth_loss()).graph_steps
@@ -104,10 +104,10 @@ def _literal_shortcut(problem: Problem, graph_step: int | None, loss) -> list[to
     chain, z = problem.chain, problem.latent
     for k in range(chain.steps):
         if k == graph_step:
-            eps = chain.eps(z if (problem.wrt == "latent" and k == 0) else z.detach(), k, problem.cond)
+            eps = chain.predict(z if (problem.wrt == "latent" and k == 0) else z.detach(), k, problem.cond)
         else:
             with torch.no_grad():
-                eps = chain.eps(z.detach(), k, problem.cond)
+                eps = chain.predict(z.detach(), k, problem.cond)
         z = chain.update(z, k, eps)
     return list(torch.autograd.grad(loss(z), problem.params, allow_unused=True, materialize_grads=True))
 

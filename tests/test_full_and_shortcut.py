@@ -54,7 +54,7 @@ def _guided_eps(chain, z, k, cond):
     """Guided noise prediction computed from the network directly, not through the chain."""
     t = torch.full((z.shape[0],), float(chain.timesteps[k]), dtype=z.dtype)
     uncond = chain.net(z, t, chain.null_cond.expand_as(cond))
-    return uncond + chain.guidance * (chain.net(z, t, cond) - uncond)
+    return uncond + chain.cfg_scale * (chain.net(z, t, cond) - uncond)
 
 
 def _sample_grad(chain, latent, cond, loss):
@@ -109,7 +109,7 @@ def test_chain_update_is_diffusers_ddim_step(eta):
     z = latent
     with torch.no_grad():
         for k, t in enumerate(scheduler.timesteps):
-            eps = chain.eps(z, k, cond)
+            eps = chain.predict(z, k, cond)
             noise = chain.noise[k] if eta else None
             expected = scheduler.step(eps, t, z, eta=eta, variance_noise=noise).prev_sample
             z = chain.update(z, k, eps)

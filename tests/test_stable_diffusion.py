@@ -16,11 +16,12 @@ from tiny_sd import TINY_TEXT, build_tiny
 from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from evals.image_rewards import AestheticScore, ClipSimilarity, ClipStyle, clip_score_metric, inception_fid_folder
-from evals.metrics import load_image_folder
-from evals.rewards import check_differentiable
+from evals.images import inception_fid_folder, load_image_folder
+from evals.rewards.checks import check_differentiable
+from evals.rewards.clip import AestheticScore, ClipSimilarity, ClipStyle, clip_score
 from sdo import NotApplicable, Problem, make_estimator
-from sdo.models.stable_diffusion import StableDiffusion, character_tokenizer
+from sdo.models.pipelines import character_tokenizer
+from sdo.models.stable_diffusion import StableDiffusion
 from sdo.tasks import TASKS, Settings
 from sdo.tasks.loop import image_loss
 
@@ -58,7 +59,7 @@ def model(tiny_dir):
 
 @pytest.fixture(scope="module")
 def model64(tiny_dir):
-    return StableDiffusion.load(tiny_dir, dtype=torch.float64)
+    return StableDiffusion.load(tiny_dir, dtype="float64")
 
 
 def test_loads_the_saved_layout(tiny_dir, model):
@@ -69,7 +70,7 @@ def test_loads_the_saved_layout(tiny_dir, model):
     assert model.encode(PROMPTS).shape == (2, 77, 32) and model.null_cond().shape == (1, 77, 32)
     assert model.decode(torch.zeros(1, *model.state_shape)).shape == (1, 3, 16, 16)
     assert "skip_prk_steps" not in model.scheduler_config and model.scheduler_config["beta_schedule"] == "scaled_linear"
-    assert model.options["dtype"] == "float32" and model.options["sdpa"] and not model.options["gradient_checkpointing"]
+    assert model.options["dtype"] == "float32" and not model.options["gradient_checkpointing"]
     frozen = [model.vae, model.text_encoder, model.net]
     assert not any(p.requires_grad for module in frozen for p in module.parameters())
 
@@ -86,8 +87,8 @@ def test_lora_starts_as_the_base_model(model):
 
 
 def test_memory_levers_keep_the_outputs(tiny_dir, model):
-    levered = StableDiffusion.load(tiny_dir, attention_slicing=True, sdpa=False, vae_slicing=True)
-    assert levered.options["attention_slicing"] and levered.options["vae_slicing"] and not levered.options["sdpa"]
+    levered = StableDiffusion.load(tiny_dir, attention_slicing=True, vae_slicing=True, vae_tiling=True)
+    assert levered.options["attention_slicing"] and levered.options["vae_slicing"] and levered.options["vae_tiling"]
     x, t, cond = model.latent_batch(2, torch.Generator().manual_seed(1)), torch.tensor([900.0, 300.0]), model.encode(PROMPTS)
     with torch.no_grad():
         torch.testing.assert_close(levered.net(x, t, cond), model.net(x, t, cond), rtol=1e-5, atol=1e-5)
@@ -99,7 +100,7 @@ def test_chain_reproduces_the_diffusers_pipeline(tmp_path, prediction_type):
     directory = build_tiny(tmp_path, prediction_type=prediction_type)
     ours = StableDiffusion.load(directory)
     pipeline = StableDiffusionPipeline.from_pretrained(directory, local_files_only=True)
-    pipeline.scheduler = DDIMScheduler.from_config(  # as DDIMChain configures it
+    pipeline.scheduler = DDIMScheduler.from_config(  # as the ddim sampler configures it
         pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
     pipeline.set_progress_bar_config(disable=True)
@@ -115,20 +116,20 @@ def test_chain_reproduces_the_diffusers_pipeline(tmp_path, prediction_type):
         assert (decoded - images).abs().max() <= 1e-4
 
 
-ESTIMATORS = {"full": {}, "truncated": {"k": 1}, "adjoint": {}, "doodl": {}, "shortcut": {"at": "all"}}
+ESTIMATORS = {"full": {}, "truncated": {"tail": 1}, "adjoint": {}, "doodl": {}, "shortcut": {"at": "all"}}
 
 
 @pytest.mark.parametrize("method", sorted(ESTIMATORS))
 @pytest.mark.parametrize("task", ["latent", "conditioning", "finetune"])
 def test_every_estimator_runs_every_task(model, task, method):
-    settings = Settings(steps=2, iters=1, batch=1, guidance=2.0, seed=0)
-    options = {} if task == "latent" else {"eval_samples": 1}
+    settings = Settings(steps=2, iters=1, batch=1, cfg_scale=2.0, seed=0)
+    options = TASKS[task].make_options({} if task == "latent" else {"eval_samples": 1, "monitor_samples": 2})
     estimator = make_estimator(method, **ESTIMATORS[method])
     if task == "latent" and method == "truncated":
         with pytest.raises(NotApplicable):
-            TASKS[task](model, brightness, estimator, settings, **options)
+            TASKS[task].run(model, brightness, estimator, settings, options)
         return
-    result = TASKS[task](model, brightness, estimator, settings, **options)
+    result = TASKS[task].run(model, brightness, estimator, settings, options)
     (row,) = result.trace.rows
     assert math.isfinite(row["loss"]) and row["nfe_backward"] > 0 and row["grad_norm"] > 0
     assert result.samples.shape == (1, 3, 16, 16)
@@ -148,7 +149,7 @@ def _loss_along(problem, loss, direction, h):
 
 def _problem(model, wrt, steps=2):
     generator = torch.Generator().manual_seed(2)
-    chain = model.make_chain(steps, guidance=2.0)
+    chain = model.make_chain(steps, cfg_scale=2.0)
     return Problem(chain, model.latent_batch(2, generator), model.encode(PROMPTS), wrt)
 
 
@@ -174,7 +175,7 @@ def test_full_gradient_matches_finite_differences(model64, wrt):
 
 
 def test_gradient_checkpointing_keeps_the_gradient(tiny_dir, model64):
-    checkpointed = StableDiffusion.load(tiny_dir, dtype=torch.float64, gradient_checkpointing=True)
+    checkpointed = StableDiffusion.load(tiny_dir, dtype="float64", gradient_checkpointing=True)
     assert checkpointed.net.unet.is_gradient_checkpointing and checkpointed.vae.is_gradient_checkpointing
     loss = image_loss(model64, brightness)
     plain = make_estimator("full")(_problem(model64, "cond"), loss)
@@ -196,7 +197,7 @@ def test_shortcut_latent_matches_closed_form_through_the_decoder(model64):
     def guided_eps(z):
         t = torch.full((len(z),), float(chain.timesteps[0]), dtype=z.dtype)
         uncond = model64.net(z, t, chain.null_cond.expand_as(cond))
-        return uncond + chain.guidance * (model64.net(z, t, cond) - uncond)
+        return uncond + chain.cfg_scale * (model64.net(z, t, cond) - uncond)
 
     _, vjp = torch.autograd.functional.vjp(guided_eps, latent, g)
     a, sigma = chain.alphas, chain.sigmas
@@ -207,7 +208,7 @@ def test_shortcut_latent_matches_closed_form_through_the_decoder(model64):
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")
 def test_missing_weights_are_named(tmp_path):
     absent = tmp_path / "absent"
-    with pytest.raises(FileNotFoundError, match="allow_download") as error:
+    with pytest.raises(FileNotFoundError, match="allow_download=true") as error:
         StableDiffusion.load(absent)
     assert str(absent) in str(error.value)
     with pytest.raises(FileNotFoundError) as error:
@@ -221,16 +222,16 @@ def test_missing_weights_are_named(tmp_path):
 def test_random_sd15_has_the_published_sizes():
     """SD 1.5's architecture on the meta device: parameter counts, a guided step and a decode
     at 64x64 traced for shapes (random weights on the CPU take ~25 s to draw)."""
-    sd = StableDiffusion.random("1.5", resolution=64, device="meta")
+    sd = StableDiffusion.random("sd1.5", resolution=64, device="meta")
     assert sd.parameter_counts() == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
-    assert sd.state_shape == (4, 8, 8) and sd.options["model"] == "random SD 1.5"
+    assert sd.state_shape == (4, 8, 8) and sd.options["model"] == "random:sd1.5"
     latent = sd.latent_batch(2, torch.Generator().manual_seed(0))
-    z = sd.make_chain(2, guidance=7.5).step(latent, 0, sd.encode(PROMPTS))
+    z = sd.make_chain(2, cfg_scale=7.5).step(latent, 0, sd.encode(PROMPTS))
     assert z.shape == (2, 4, 8, 8) and sd.decode(z).shape == (2, 3, 64, 64)
     assert sum(p.numel() for p in sd.with_lora(4).net.parameters() if p.requires_grad) == 797_184
     assert len(sd.tokenizer(PROMPTS[0]).input_ids) > 2
-    with pytest.raises(ValueError, match="unknown Stable Diffusion version"):
-        StableDiffusion.random("9.9", device="meta")
+    with pytest.raises(ValueError, match="unknown Stable Diffusion architecture"):
+        StableDiffusion.random("sd9.9", device="meta")
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +270,7 @@ def test_clip_rewards_are_differentiable(tmp_path, clip_dir, images):
         assert check_differentiable(reward, images, directions=2) < 1e-4
     similarity = rewards[0](images)
     expected = float(100 * similarity.clamp(min=0).mean())
-    assert clip_score_metric(images, ["a cat"] * 2, clip_dir) == pytest.approx(expected, rel=1e-5)
+    assert clip_score(images, ["a cat"] * 2, clip_dir) == pytest.approx(expected, rel=1e-5)
     mlp.eval()
     with torch.no_grad():
         embedding = torch.nn.functional.normalize(rewards[1].image_embeddings(images), dim=-1)
@@ -307,17 +308,17 @@ def test_sdo_run_on_stable_diffusion(tmp_path, tiny_dir, clip_dir):
     out = tmp_path / "run.json"
     code = main([
         "--threads", "1", "run", "--model", f"sd:{tiny_dir}", "--task", "latent", "--method", "shortcut", "--steps", "2",
-        "--iters", "1", "--batch", "2", "--reward", "clip", "--clip-model", str(clip_dir), "--prompt", "a photo of a cat",
-        "--eval-every", "0", "--monitor-samples", "2", "--gradient-checkpointing", "--vae-slicing", "--device", "cpu",
+        "--iters", "1", "--batch", "2", "--reward", "clip", "--reward-option", f"clip_model={clip_dir}",
+        "--metric-option", f"clip_model={clip_dir}", "--task-option", "prompt=a photo of a cat", "--eval-every", "0",
+        "--model-option", "gradient_checkpointing=true", "--model-option", "vae_slicing=true", "--device", "cpu",
         "--out", str(out),
     ])
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert record["model_options"]["gradient_checkpointing"] and record["model_options"]["resolution"] == 16
-    assert record["config"]["vae_slicing"] and record["config"]["reward_prompt"] == ""
+    assert record["config"]["model_options"]["vae_slicing"] and record["config"]["reward_options"]["clip_model"]
     final = record["final"]
     assert {"reward_mean", "reward_ci95", "clip_score", "diversity"} <= set(final) and final["samples"] == 2
-    assert "clip_score" in record["evaluations"][-1]
     assert out.with_suffix(".png").exists()
 
 
@@ -329,8 +330,9 @@ def test_sdo_run_finetunes_for_the_aesthetic_reward(tmp_path, tiny_dir, clip_dir
     out = tmp_path / "finetune.json"
     code = main([
         "--threads", "1", "run", "--model", f"sd:{tiny_dir}", "--task", "finetune", "--method", "full", "--steps", "2",
-        "--iters", "1", "--batch", "2", "--reward", "aesthetic", "--clip-model", str(clip_dir), "--aesthetic-head",
-        str(head), "--eval-samples", "2", "--monitor-samples", "2", "--lora-rank", "2", "--device", "cpu", "--out", str(out),
+        "--iters", "1", "--batch", "2", "--reward", "aesthetic", "--reward-option", f"clip_model={clip_dir}",
+        "--reward-option", f"head={head}", "--metric-option", f"clip_model={clip_dir}", "--task-option", "eval_samples=2",
+        "--task-option", "monitor_samples=2", "--task-option", "lora_rank=2", "--device", "cpu", "--out", str(out),
     ])
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
@@ -345,7 +347,8 @@ def test_missing_stable_diffusion_weights_fail_the_record(tmp_path):
              "--reward", "clip", "--device", "cpu", "--out", str(out)]
     assert main(flags) == 1
     record = _record(out)
-    assert record["status"] == "failed" and record["reason"].startswith("FileNotFoundError") and "allow_download" in record["reason"]
+    assert record["status"] == "failed" and record["reason"].startswith("FileNotFoundError")
+    assert "allow_download=true" in record["reason"]
 
 
 @pytest.mark.parametrize("wrt", ["latent", "weights"])
@@ -357,7 +360,8 @@ def test_sdo_bench_on_stable_diffusion(tmp_path, tiny_dir, clip_dir, wrt):
     out = tmp_path / "row.json"
     flags = ["--threads", "1", "bench", "--model", f"sd:{tiny_dir}", "--wrt", wrt, "--method", "shortcut", "--steps", "2",
              "--batch", "1", "--rounds", "1", "--device", "cpu", "--out", str(out)]
-    assert main(flags + (["--clip-model", str(clip_dir)] if wrt == "weights" else [])) == 0
+    clip = ["--reward", "clip", "--reward-option", f"clip_model={clip_dir}"] if wrt == "weights" else []
+    assert main(flags + clip) == 0
     row = _record(out)
     assert row["status"] == "ok" and row["cost_only"] is False and row["model_options"]["resolution"] == 16
     assert row["nfe_backward"] == 1 and row["grad_norm"] > 0 and row["peak_bytes"] > 0
@@ -366,22 +370,22 @@ def test_sdo_bench_on_stable_diffusion(tmp_path, tiny_dir, clip_dir, wrt):
 
 
 def test_random_weights_bench_is_cost_only(tmp_path, tiny_dir, monkeypatch):
-    """`--model sd-random:<version>` rows say cost_only (the tiny model stands in for SD 1.5's
+    """`--model random:<architecture>` rows say cost_only (the tiny model stands in for SD 1.5's
     architecture, whose random weights take ~25 s to draw on 2 CPU cores)."""
     from evals import experiment
 
     drawn = {}
 
-    def tiny_random(version, seed, **levers):
-        drawn.update(version=version, seed=seed, resolution=levers["resolution"])
-        return StableDiffusion.load(tiny_dir, **levers)
+    def tiny_random(architecture, device, seed, **options):
+        drawn.update(architecture=architecture, seed=seed, resolution=options["resolution"])
+        return StableDiffusion.load(tiny_dir, device=device, **options)
 
     monkeypatch.setattr(StableDiffusion, "random", tiny_random)
-    spec = experiment.BenchSpec(wrt="weights", method="full", steps=2, batch=1, rounds=1, seed=3, model="sd-random:1.5",
-                                resolution=32, device="cpu")
+    spec = experiment.BenchSpec(wrt="weights", method="full", steps=2, batch=1, rounds=1, seed=3, model="random:sd1.5",
+                                model_options={"resolution": 32}, device="cpu")
     row = experiment.bench(spec)
     assert row["status"] == "ok" and row["cost_only"] is True and row["model_options"]["resolution"] == 32
-    assert drawn == {"version": "1.5", "seed": 3, "resolution": 32} and row["config"]["lora_rank"] is None
+    assert drawn == {"architecture": "sd1.5", "seed": 3, "resolution": 32} and row["config"]["lora_rank"] is None
 
 
 def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, monkeypatch):
@@ -390,24 +394,24 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
     the others go on (exit 1, or 0 with --sweep)."""
     from evals import experiment
     from evals.cli import main
-    from sdo.estimators import Adjoint
+    from sdo.estimators.adjoint import Adjoint
 
     built = []
 
-    def tiny_random(version, seed, **levers):
-        built.append(version)
-        return StableDiffusion.load(tiny_dir, **levers)
+    def tiny_random(architecture, device, seed, **options):
+        built.append(architecture)
+        return StableDiffusion.load(tiny_dir, device=device, **options)
 
     def out_of_memory(self, problem, loss):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(StableDiffusion, "random", tiny_random)
     monkeypatch.setattr(Adjoint, "gradient", out_of_memory)
-    flags = ["--threads", "1", "cost", "--model", "sd-random:1.5", "--resolution", "16", "--wrt", "latent", "weights",
-             "--steps", "2", "3", "--variant", "full=full", "--variant", "draft_1=truncated:k=1", "--variant", "adjoint=adjoint",
+    flags = ["--threads", "1", "cost", "--model", "random:sd1.5", "--model-option", "resolution=16", "--wrt", "latent", "weights",
+             "--steps", "2", "3", "--variant", "full=full", "--variant", "draft_1=truncated:tail=1", "--variant", "adjoint=adjoint",
              "--batch", "1", "--rounds", "1", "--device", "cpu", "--out-dir", str(tmp_path)]
     assert main(flags) == 1
-    assert built == ["1.5"]
+    assert built == ["sd1.5"]
     rows = {(row["wrt"], row["steps"], row["variant"]): row for row in map(_record, tmp_path.rglob("*.json"))}
     assert sorted(rows) == sorted((w, t, v) for w in ("latent", "weights") for t in (2, 3) for v in ("full", "draft_1", "adjoint"))
     for (wrt, steps, variant), row in rows.items():
@@ -418,10 +422,10 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
             assert row["status"] == "not_applicable"
             continue
         assert row["status"] == "ok" and row["cost_only"] and row["peak_bytes"] > 0 and row["nfe_backward"] > 0
-        assert row["config"]["options"] == ({"k": 1} if variant == "draft_1" else {})
+        assert row["config"]["options"] == ({"tail": 1} if variant == "draft_1" else {})
         alone = experiment.bench(experiment.BenchSpec(
             wrt=wrt, method=row["method"], options=row["config"]["options"], steps=steps, batch=1, rounds=1,
-            model="sd-random:1.5", resolution=16, device="cpu",
+            model="random:sd1.5", model_options={"resolution": 16}, device="cpu",
         ))
         assert alone["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-6)
         assert (alone["nfe_forward"], alone["nfe_backward"]) == (row["nfe_forward"], row["nfe_backward"])
@@ -431,8 +435,8 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
 def test_cost_rows_must_share_the_model():
     from evals import experiment
 
-    rows = [experiment.BenchSpec(wrt="latent", method="full", steps=2, resolution=r) for r in (16, 32)]
-    with pytest.raises(ValueError, match=r"\['resolution'\] differ"):
+    rows = [experiment.BenchSpec(wrt="latent", method="full", steps=2, model_options={"resolution": r}) for r in (16, 32)]
+    with pytest.raises(ValueError, match=r"\['model_options'\] differ"):
         experiment.bench_rows(rows)
 
 

@@ -8,36 +8,40 @@ import json
 import pytest
 import torch
 
-from evals import metrics
+from evals import images, metrics
 from evals.cli import main
-from evals.rewards import NotDifferentiable, RewardShapeError, build_reward, check_differentiable
-from sdo.models import store
+from evals.domains import DOMAINS
+from evals.rewards import build_reward
+from evals.rewards.checks import NotDifferentiable, RewardShapeError, check_differentiable
+from sdo.models import load_model, store
 from sdo.models.data import load_split
 from sdo.models.digits import EmbeddedDigits
 
 ESTIMATOR_FLAGS = {
     "full": [],
-    "truncated": ["--option", "k=1"],
+    "truncated": ["--option", "tail=1"],
     "adjoint": [],
     "doodl": [],
     "shortcut": ["--option", "at=all"],
 }
+HELD_OUT_FLAGS = ["--task-option", "eval_samples=4", "--task-option", "monitor_samples=2"]
 
 
 def _run(tmp_path, *flags: str, code: int | None = None) -> dict:
     """The record of one small run; `code`, when given, is the exit status it must end with."""
     out = tmp_path / "run.json"
-    status = main(["--threads", "2", "run", "--steps", "3", "--iters", "2", "--batch", "2", "--eval-samples", "4",
-                   "--out", str(out), *flags])
+    status = main(["--threads", "2", "run", "--steps", "3", "--iters", "2", "--batch", "2", "--out", str(out), *flags])
     record = json.loads(out.read_text())
     assert code is None or status == code, (status, record.get("reason"))
     return record
 
 
+@pytest.mark.parametrize("model", ["embedded", "embedded-flow"])
 @pytest.mark.parametrize("method", sorted(ESTIMATOR_FLAGS))
 @pytest.mark.parametrize("task", ["latent", "conditioning", "finetune"])
-def test_every_task_runs_with_every_estimator(tmp_path, task, method):
-    record = _run(tmp_path, "--task", task, "--method", method, *ESTIMATOR_FLAGS[method])
+def test_every_task_runs_with_every_estimator(tmp_path, task, method, model):
+    held_out = HELD_OUT_FLAGS if task != "latent" else []
+    record = _run(tmp_path, "--task", task, "--method", method, "--model", model, *ESTIMATOR_FLAGS[method], *held_out)
     if task == "latent" and method == "truncated":
         assert record["status"] == "not_applicable" and "initial latent" in record["reason"]
         return
@@ -52,7 +56,7 @@ def test_every_task_runs_with_every_estimator(tmp_path, task, method):
 
 @pytest.mark.parametrize("reward", ["style", "inpaint", "superres"])
 def test_latent_objectives_run(tmp_path, reward):
-    record = _run(tmp_path, "--method", "shortcut", "--reward", reward, "--reference-index", "3")
+    record = _run(tmp_path, "--method", "shortcut", "--reward", reward, "--reward-option", "reference_index=3")
     assert record["status"] == "ok" and record["reward_check_error"] <= 1e-2
     assert "target_accuracy" not in record["final"]
 
@@ -94,9 +98,11 @@ def test_rewards_of_the_wrong_kind_are_refused_by_name(tmp_path):
     )
     assert _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:column", code=0)["status"] == "ok"
     record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:grid", code=1)
-    assert record["reason"].startswith("RewardShapeError") and "(4,) or (4, 1); got shape (4, 16)" in record["reason"]
+    assert record["reason"].startswith("RewardShapeError") and "(4,) or (4, 1)" in record["reason"]
+    assert "got shape (4, 16)" in record["reason"]
     record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:as_numpy", code=1)
     assert record["reason"].startswith("RewardShapeError") and "numpy.ndarray" in record["reason"]
+    assert "differentiable" in record["reason"]  # a numpy reward is told why it must be torch
     record = _run(tmp_path, "--method", "shortcut", "--reward", f"{module}:nan", code=1)
     assert record["reason"].startswith("NotDifferentiable") and "non-finite" in record["reason"]
     record = _run(tmp_path, "--method", "shortcut", "--reward", f"{tmp_path}/missing.py:score", code=1)
@@ -136,11 +142,12 @@ def test_saturated_clamp_is_refused():
 
 
 def test_built_in_rewards_are_differentiable():
-    classifier = store.load("classifier")
-    held_out = load_split("held_out")[0]
+    model = load_model("embedded")
+    context = DOMAINS["digits"].context(model, "cpu")
+    held_out = context.held_out
     probe = held_out[1:5] + 0.1 * torch.randn(held_out[1:5].shape, generator=torch.Generator().manual_seed(0))
-    for spec in ("classifier", "style", "inpaint", "superres"):
-        assert check_differentiable(build_reward(spec, classifier, 3, held_out[:1]), probe) <= 1e-4, spec
+    for name in ("classifier", "style", "inpaint", "superres"):
+        assert check_differentiable(build_reward(name, "digits", {}, context), probe) <= 1e-4, name
 
 
 def test_metrics_known_answers():
@@ -162,17 +169,17 @@ def test_metrics_known_answers():
 
 
 def test_a_failing_metric_keeps_the_run_as_a_row(tmp_path):
-    record = _run(tmp_path, "--method", "shortcut", "--inception-weights", str(tmp_path / "none.pth"), code=1)
+    record = _run(tmp_path, "--method", "shortcut", "--metric-option", f"inception_weights={tmp_path / 'none.pth'}", code=1)
     assert record["status"] == "failed" and "Inception weights" in record["reason"]
     assert len(record["iterations"]) == 2
 
 
 def test_inception_and_clip_need_local_weights(tmp_path):
-    images = load_split("held_out")[0][:4]
+    digits = load_split("held_out")[0][:4]
     with pytest.raises(FileNotFoundError, match="Inception weights .* not found"):
-        metrics.inception_fid(images, images, tmp_path / "missing.pth")
-    with pytest.raises(FileNotFoundError, match="CLIP model directory .* not found"):
-        metrics.clip_score(images, ["a handwritten digit 1"] * 4, tmp_path / "missing")
+        images.inception_fid(digits, digits, tmp_path / "missing.pth")
+    record = _run(tmp_path, "--method", "shortcut", "--metric-option", f"clip_model={tmp_path / 'missing'}", code=1)
+    assert "CLIP model directory" in record["reason"] and "not found" in record["reason"]
 
 
 def test_lora_copy_trains_only_adapters_and_starts_at_the_base_model():

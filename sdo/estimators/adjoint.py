@@ -1,63 +1,63 @@
-"""AdjointDPM-style adjoint: backwards through the probability-flow ODE, states reconstructed.
+"""AdjointDPM-style adjoint: backwards through the sampler's steps, states rebuilt, never stored.
 
-Rule: in exponential-integrator coordinates y = z / sqrt(a), sigma = sqrt((1 - a) / a), the
-probability-flow ODE is dy/dsigma = f(y, sigma) = eps(sqrt(a) y, t(sigma), c), and DDIM is its
-Euler solution y_{k+1} = y_k + h_k f(y_k, sigma_k), h_k = sigma_{k+1} - sigma_k. After sampling
-without a graph, the adjoint lambda = dL/dy and dL/dp are carried backwards on the same grid
-while the states are rebuilt from the sample, never stored:
+Rule: a deterministic step z_{k+1} = a_k z_k + b_k out(z_k) is the explicit (Euler or
+exponential-integrator) solution of the probability-flow ODE on the sampler's grid. After
+sampling without a graph, the adjoint lambda = dL/dz and dL/dp are carried backwards on the
+same grid while each state is rebuilt from the one after it by inverting its step with two
+fixed-point iterations, then differentiated:
 
-    y_k   ~ y_{k+1} - h_k f(y_{k+1}, sigma_k)                (one step of DDIM inversion)
-    f_k   = f(y_k, sigma_k)                                   (with a graph; y_k refined by it)
-    lambda_k = lambda_{k+1} + h_k (df_k/dy)^T lambda_{k+1},   dL/dp += h_k (df_k/dp)^T lambda_{k+1}
+    z_k  ~ (z_{k+1} - b_k out(z_{k+1} / a_k)) / a_k              (one step of inversion)
+    out_k = out(z_k)                                             (with a graph; z_k refined by it)
+    lambda_k = a_k lambda_{k+1} + (d out_k / dz)^T (b_k lambda_{k+1}),
+    dL/dp   += (d out_k / dp)^T (b_k lambda_{k+1})
 
-This is the discrete adjoint of the sampler, so it equals `full` up to the error of the
-reconstructed states, which vanishes as the grid is refined. Only for eta = 0.
+For DDIM this is DDIM inversion in y = z / sqrt(abar); for flow matching's Euler step (a = 1)
+it is z_k = z_{k+1} - (sigma_{k+1} - sigma_k) v. It is the discrete adjoint of the sampler, so
+it equals `full` up to the error of the rebuilt states, which vanishes as the grid is refined.
+Only for deterministic steps (eta = 0).
 Cost: T forward, then 2T forward + T backward; autograd holds one step's graph: O(1) in T.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from sdo.estimators.base import Estimator, NotApplicable, Problem
+from sdo.estimators.base import Estimator, NotApplicable, Problem, accumulate
+from sdo.estimators.registry import register_estimator
 
 
 def backward_solve(problem: Problem, sample: torch.Tensor, cotangent: torch.Tensor | None):
     """Carry the state (and, given dL/dz_T, the adjoint) from the sample back to step 0:
-    the reconstructed initial latent and the gradients of the problem's parameters."""
-    chain, params = problem.chain, problem.params
-    alphas, sigmas = chain.alphas, chain.sigmas
-    y = sample.detach() / math.sqrt(alphas[-1])
-    lam = None if cotangent is None else cotangent * math.sqrt(alphas[-1])
+    the rebuilt initial latent and the gradients of the problem's parameters."""
+    chain, params, cond = problem.chain, problem.params, problem.cond
+    z, lam = sample.detach(), cotangent
     grads = [torch.zeros_like(p) for p in params]
     for k in reversed(range(chain.steps)):
-        h, scale = sigmas[k + 1] - sigmas[k], math.sqrt(alphas[k])
+        step = chain.coefficients[k]
         with torch.no_grad():
-            y_k = (y - h * chain.eps(scale * y, k, problem.cond)).requires_grad_(lam is not None)
+            rebuilt = ((z - step.b * chain.predict(z / step.a, k, cond)) / step.a).requires_grad_(lam is not None)
         with torch.set_grad_enabled(lam is not None):
-            f = chain.eps(scale * y_k, k, problem.cond)
+            out = chain.predict(rebuilt, k, cond)
         if lam is not None:
-            vjps = torch.autograd.grad(f, [y_k, *params], lam, allow_unused=True)
-            for total, part in zip(grads, vjps[1:]):
-                if part is not None:
-                    total += h * part
-            lam = lam + h * vjps[0]
-        y = y - h * f.detach()
+            parts = torch.autograd.grad(out, [rebuilt, *params], step.b * lam, allow_unused=True)
+            accumulate(grads, parts[1:])
+            lam = step.a * lam + (0 if parts[0] is None else parts[0])
+        z = (z - step.b * out.detach()) / step.a
     if problem.wrt == "latent" and lam is not None:
-        grads[0] += lam / math.sqrt(alphas[0])
-    return math.sqrt(alphas[0]) * y, grads
+        grads[0] += lam
+    return z, grads
 
 
+@register_estimator
 @dataclass
 class Adjoint(Estimator):
     name = "adjoint"
 
     def gradient(self, problem, loss):
-        if problem.chain.eta:
-            raise NotApplicable(f"the adjoint solves the probability-flow ODE; it needs eta = 0, got {problem.chain.eta}")
+        if not problem.chain.deterministic:
+            raise NotApplicable("the adjoint solves the probability-flow ODE; it needs a deterministic sampler (eta = 0)")
         final, _ = problem.chain.trajectory(problem.latent, problem.cond)
         sample = final.requires_grad_()
         value = loss(sample)

@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import torch
 
-from sdo.chain import DDIMChain, Meter
+from sdo import conditioning
+from sdo.conditioning import Cond
+from sdo.samplers import Chain, Meter
 
 PARAMETER_KINDS = ("latent", "cond", "weights")
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
 
 class NotApplicable(ValueError):
-    """The estimator's rule cannot reach the requested parameter; record the pair, do not fail the sweep."""
+    """The estimator's rule cannot reach the requested parameter or does not hold for the
+    chain's sampler; record the pair, do not fail the sweep."""
 
 
 @dataclass
 class Problem:
-    """What to differentiate: the initial latent, the conditioning, or the network weights
-    (those of `chain.net` with requires_grad set, e.g. LoRA adapters)."""
+    """What to differentiate: the initial latent, the conditioning's prompt embeddings, or the
+    network weights (those of `chain.net` with requires_grad set, e.g. LoRA adapters)."""
 
-    chain: DDIMChain
+    chain: Chain
     latent: torch.Tensor
-    cond: torch.Tensor
+    cond: Cond
     wrt: str
 
     def __post_init__(self):
         if self.wrt not in PARAMETER_KINDS:
             raise ValueError(f"wrt must be one of {PARAMETER_KINDS}, got {self.wrt!r}")
         self.latent = self.latent.detach().requires_grad_(self.wrt == "latent")
-        self.cond = self.cond.detach().requires_grad_(self.wrt == "cond")
+        self.cond = conditioning.detach(self.cond, differentiate=self.wrt == "cond")
         if self.wrt == "weights" and not self.params:
             raise ValueError("wrt='weights' but no parameter of chain.net requires grad")
 
@@ -40,14 +44,26 @@ class Problem:
         if self.wrt == "latent":
             return [self.latent]
         if self.wrt == "cond":
-            return [self.cond]
+            return [conditioning.primary(self.cond)]
         return [p for p in self.chain.net.parameters() if p.requires_grad]
+
+    def subset(self, batch: int) -> "Problem":
+        """The problem of the first `batch` samples (the chain's drawn noise sliced alike)."""
+        chain = copy.copy(self.chain)
+        if chain.noise is not None:
+            chain.noise = [noise[:batch] for noise in chain.noise]
+        return Problem(chain, self.latent[:batch], conditioning.select(self.cond, slice(0, batch)), self.wrt)
+
+    def input_at(self, k: int, state: torch.Tensor) -> torch.Tensor:
+        """The network's input at step k when only the parameter keeps a graph: the latent
+        itself at step 0 when it is differentiated, else the state held fixed."""
+        return self.latent if self.wrt == "latent" and k == 0 else state
 
 
 @dataclass
 class Estimate:
     """The sample z_T, the loss on it, one gradient per parameter, and what they cost:
-    guided-denoiser calls forward and backward and the steps that ran with a graph (autograd's
+    network calls forward and backward and the steps that ran with a graph (autograd's
     bytes are measured apart, untimed: `sdo.memory.saved_bytes`)."""
 
     sample: torch.Tensor
@@ -59,16 +75,17 @@ class Estimate:
 
 
 class Estimator:
-    """Subclasses implement `gradient(problem, loss) -> (sample, loss, grads)`; calling the
-    estimator runs it and counts its network evaluations (integer counters and one identity
-    autograd node per graph step: microseconds against a network call)."""
+    """Subclasses implement `gradient(problem, loss) -> (sample, loss, grads)` and declare the
+    samplers their rule is proven for (`samplers`); calling the estimator checks the sampler,
+    runs the rule and counts its network evaluations."""
 
     name: ClassVar[str]
+    samplers: ClassVar[tuple[str, ...]] = ("ddim", "flow_euler")
 
     def gradient(self, problem: Problem, loss: Loss) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
 
-    def sample(self, chain: DDIMChain, latent: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def sample(self, chain: Chain, latent: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The sample this estimator's rule differentiates, without a graph: the chain's (DOODL
         overrides it with its own sampler). Evaluations use it, so every method is judged on
         the samples it optimised."""
@@ -80,6 +97,8 @@ class Estimator:
         return estimate.nfe_forward + estimate.nfe_backward
 
     def __call__(self, problem: Problem, loss: Loss) -> Estimate:
+        if problem.chain.name not in self.samplers:
+            raise NotApplicable(f"{self.name} is proven for the samplers {self.samplers}, not {problem.chain.name}")
         meter = problem.chain.meter = Meter()
         sample, value, grads = self.gradient(problem, loss)
         return Estimate(
@@ -103,3 +122,23 @@ def backprop(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
     for p, g in zip(params, before):
         p.grad = g
     return grads
+
+
+def accumulate(totals: list[torch.Tensor], parts, scale: float = 1.0) -> None:
+    """totals += scale * parts, skipping parts autograd left out (None)."""
+    for total, part in zip(totals, parts):
+        if part is not None:
+            total += scale * part
+
+
+def fidelity(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> dict[str, float]:
+    """How a gradient tracks a reference one, over all parameters flattened, in float64: the
+    cosine, the relative error |g - r| / |r| and the norm ratio |g| / |r|."""
+    g = torch.cat([x.detach().double().flatten().cpu() for x in grads])
+    r = torch.cat([x.detach().double().flatten().cpu() for x in reference])
+    norm = float(r.norm())
+    return {
+        "cosine": float(torch.nn.functional.cosine_similarity(g, r, dim=0)),
+        "rel_error": float((g - r).norm()) / norm if norm else float("inf"),
+        "norm_ratio": float(g.norm()) / norm if norm else float("inf"),
+    }

@@ -3,8 +3,11 @@
 Rule: sample with EDICT (see `sdo.edict`) without a graph; then, from the last step back,
 rebuild each step's inputs from its outputs by exact inversion, recompute that step with a
 graph, and pull the cotangents (dL/dx, dL/dy) through it. The gradient equals autograd's
-through the same coupled chain, up to inversion round-off. DOODL's renormalisation of the
-latent after each update is the latent task's `renormalize` option.
+through the same coupled chain, up to inversion round-off, for DDIM and for flow matching's
+Euler step alike. DOODL's renormalisation of the latent after each update is the latent
+task's `renormalize` option. EDICT samples what the base sampler samples only when its steps
+are small (about T >= 50 on the embedded digits model): below that its start is not the
+base sampler's, which the harness reports as `invalid_start`.
 Cost: 2T forward, then per step 2 forward (inversion) + 2 forward + 2 backward: about 6T
 forward and 2T backward network evaluations; autograd holds one step's graph: O(1) in T.
 """
@@ -16,9 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from sdo import edict
-from sdo.estimators.base import Estimator, NotApplicable
+from sdo.estimators.base import Estimator, NotApplicable, accumulate
+from sdo.estimators.registry import register_estimator
 
 
+@register_estimator
 @dataclass
 class Doodl(Estimator):
     name = "doodl"
@@ -30,14 +35,14 @@ class Doodl(Estimator):
 
     def sample(self, chain, latent, cond):
         """EDICT's sample x_T: DOODL optimises it, so evaluations judge it (its start differs
-        from DDIM's at small T)."""
+        from the base sampler's at small T)."""
         with torch.no_grad():
             return edict.sample(chain, latent, cond, self.mix)[0]
 
     def gradient(self, problem, loss):
         chain, params, cond = problem.chain, problem.params, problem.cond
-        if chain.eta:
-            raise NotApplicable(f"EDICT inverts deterministic DDIM; it needs eta = 0, got {chain.eta}")
+        if not chain.deterministic:
+            raise NotApplicable("EDICT inverts deterministic steps; it needs eta = 0")
         with torch.no_grad():
             x, y = edict.sample(chain, problem.latent, cond, self.mix)
         sample = x.requires_grad_()
@@ -52,9 +57,7 @@ class Doodl(Estimator):
             x_in, y_in = x.requires_grad_(), y.requires_grad_()
             outputs = edict.step(chain, x_in, y_in, k, cond, self.mix)
             gx, gy, *parts = torch.autograd.grad(outputs, [x_in, y_in, *params], (gx, gy), allow_unused=True)
-            for total, part in zip(grads, parts):
-                if part is not None:
-                    total += part
+            accumulate(grads, parts)
             x, y = x.detach(), y.detach()
         if problem.wrt == "latent":
             grads[0] += gx + gy

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdo.estimators.base import Estimator, Loss, Problem, backprop
+from sdo.estimators.registry import register_estimator
 
 
 def backprop_through_tail(problem: Problem, loss: Loss, graph_from: int, checkpoint: bool):
@@ -24,6 +25,7 @@ def backprop_through_tail(problem: Problem, loss: Loss, graph_from: int, checkpo
     return sample, value, backprop(value, problem.params)
 
 
+@register_estimator
 @dataclass
 class Full(Estimator):
     name = "full"

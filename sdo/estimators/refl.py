@@ -2,7 +2,7 @@
 
 Rule: draw k uniformly from the last M = min(`last`, T) steps (T-M..T-1), sample without a
 graph down to z_k, call the network once with a graph (to the conditioning or the weights),
-and put the loss on that step's prediction x0_hat_k = (z_k - sqrt(1 - a_k) eps_k) / sqrt(a_k)
+and put the loss on that step's prediction x0_hat_k = p_k z_k + q_k out_k
 instead of on the finished sample; x0_hat_k is returned as the sample. The drawn step is the
 one graph step the meter records. The initial latent is not reachable: everything before
 step k is detached.
@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from sdo.estimators.base import Estimator, NotApplicable, backprop
+from sdo.estimators.registry import register_estimator
 
 
+@register_estimator
 @dataclass
 class ReFL(Estimator):
     name = "refl"
@@ -42,6 +44,6 @@ class ReFL(Estimator):
         with torch.no_grad():
             for j in range(k):
                 z = chain.step(z, j, cond)
-        sample = chain.predicted_sample(z, k, chain.eps(z, k, cond))
+        sample = chain.predicted_sample(z, k, chain.predict(z, k, cond))
         value = loss(sample)
         return sample, value, backprop(value, problem.params)

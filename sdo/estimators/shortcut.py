@@ -1,16 +1,19 @@
 """Shortcut Diffusion Optimization (SDO): the gradient takes a shortcut past all but chosen steps.
 
-Rule: in exponential-integrator form the chain is one fixed-point system,
-z_T / sqrt(a_T) = z_0 / sqrt(a_0) + sum_k (sigma_{k+1} - sigma_k) eps(z_k, t_k, c); SDO
-differentiates it with every z_k inside eps held constant, except where that input is the
-parameter. Equivalently, each DDIM update z_{k+1} = c1_k z_k + c2_k eps_k stays linear in the
-gradient while the network calls off the chosen steps are detached, so
+Rule: unrolled, the chain is z_T = (prod_k a_k) z_0 + sum_k (prod_{j>k} a_j) b_k out(z_k, t_k, c)
+(plus the fixed noise terms), one fixed-point system over the states (in DDIM's exponential-
+integrator form, z_T / sqrt(abar_T) = z_0 / sqrt(abar_0) + sum_k (sigma_{k+1} - sigma_k) eps_k).
+SDO differentiates it with every z_k inside out(.) held constant, except where that input is
+the parameter, so the affine path of every update stays in the gradient while the network
+calls off the chosen steps are detached:
 
-    dL/dp = g * prod_k c1_k * [p is the latent]  +  w * sum_{k in S} vjp(eps_k, g * c2_k * prod_{j>k} c1_j)
+    dL/dp = g * prod_k a_k * [p is the latent]  +  w * sum_{k in S} vjp(out_k, g * b_k * prod_{j>k} a_j)
 
-with g = dL/dz_T. Steps S, chosen by `at`: `first` (the released rule; for the latent the only step whose
-input is the parameter), `last`, `random` (one step drawn per call, w = T, an unbiased
-estimate of `all`) or `all` (the whole sum).
+with g = dL/dz_T. The identity stands in for the product of the other steps' network
+Jacobians, which is close to it when steps are small: the claim the harness tests, for any
+affine-step sampler. Steps S, chosen by `at`: `first` (the released rule; for the latent the
+only step whose input is the parameter), `last`, `random` (one step drawn per call, w = T, an
+unbiased estimate of `all`) or `all` (the whole sum).
 Cost: one sampling pass without a graph (T forward) in which a single chosen step keeps its
 graph, then 1 backward; with several chosen steps, |S| replays of 1 forward + 1 backward after
 the pass, one step's graph at a time: O(1) autograd memory in T either way.
@@ -18,21 +21,21 @@ the pass, one step's graph at a time: O(1) autograd memory in T either way.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from sdo.estimators.base import Estimator, Loss, Problem
+from sdo.estimators.base import Estimator, Loss, Problem, accumulate
+from sdo.estimators.registry import register_estimator
 
 AT_CHOICES = ("first", "last", "random", "all")
 
 
 class Replay(Estimator):
     """The rules that sample without a graph and differentiate chosen steps one graph at a time
-    with the linear skip factor above. Subclasses say which steps (`chosen`) and may supply
+    with the affine skip factor above. Subclasses say which steps (`chosen`) and may supply
     the trajectory another way (`trajectory`). A single chosen step keeps its network call's
     graph during the sampling pass itself (T forward + 1 backward, as the released code does);
     several are replayed one at a time after it (T + |S| forward + |S| backward, O(1) memory)."""
@@ -53,7 +56,7 @@ class Replay(Estimator):
             final, held = _pass_holding(problem, chosen[0])
             return final, lambda k: held
         final, states = self.trajectory(problem, chosen)
-        return final, lambda k: chain.eps(problem.latent if problem.wrt == "latent" else states[k], k, problem.cond)
+        return final, lambda k: chain.predict(problem.input_at(k, states[k]), k, problem.cond)
 
     def depth(self, estimate, steps):
         """The sampling pass, then the backward of a held step or one round of independent replays."""
@@ -67,15 +70,12 @@ class Replay(Estimator):
         sample = final.requires_grad_()
         value = loss(sample)
         (g,) = torch.autograd.grad(value, sample)
-        c1 = [c[0] for c in chain.coefficients]
         grads = [torch.zeros_like(p) for p in params]
         if problem.wrt == "latent":
-            grads[0] += g * math.prod(c1)
+            grads[0] += g * chain.skip_factor(0)
         for k in chosen:
-            cotangent = g * (weight * chain.coefficients[k][1] * math.prod(c1[k + 1 :]))
-            for total, part in zip(grads, torch.autograd.grad(prediction(k), params, cotangent, allow_unused=True)):
-                if part is not None:
-                    total += part
+            cotangent = g * (weight * chain.coefficients[k].b * chain.skip_factor(k + 1))
+            accumulate(grads, torch.autograd.grad(prediction(k), params, cotangent, allow_unused=True))
         return sample, value, grads
 
 
@@ -89,11 +89,12 @@ def _pass_holding(problem: Problem, held_step: int) -> tuple[torch.Tensor, torch
                 z = chain.step(z, k, problem.cond)
                 continue
             with torch.enable_grad():
-                held = chain.eps(problem.latent if problem.wrt == "latent" else z, k, problem.cond)
+                held = chain.predict(problem.input_at(k, z), k, problem.cond)
             z = chain.update(z, k, held.detach())
     return z, held
 
 
+@register_estimator
 @dataclass
 class Shortcut(Replay):
     name = "shortcut"

@@ -1,9 +1,9 @@
 """Truncated backpropagation: DRaFT-K, and AlignProp's randomised truncation.
 
-Rule: sample the first T-K steps without a graph and the last K with one, then backpropagate
-(the gradient of everything before the tail is dropped). With `randomize`, K is drawn uniformly
-from 1..k once per call, so the graph is always one contiguous tail of the chain. The initial
-latent is reachable only when K = T.
+Rule: sample the first T-K steps without a graph and the last K = `tail` with one, then
+backpropagate (the gradient of everything before the tail is dropped). With `randomize`, K is
+drawn uniformly from 1..tail once per call, so the graph is always one contiguous tail of the
+chain. The initial latent is reachable only when K = T.
 Cost: T forward + K backward network evaluations; autograd keeps K steps, O(K) (one step's
 activations plus K states with `checkpoint`).
 """
@@ -15,29 +15,32 @@ from dataclasses import dataclass, field
 
 from sdo.estimators.base import Estimator, NotApplicable
 from sdo.estimators.full import backprop_through_tail
+from sdo.estimators.registry import register_estimator
 
 
+@register_estimator
 @dataclass
 class Truncated(Estimator):
     name = "truncated"
-    k: int = 1
+    tail: int = 1
     randomize: bool = False
     checkpoint: bool = False
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"truncated k must be >= 1, got {self.k}")
+        if self.tail < 1:
+            raise ValueError(f"truncated tail must be >= 1, got {self.tail}")
         self._rng = random.Random(self.seed)
 
     def gradient(self, problem, loss):
         steps = problem.chain.steps
-        if self.k > steps:
-            raise ValueError(f"truncated k={self.k} exceeds the chain's {steps} steps")
-        if problem.wrt == "latent" and (self.k < steps or (self.randomize and steps > 1)):
+        if self.tail > steps:
+            raise ValueError(f"truncated tail={self.tail} exceeds the chain's {steps} steps")
+        if problem.wrt == "latent" and (self.tail < steps or (self.randomize and steps > 1)):
             raise NotApplicable(
-                f"truncation (k={self.k}, randomize={self.randomize}, T={steps}) cannot reach the initial latent: needs K = T"
+                f"truncation (tail={self.tail}, randomize={self.randomize}, T={steps}) cannot reach the initial latent: "
+                "needs tail = T"
             )
-        k = self._rng.randint(1, self.k) if self.randomize else self.k
-        return backprop_through_tail(problem, loss, graph_from=steps - k, checkpoint=self.checkpoint)
+        tail = self._rng.randint(1, self.tail) if self.randomize else self.tail
+        return backprop_through_tail(problem, loss, graph_from=steps - tail, checkpoint=self.checkpoint)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sdo import picard
+from sdo.estimators.registry import register_estimator
 from sdo.estimators.shortcut import Shortcut
 
 
@@ -42,6 +43,7 @@ class Refresh:
         return self.sweeps + self.steps * self.fresh
 
 
+@register_estimator
 @dataclass
 class WarmShortcut(Shortcut):
     name = "shortcut_warm"

@@ -2,16 +2,22 @@
 
 A conditional diffusion model is seen only through
 
-- `net`: the noise network, an `nn.Module` called as `net(x, t, cond) -> eps`; its parameters
-  that require grad are the "weights" a task may optimise;
-- `scheduler_config`: the diffusers scheduler configuration of its noise schedule;
-- `state_shape`: the shape of one chain state (C, H, W): pixels, or a VAE latent;
-- `encode(prompts) -> cond`: conditioning for a list of prompts (the empty prompt "" is the
-  null prompt of classifier-free guidance);
-- `decode(state) -> images`: the identity for a pixel model, the scaled VAE decode for a
-  latent one; it stays inside the differentiable loss path;
+- `net`: the network, an `nn.Module` called as `net(x, t, cond) -> out`, the prediction its
+  sampler expects (the noise for DDIM, the velocity for flow matching); its parameters that
+  require grad are the "weights" a task may optimise;
+- `sampler` and `scheduler_config`: the registered sampler (`sdo.samplers`) and the diffusers
+  scheduler configuration of its schedule; `sampler_options()` adds what the sampler needs
+  beyond them (FLUX: the dynamic shift `mu` and its sigmas);
+- `state_shape`: the shape of one chain state: pixels, a VAE latent, or packed latent tokens;
+- `encode(prompts) -> cond`: conditioning for a list of prompts, a tensor or a mapping of
+  tensors (`sdo.conditioning`; the empty prompt "" is the null prompt of guidance);
+- `decode(state) -> images`: the identity for a pixel model, the VAE decode for a latent one;
+  it stays inside the differentiable loss path;
 - `with_lora(rank, seed)`: a copy whose only trainable weights are LoRA adapters initialised
-  from `seed` (rank 0: all of the noise network's weights).
+  from `seed` (rank 0: all of the network's weights);
+- `domain`: what its images are ("digits": 1x16x16 in [-1, 1]; "rgb": 3xHxW in [-1, 1]), which
+  decides the rewards and metrics that apply;
+- `options`: how it was loaded (recorded with every result).
 
 Everything else (the chain, a batch of initial latents) is built from those.
 """
@@ -20,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from sdo.chain import DDIMChain
+from sdo.conditioning import Cond
+from sdo.samplers import Chain, make_chain
 
 NULL_PROMPT = ""
 
@@ -34,12 +41,15 @@ class DiffusionModel(ABC):
     """A conditional diffusion model behind the interface above."""
 
     net: nn.Module
+    sampler: ClassVar[str] = "ddim"
+    domain: ClassVar[str]
     scheduler_config: dict
     state_shape: tuple[int, ...]
     prompts: tuple[str, ...] = ()  # the prompts a task cycles through when none are given
+    options: dict
 
     @abstractmethod
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode(self, prompts: Sequence[str]) -> Cond:
         """Conditioning (B, ...) for B prompts; "" is the null prompt."""
 
     @abstractmethod
@@ -59,21 +69,31 @@ class DiffusionModel(ABC):
     def dtype(self) -> torch.dtype:
         return next(self.net.parameters()).dtype
 
-    def null_cond(self) -> torch.Tensor:
+    def null_cond(self) -> Cond:
         """The unconditional conditioning of guidance, batch 1 (broadcast over any batch)."""
-        return self.encode([NULL_PROMPT]).detach()
+        from sdo import conditioning
 
-    def make_chain(self, steps: int, guidance: float = 1.0, eta: float = 0.0) -> DDIMChain:
-        """DDIM with T = `steps` over the noise network, guided with the null prompt."""
-        null = self.null_cond() if guidance != 1.0 else None
-        return DDIMChain(self.net, steps, self.scheduler_config, guidance=guidance, null_cond=null, eta=eta)
+        return conditioning.detach(self.encode([NULL_PROMPT]))
+
+    def sampler_options(self) -> dict:
+        """What the sampler needs beyond the scheduler configuration (none by default)."""
+        return {}
+
+    def make_chain(self, steps: int, cfg_scale: float = 1.0, eta: float = 0.0) -> Chain:
+        """The model's sampler with T = `steps` over its network, guided with the null prompt
+        at `cfg_scale` (1: no classifier-free guidance); `eta` > 0 only where the sampler draws noise."""
+        null = self.null_cond() if cfg_scale != 1.0 else None
+        options = {"eta": eta} if eta else {}
+        return make_chain(
+            self.sampler, self.net, steps, self.scheduler_config, cfg_scale=cfg_scale, null_cond=null,
+            **options, **self.sampler_options(),
+        )
 
     def latent_batch(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """Standard normal initial states drawn on the CPU from `generator` (the same numbers on
         every device), then moved to the model's device and dtype."""
         noise = torch.randn(batch, *self.state_shape, generator=generator, dtype=torch.float32)
         return noise.to(self.device, self.dtype)
-
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The embedded epsilon network: a small diffusers UNet conditioned on embedding sequences.
+"""The embedded networks: a small diffusers UNet conditioned on embedding sequences, trained to
+predict the noise (DDIM, `DEFAULT_CONFIG`) or the velocity (rectified flow, `FLOW_CONFIG`).
 
 Each digit label owns a learned sequence of embedding vectors, the way a text encoder turns a
 prompt into token embeddings for Stable Diffusion; one extra sequence is the null prompt of
@@ -36,8 +37,16 @@ DEFAULT_CONFIG = {
 }
 
 
+FLOW_CONFIG = {
+    "unet": DEFAULT_CONFIG["unet"],
+    "tokens": DEFAULT_CONFIG["tokens"],
+    "scheduler": {"num_train_timesteps": 1000, "shift": 1.0},  # FlowMatchEulerDiscreteScheduler
+}
+
+
 class DigitDenoiser(nn.Module):
-    """eps(x, t, cond) with `cond` of shape (B, tokens, cross_attention_dim)."""
+    """out(x, t, cond) with `cond` of shape (B, tokens, cross_attention_dim): the noise, or the
+    velocity for a flow-matching config."""
 
     def __init__(self, config: dict = DEFAULT_CONFIG):
         super().__init__()

@@ -1,10 +1,13 @@
-"""The embedded default model: the digits denoiser behind the model interface."""
+"""The embedded default model: the digits denoiser (DDIM, noise prediction) behind the model
+interface. Source: `embedded`; option `weights`: the directory of its trained weights (default:
+the checkout's results/models)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -13,28 +16,50 @@ from sdo.models import store
 from sdo.models.base import NULL_PROMPT, DiffusionModel, seeded
 from sdo.models.data import NUM_CLASSES
 from sdo.models.denoiser import DigitDenoiser
+from sdo.models.registry import register_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
 
 
+@register_model
 class EmbeddedDigits(DiffusionModel):
     """16x16 pixel diffusion over handwritten digits; prompts are "0".."9", "" is the null prompt.
     The state is the image itself, so `decode` is the identity."""
 
+    prefix: ClassVar[str] = "embedded"
+    kind: ClassVar[str] = "denoiser"  # the weights file in the store
+    domain: ClassVar[str] = "digits"
     prompts = tuple(str(d) for d in range(NUM_CLASSES))
 
-    def __init__(self, net: DigitDenoiser):
+    @dataclass
+    class Options:
+        """`weights`: the directory holding the trained weights (empty: results/models)."""
+
+        weights: str = ""
+
+    def __init__(self, net: DigitDenoiser, directory: Path | str = store.DEFAULT_DIR):
         self.net = net
+        self.directory = Path(directory)
         self.scheduler_config = net.config["scheduler"]
         unet = net.config["unet"]
         self.state_shape = (unet["in_channels"], unet["sample_size"], unet["sample_size"])
+        self.options = {"model": self.prefix, "weights": str(self.directory)}
 
     @classmethod
     def load(
-        cls, directory: Path | str = store.DEFAULT_DIR, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "EmbeddedDigits":
-        """The committed (or retrained) denoiser from `directory`."""
-        return cls(store.load("denoiser", directory, dtype).to(device))
+        cls, location: str | None = None, device: torch.device | str = "cpu", weights: str = "", dtype: torch.dtype = torch.float32
+    ):
+        """The committed (or retrained) network from the `weights` directory."""
+        cls.check(location)
+        directory = Path(weights) if weights else store.DEFAULT_DIR
+        return cls(store.load(cls.kind, directory, dtype).to(device), directory)
+
+    @classmethod
+    def check(cls, location: str | None, **options) -> None:
+        """The source takes no location (the weights directory is an option); missing weights
+        are not an error here: the workflow retrains them."""
+        if location:
+            raise ValueError(f"model {cls.prefix!r} takes no location; give its weights directory as the option weights={location}")
 
     def labels(self, prompts: Sequence[str]) -> torch.Tensor:
         """Label indices of prompts: the digit, or NUM_CLASSES for the null prompt."""
@@ -55,7 +80,7 @@ class EmbeddedDigits(DiffusionModel):
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         return state
 
-    def with_lora(self, rank: int, seed: int = 0) -> "EmbeddedDigits":
+    def with_lora(self, rank: int, seed: int = 0):
         """LoRA adapters (peft) on the UNet's attention and convolutions, or, for rank 0, all
         UNet weights; the label embeddings stay frozen."""
         if rank < 0:
@@ -63,10 +88,13 @@ class EmbeddedDigits(DiffusionModel):
         net = copy.deepcopy(self.net).requires_grad_(False)
         if rank == 0:
             net.unet.requires_grad_(True)
-            return EmbeddedDigits(net)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
-        with seeded(seed):
-            net.unet = inject_adapter_in_model(config, net.unet)
-        for name, param in net.unet.named_parameters():
-            param.requires_grad_("lora_" in name)
-        return EmbeddedDigits(net)
+        else:
+            config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+            with seeded(seed):
+                net.unet = inject_adapter_in_model(config, net.unet)
+            for name, param in net.unet.named_parameters():
+                param.requires_grad_("lora_" in name)
+        tuned = copy.copy(self)
+        tuned.net = net
+        tuned.options = {**self.options, "lora_rank": rank}
+        return tuned

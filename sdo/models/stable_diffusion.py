@@ -7,26 +7,30 @@ CLIP text encoder's last hidden state of prompts padded to the tokenizer's maxim
 encoder stay frozen.
 
 Weights come from a local directory in diffusers layout or the local Hugging Face cache
-(`load`), or are drawn at random from SD 1.5's published architecture for cost-only
-measurements (`random`): time and memory do not depend on the weights' values.
+(`load`; source `sd:<directory or model id>`, or the bare directory of a
+`StableDiffusionPipeline`), or are drawn at random from SD 1.5's published architecture for
+cost-only measurements (`random`; source `random:sd1.5`): time and memory do not depend on the
+weights' values. Sampler: DDIM (`sdo.samplers.ddim`) on the pipeline's noise schedule.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
-import huggingface_hub.constants
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from peft import LoraConfig
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from sdo.models.base import DiffusionModel, seeded
+from sdo.models.base import DiffusionModel
+from sdo.models.pipelines import (
+    PipelineOptions, apply_vae_levers, character_tokenizer, check_weights, not_found, parameter_count, prepare,
+    resolution_of, torch_dtype, vae_decode, with_adapter,
+)
+from sdo.models.registry import register_model
 
 SD15 = {
     "unet": {
@@ -83,7 +87,6 @@ SD15 = {
         "prediction_type": "epsilon",
     },
 }
-ARCHITECTURES = {"1.5": SD15}
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SCHEDULE_KEYS = (  # what the chain takes from a pipeline's scheduler configuration
@@ -98,16 +101,6 @@ PROMPTS = (
     "a close-up photo of a red fox in the snow",
     "an oil painting of a busy city street in the rain",
 )
-
-
-def character_tokenizer(max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP tokenizer without merges: each byte of a word is one token (CLIP's own first 512
-    ids: the bytes, then the bytes that end a word), with start and end tokens at 512 and 513
-    (padding repeats the end token). It stands in for CLIP's 49408-token vocabulary where only
-    sequence lengths matter: random weights, tiny test models."""
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=max_length)
 
 
 class TextUNet(nn.Module):
@@ -131,34 +124,18 @@ class TextUNet(nn.Module):
         return a.sqrt() * out + (1 - a).sqrt() * x
 
 
-def _not_found(source: str, error: OSError) -> FileNotFoundError:
-    directory = Path(source).expanduser().resolve()
-    cache = huggingface_hub.constants.HF_HUB_CACHE
-    return FileNotFoundError(
-        f"Stable Diffusion model {source!r} not found: no complete diffusers layout "
-        f"({', '.join(c + '/' for c in COMPONENTS)}) in the directory {directory}, and no copy of the model id "
-        f"{source!r} in the Hugging Face cache {cache} ({str(error).splitlines()[0]}). "
-        f"Download the model on a machine with network access and pass its directory (e.g. "
-        f"StableDiffusionPipeline.from_pretrained(id).save_pretrained(DIR), or `hf download ID --local-dir DIR`), "
-        f"or pass allow_download=True."
-    )
-
-
+@register_model
 class StableDiffusion(DiffusionModel):
     """A Stable Diffusion 1.x / 2.x (or a few-step distillation of one, e.g. SD-Turbo) pipeline's
-    UNet, VAE, text encoder and noise schedule.
+    UNet, VAE, text encoder and noise schedule. Load options: `PipelineOptions` (the memory
+    levers among them are recorded in `options`); the UNet's attention uses PyTorch's fused
+    scaled-dot-product attention unless `attention_slicing` computes it in slices of heads."""
 
-    Memory levers, recorded in `options`:
-    - `dtype` of every network;
-    - `gradient_checkpointing`: the UNet's and the VAE decoder's blocks recompute their
-      activations during backward (about one extra forward; activations kept per block);
-    - `attention_slicing`: the UNet computes attention in two slices of heads, each with the
-      explicit softmax (it replaces SDPA in the UNet);
-    - `sdpa`: PyTorch's fused scaled-dot-product attention (diffusers' default) rather than
-      the explicit softmax(QK^T)V, which materialises the attention matrix;
-    - `vae_slicing`: the VAE decodes one image of a batch at a time.
-    """
-
+    prefix: ClassVar[str] = "sd"
+    pipelines: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
+    architectures: ClassVar[dict] = {"sd1.5": SD15}
+    domain: ClassVar[str] = "rgb"
+    Options = PipelineOptions
     prompts = PROMPTS
 
     def __init__(
@@ -168,66 +145,41 @@ class StableDiffusion(DiffusionModel):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         scheduler_config: dict,
-        *,
-        resolution: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        options: PipelineOptions,
         device: torch.device | str = "cpu",
-        gradient_checkpointing: bool = False,
-        attention_slicing: bool = False,
-        vae_slicing: bool = False,
-        sdpa: bool = True,
         name: str = "stable-diffusion",
     ):
+        dtype = torch_dtype(options.dtype)
         for module in (unet, vae, text_encoder):
-            module.to(device).eval().requires_grad_(False)
-            if module.dtype != dtype:  # cast only when needed: diffusers warns on every cast
-                module.to(dtype)
-        processor = AttnProcessor2_0() if sdpa else AttnProcessor()
+            prepare(module, device, dtype)
+        processor = AttnProcessor2_0()
         unet.set_attn_processor(processor)
         vae.set_attn_processor(processor)
-        if attention_slicing:
+        if options.attention_slicing:
             unet.set_attention_slice("auto")
-        if gradient_checkpointing:
+        if options.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-            vae.enable_gradient_checkpointing()
-        if vae_slicing:
-            vae.enable_slicing()
+        apply_vae_levers(vae, options)
         self.scheduler_config = {k: v for k, v in scheduler_config.items() if k in SCHEDULE_KEYS}
         self.net = TextUNet(unet, self.scheduler_config, scheduler_config.get("prediction_type", "epsilon"))
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        resolution = resolution or unet.config.sample_size * factor
-        if resolution % factor:
-            raise ValueError(f"resolution must be a multiple of the VAE's downsampling factor {factor}, got {resolution}")
+        resolution = resolution_of(unet.config.sample_size, factor, options.resolution)
         self.state_shape = (unet.config.in_channels, resolution // factor, resolution // factor)
-        self.options = {
-            "model": name,
-            "resolution": resolution,
-            "dtype": str(dtype).removeprefix("torch."),
-            "gradient_checkpointing": gradient_checkpointing,
-            "attention_slicing": attention_slicing,
-            "sdpa": sdpa,
-            "vae_slicing": vae_slicing,
-            "prediction_type": self.net.prediction_type,
-        }
+        self.options = {"model": name, **asdict(options), "resolution": resolution, "prediction_type": self.net.prediction_type}
 
     @classmethod
-    def load(
-        cls,
-        source: str | Path,
-        *,
-        allow_download: bool = False,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        resolution: int | None = None,
-        **levers,
-    ) -> "StableDiffusion":
-        """From a directory in diffusers layout (`StableDiffusionPipeline.save_pretrained`
-        writes one) or a model id in the local Hugging Face cache; nothing is downloaded unless
-        `allow_download`. The resolution defaults to the UNet's sample size times the VAE's
-        factor; `levers` are the memory levers of the class. Raises FileNotFoundError saying
-        where it looked and how to provide the weights."""
-        source, offline = str(source), {"local_files_only": not allow_download}
+    def check(cls, location: str | None, allow_download: bool = False, **options) -> None:
+        check_weights("Stable Diffusion", location, COMPONENTS, allow_download)
+
+    @classmethod
+    def load(cls, location: str | Path, device: torch.device | str = "cpu", **options) -> "StableDiffusion":
+        """From a directory in diffusers layout or a model id in the local Hugging Face cache;
+        nothing is downloaded unless `allow_download`. Raises FileNotFoundError saying where it
+        looked and how to provide the weights."""
+        options = PipelineOptions(**options)
+        source, dtype = str(location), torch_dtype(options.dtype)
+        offline = {"local_files_only": not options.allow_download}
         try:
             parts = {
                 "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **offline),
@@ -237,30 +189,21 @@ class StableDiffusion(DiffusionModel):
             }
             schedule = DDIMScheduler.load_config(source, subfolder="scheduler", **offline)
         except OSError as error:
-            raise _not_found(source, error) from error
-        return cls(
-            **parts, scheduler_config=schedule, resolution=resolution, dtype=dtype, device=device, name=source, **levers
-        )
+            raise not_found("Stable Diffusion", source, COMPONENTS, error) from error
+        return cls(**parts, scheduler_config=schedule, options=options, device=device, name=source)
 
     @classmethod
     def random(
-        cls,
-        version: str = "1.5",
-        resolution: int | None = None,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        **levers,
+        cls, architecture: str = "sd1.5", device: torch.device | str = "cpu", seed: int = 0, **options
     ) -> "StableDiffusion":
-        """Stable Diffusion `version`'s architecture (UNet 860 M, VAE 84 M, text encoder 123 M
+        """Stable Diffusion `architecture`'s networks (UNet 860 M, VAE 84 M, text encoder 123 M
         parameters; default resolution 512) with PyTorch's default random initialisation drawn
         on `device` from `seed`, and a byte-level tokenizer: for measuring time and memory
         only. Cost: drawing 1.07 G random numbers, about 25 s on 2 CPU cores and well under a
         second on a GPU; device="meta" allocates nothing (parameter counts, shapes)."""
-        if version not in ARCHITECTURES:
-            raise ValueError(f"unknown Stable Diffusion version {version!r}; known: {sorted(ARCHITECTURES)}")
-        config = ARCHITECTURES[version]
+        if architecture not in cls.architectures:
+            raise ValueError(f"unknown Stable Diffusion architecture {architecture!r}; known: {sorted(cls.architectures)}")
+        config = cls.architectures[architecture]
         device = torch.device(device)
         cuda = device.type == "cuda"
         with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda" if cuda else "cpu"), device:
@@ -270,8 +213,8 @@ class StableDiffusion(DiffusionModel):
             text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
         tokenizer = character_tokenizer(config["text_encoder"]["max_position_embeddings"])
         return cls(
-            unet, vae, text_encoder, tokenizer, config["scheduler"],
-            resolution=resolution, dtype=dtype, device=device, name=f"random SD {version}", **levers,
+            unet, vae, text_encoder, tokenizer, config["scheduler"], PipelineOptions(**options), device=device,
+            name=f"random:{architecture}",
         )
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -283,28 +226,15 @@ class StableDiffusion(DiffusionModel):
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), roughly in [-1, 1]: one VAE decoder pass, differentiable."""
-        return self.vae.decode(state / self.vae.config.scaling_factor).sample
+        return vae_decode(self.vae, state)
 
     def with_lora(self, rank: int, seed: int = 0) -> "StableDiffusion":
         """A copy sharing the frozen VAE and text encoder whose UNet is a deep copy: with LoRA
-        adapters of `rank` on every attention projection (to_q, to_k, to_v, to_out.0; A
-        Gaussian, B zero, so the outputs start unchanged) as the only trainable weights, or for
-        rank 0 with every UNet weight trainable."""
-        if rank < 0:
-            raise ValueError(f"lora_rank must be >= 0 (0: all UNet weights), got {rank}")
-        tuned = copy.copy(self)
-        tuned.net = copy.deepcopy(self.net).requires_grad_(rank == 0)
-        if rank:
-            with seeded(seed):
-                tuned.net.unet.add_adapter(
-                    LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
-                )
-            for name, param in tuned.net.named_parameters():
-                param.requires_grad_("lora_" in name)
-        tuned.options = {**self.options, "lora_rank": rank}
-        return tuned
+        adapters of `rank` on every attention projection (to_q, to_k, to_v, to_out.0) as the
+        only trainable weights, or for rank 0 with every UNet weight trainable."""
+        return with_adapter(self, rank, seed, LORA_TARGETS, "unet")
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per network, in numbers of scalars."""
         networks = {"unet": self.net.unet, "vae": self.vae, "text_encoder": self.text_encoder}
-        return {name: sum(p.numel() for p in module.parameters()) for name, module in networks.items()}
+        return {name: parameter_count(module) for name, module in networks.items()}

@@ -12,25 +12,28 @@ from safetensors.torch import load_file, save_file
 from sdo.models.classifier import DigitClassifier
 from sdo.models.denoiser import DigitDenoiser
 
-KINDS = {"denoiser": DigitDenoiser, "classifier": DigitClassifier}
+KINDS = {"denoiser": DigitDenoiser, "flow_denoiser": DigitDenoiser, "classifier": DigitClassifier}
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "results" / "models"
 
 
 def save(model: torch.nn.Module, kind: str, directory: Path | str = DEFAULT_DIR, metrics: dict | None = None) -> Path:
-    """Write `<kind>.safetensors` and `<kind>.json` atomically (temporary file, then rename)."""
+    """Write `<kind>.safetensors` and `<kind>.json` atomically (temporary file, then rename),
+    readable by everyone (0644) whatever the umask or the writer's default."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights, meta = directory / f"{kind}.safetensors", directory / f"{kind}.json"
     state = {k: v.detach().contiguous().float() for k, v in model.state_dict().items()}
     save_file(state, f"{weights}.tmp")
     meta.with_suffix(".json.tmp").write_text(json.dumps({"config": model.config, "metrics": metrics or {}}, indent=2))
+    for temporary in (f"{weights}.tmp", meta.with_suffix(".json.tmp")):
+        os.chmod(temporary, 0o644)
     os.replace(f"{weights}.tmp", weights)
     os.replace(meta.with_suffix(".json.tmp"), meta)
     return weights
 
 
 def load(kind: str, directory: Path | str = DEFAULT_DIR, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The trained `kind` ('denoiser' or 'classifier') in eval mode with gradients switched off."""
+    """The trained `kind` (one of `KINDS`) in eval mode with gradients switched off."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(KINDS)}")
     directory = Path(directory)

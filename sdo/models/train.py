@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from sdo.models.classifier import DigitClassifier
 from sdo.models.data import NUM_CLASSES, load_split
-from sdo.models.denoiser import DEFAULT_CONFIG, DigitDenoiser
+from sdo.models.denoiser import DEFAULT_CONFIG, FLOW_CONFIG, DigitDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +28,59 @@ def _batches(n: int, batch: int, steps: int, generator: torch.Generator):
         order = order[batch:]
 
 
+def _noised_ddpm(config: dict):
+    """The DDIM model's objective: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise at a uniform
+    integer t; the target is the noise."""
+    schedule = DDPMScheduler(**config["scheduler"])
+
+    def noised(x0, noise, generator):
+        t = torch.randint(0, schedule.config.num_train_timesteps, (len(x0),), generator=generator)
+        return schedule.add_noise(x0, noise, t), t, noise
+
+    return noised
+
+
+def _noised_flow(config: dict):
+    """Rectified flow's objective: z = (1 - sigma) x_0 + sigma noise at a uniform sigma in
+    (0, 1], the network's timestep 1000 sigma; the target is the velocity noise - x_0."""
+    scale = config["scheduler"]["num_train_timesteps"]
+
+    def noised(x0, noise, generator):
+        sigma = 1 - torch.rand(len(x0), generator=generator)
+        s = sigma.view(-1, 1, 1, 1)
+        return (1 - s) * x0 + s * noise, sigma * scale, noise - x0
+
+    return noised
+
+
+OBJECTIVES = {"denoiser": (DEFAULT_CONFIG, _noised_ddpm), "flow_denoiser": (FLOW_CONFIG, _noised_flow)}
+
+
 def train_denoiser(
-    steps: int = 2500, batch: int = 64, lr: float = 1e-3, label_dropout: float = 0.1, seed: int = 0
+    steps: int = 2500, batch: int = 64, lr: float = 1e-3, label_dropout: float = 0.1, seed: int = 0, kind: str = "denoiser"
 ) -> DigitDenoiser:
-    """Epsilon objective on noised train digits; labels dropped to the null prompt with
-    probability `label_dropout` so classifier-free guidance works. Returns the EMA weights."""
+    """The `kind` network (`denoiser`: noise prediction; `flow_denoiser`: rectified-flow
+    velocity) trained on the train digits by mean squared error; labels dropped to the null
+    prompt with probability `label_dropout` so classifier-free guidance works. Returns the EMA
+    weights."""
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown denoiser kind {kind!r}; known: {sorted(OBJECTIVES)}")
+    config, objective = OBJECTIVES[kind]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_split("train")
-    model = DigitDenoiser(DEFAULT_CONFIG).train()
-    noise_schedule = DDPMScheduler(**DEFAULT_CONFIG["scheduler"])
+    model = DigitDenoiser(config).train()
+    noised = objective(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps)
     ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True)
-    progress = tqdm(_batches(len(labels), batch, steps, generator), total=steps, desc="denoiser", mininterval=5)
+    progress = tqdm(_batches(len(labels), batch, steps, generator), total=steps, desc=kind, mininterval=5)
     for index in progress:
         x0, y = images[index], labels[index].clone()
         y[torch.rand(len(y), generator=generator) < label_dropout] = NUM_CLASSES
         noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(y),), generator=generator)
-        loss = F.mse_loss(model(noise_schedule.add_noise(x0, noise, t), t, model.embed(y)), noise)
+        x, t, target = noised(x0, noise, generator)
+        loss = F.mse_loss(model(x, t, model.embed(y)), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,9 +1,8 @@
-"""Optimisation tasks, one per parameter type of sampling: latents, conditioning, weights."""
+"""Optimisation tasks, one per parameter type of sampling: latents, conditioning, weights. Each
+task file registers itself; importing this package imports the built-in ones."""
 
-from sdo.tasks import conditioning, finetune, latent
-from sdo.tasks.loop import Diverged, Settings, TaskResult
+from sdo.tasks import conditioning, finetune, latent  # noqa: F401
+from sdo.tasks.loop import Audit, Diverged, Settings, TaskResult, Trace
+from sdo.tasks.registry import TASKS, Task, register_task
 
-TASKS = {"latent": latent.optimise_latent, "conditioning": conditioning.optimise_conditioning, "finetune": finetune.finetune}
-TASK_WRT = {"latent": latent.WRT, "conditioning": conditioning.WRT, "finetune": finetune.WRT}
-
-__all__ = ["TASKS", "TASK_WRT", "Diverged", "Settings", "TaskResult"]
+__all__ = ["TASKS", "Audit", "Diverged", "Settings", "Task", "TaskResult", "Trace", "register_task"]

@@ -2,54 +2,71 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from sdo import conditioning
 from sdo.estimators import Estimator, Problem
-from sdo.models.base import NULL_PROMPT, DiffusionModel
+from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, held_out, image_loss, optimise, reward_monitor,
+    Evaluator, Monitor, Reward, Settings, TaskResult, held_out, image_loss, optimise, reward_monitor, start_deviation,
 )
+from sdo.tasks.registry import null_prompt, register_task
 
-WRT = "cond"
+
+@dataclass
+class ConditioningOptions:
+    """`prompt`: the starting conditioning ('none': the null prompt); `eval_samples`: held-out
+    samples for the final metrics; `monitor_samples`: held-out samples per evaluation."""
+
+    prompt: str = ""
+    eval_samples: int = 100
+    monitor_samples: int = 32
+
+    def __post_init__(self):
+        self.prompt = null_prompt(self.prompt)
 
 
+@register_task("conditioning", wrt="cond", options=ConditioningOptions)
 def optimise_conditioning(
-    model: DiffusionModel,
-    reward: Reward,
-    estimator: Estimator,
-    settings: Settings,
-    *,
-    prompt: str = NULL_PROMPT,
-    eval_samples: int = 100,
+    model: DiffusionModel, reward: Reward, estimator: Estimator, settings: Settings, options: ConditioningOptions,
     monitor: Monitor | None = None,
 ) -> TaskResult:
-    """Adam on a single conditioning sequence shared by the batch (as in textual inversion and
-    AdjointDPM's vocabulary expansion), starting from `prompt`'s encoding. Each iteration draws
-    fresh latents, so the conditioning must work for any noise; progress is monitored on
-    `settings.monitor_samples` fixed held-out latents, and the final samples come from
-    `eval_samples` other latents never used in training."""
+    """Adam on the prompt embeddings of one conditioning shared by the batch (as in textual
+    inversion and AdjointDPM's vocabulary expansion), starting from the prompt's encoding; a
+    model's other conditioning tensors (pooled embeddings, ids) stay as the prompt gives them.
+    Each iteration draws fresh latents, so the conditioning must work for any noise; progress
+    is monitored on fixed held-out latents, and the final samples come from other latents never
+    used in training."""
     generator = torch.Generator().manual_seed(settings.seed)
-    cond = model.encode([prompt]).detach().clone()
-    start = cond.clone()
+    encoded = conditioning.detach(model.encode([options.prompt]))
+    embeddings = conditioning.primary(encoded).clone().requires_grad_()
+    start = conditioning.with_primary(encoded, conditioning.primary(encoded).clone())
+    cond = conditioning.with_primary(encoded, embeddings)
     chain = settings.chain(model)
-    optimizer = torch.optim.Adam([cond], lr=settings.lr or 0.05, betas=settings.betas)
+    optimizer = torch.optim.Adam([embeddings], lr=settings.lr or 0.05, betas=settings.betas)
 
     def problem_at(i: int) -> Problem:
         latent = model.latent_batch(settings.batch, generator)
         if settings.eta:
             chain.fix_noise(latent, generator)
-        return Problem(chain, latent, cond, WRT)
+        return Problem(chain, latent, cond, "cond")
 
-    watched, watch_chain = held_out(model, settings, settings.monitor_samples, offset=20_000)
+    watched, watch_chain = held_out(model, settings, options.monitor_samples, offset=20_000)
     evaluate = Evaluator(
         lambda: model.decode(estimator.sample(watch_chain, watched, cond)),
         monitor or reward_monitor(reward),
         settings.eval_every,
         settings.iters,
     )
-    trace = optimise(estimator, problem_at, [cond], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate)
-    latent, final_chain = held_out(model, settings, eval_samples, offset=10_000)
+    trace = optimise(
+        estimator, problem_at, [embeddings], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate,
+        audit=settings.audit, budget_bytes=settings.budget_bytes,
+    )
+    latent, final_chain = held_out(model, settings, options.eval_samples, offset=10_000)
     with torch.no_grad():
         final = model.decode(estimator.sample(final_chain, latent, cond))
         baseline = model.decode(estimator.sample(final_chain, latent, start))
-    return TaskResult(trace, final, None, baseline, evaluate.rows)
+    deviation = start_deviation(estimator, final_chain, latent, start)
+    return TaskResult(trace, final, None, baseline, evaluate.rows, deviation)

@@ -3,33 +3,41 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from sdo.estimators import Estimator, Problem
-from sdo.models.base import NULL_PROMPT, DiffusionModel
-from sdo.tasks.loop import Evaluator, Monitor, Reward, Settings, TaskResult, image_loss, optimise, reward_monitor
+from sdo.models.base import DiffusionModel
+from sdo.tasks.loop import (
+    Evaluator, Monitor, Reward, Settings, TaskResult, image_loss, optimise, reward_monitor, start_deviation,
+)
+from sdo.tasks.registry import null_prompt, register_task
 
-WRT = "latent"
+
+@dataclass
+class LatentOptions:
+    """`prompt`: the conditioning ('none': the null prompt); `renormalize`: project each latent
+    back to norm sqrt(d) after every step, as DOODL does, to keep it typical of the Gaussian."""
+
+    prompt: str = ""
+    renormalize: bool = False
+
+    def __post_init__(self):
+        self.prompt = null_prompt(self.prompt)
 
 
+@register_task("latent", wrt="latent", options=LatentOptions)
 def optimise_latent(
-    model: DiffusionModel,
-    reward: Reward,
-    estimator: Estimator,
-    settings: Settings,
-    *,
-    prompt: str = NULL_PROMPT,
-    renormalize: bool = False,
+    model: DiffusionModel, reward: Reward, estimator: Estimator, settings: Settings, options: LatentOptions,
     monitor: Monitor | None = None,
 ) -> TaskResult:
-    """Adam on a batch of initial latents drawn from the settings' seed, conditioned on `prompt`.
-    `renormalize` projects each latent back to norm sqrt(d) after every step, as DOODL does, to
-    keep it typical of the Gaussian. The latents are the parameters, so their own samples are
-    the evaluation (no fresh noise enters); `monitor` scores them (default: mean reward)."""
+    """Adam on a batch of initial latents drawn from the settings' seed, conditioned on the
+    prompt. The latents are the parameters, so their own samples are the evaluation (no fresh
+    noise enters); `monitor` scores them (default: mean reward)."""
     generator = torch.Generator().manual_seed(settings.seed)
     latent = model.latent_batch(settings.batch, generator)
-    cond = model.encode([prompt]).detach()
+    cond = model.encode([options.prompt])
     start = latent.clone()
     chain = settings.chain(model)
     if settings.eta:
@@ -45,15 +53,11 @@ def optimise_latent(
 
     evaluate = Evaluator(lambda: images(latent), monitor or reward_monitor(reward), settings.eval_every, settings.iters)
     trace = optimise(
-        estimator,
-        lambda i: Problem(chain, latent, cond, WRT),
-        [latent],
-        image_loss(model, reward),
-        optimizer,
-        settings.iters,
-        after_step=renormalise if renormalize else None,
-        evaluate=evaluate,
+        estimator, lambda i: Problem(chain, latent, cond, "latent"), [latent], image_loss(model, reward), optimizer,
+        settings.iters, after_step=renormalise if options.renormalize else None, evaluate=evaluate,
+        audit=settings.audit, budget_bytes=settings.budget_bytes,
     )
     with torch.no_grad():
         final, baseline = images(latent), images(start)
-    return TaskResult(trace, final, [prompt] * settings.batch, baseline, evaluate.rows)
+    deviation = start_deviation(estimator, chain, start, cond)
+    return TaskResult(trace, final, [options.prompt] * settings.batch, baseline, evaluate.rows, deviation)

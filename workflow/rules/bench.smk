@@ -1,23 +1,23 @@
 # Fidelity and cost of every estimator on the same problem: one process per
-# (parameter type, T, variant), one at a time so timings and peaks are the job's own.
+# (model, parameter type, T, variant), one at a time so timings and peaks are the job's own.
 
 
 rule bench_reference:
     input:
-        **MODEL_FILES,
+        model_inputs,
     output:
-        row="results/bench/{wrt}/T{steps}/{variant}.json",
-        gradient="results/bench/{wrt}/T{steps}/{variant}.safetensors",
+        row=BENCH_ROW,
+        gradient="results/bench/{model}/{wrt}/T{steps}/{variant}.safetensors",
     wildcard_constraints:
         variant="full",
         steps=r"\d+",
+        model="|".join(map(re.escape, SOURCES)),
     params:
-        models=models_dir,
         flags=bench_flags,
     log:
-        "results/logs/bench/{wrt}/T{steps}/{variant}.log",
+        "results/logs/bench/{model}/{wrt}/T{steps}/{variant}.log",
     benchmark:
-        "results/benchmarks/bench/{wrt}/T{steps}/{variant}.tsv"
+        "results/benchmarks/bench/{model}/{wrt}/T{steps}/{variant}.tsv"
     threads: BENCH.get("threads", 2)
     resources:
         mem_mb=BENCH.get("mem_mb", 8000),
@@ -26,25 +26,25 @@ rule bench_reference:
         "../envs/sdo.yaml"
     shell:
         "python -m evals.cli --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} {params.flags} "
-        "--models {params.models} --save-gradient {output.gradient} --out {output.row} --sweep > {log} 2>&1"
+        "--save-gradient {output.gradient} --out {output.row} --sweep > {log} 2>&1"
 
 
 rule bench_estimator:
     input:
-        **MODEL_FILES,
-        reference="results/bench/{wrt}/T{steps}/full.safetensors",
+        model_inputs,
+        reference="results/bench/{model}/{wrt}/T{steps}/full.safetensors",
     output:
-        row="results/bench/{wrt}/T{steps}/{variant}.json",
+        row=BENCH_ROW,
     wildcard_constraints:
         variant=r"(?!full\b)[a-z0-9_]+",
         steps=r"\d+",
+        model="|".join(map(re.escape, SOURCES)),
     params:
-        models=models_dir,
         flags=bench_flags,
     log:
-        "results/logs/bench/{wrt}/T{steps}/{variant}.log",
+        "results/logs/bench/{model}/{wrt}/T{steps}/{variant}.log",
     benchmark:
-        "results/benchmarks/bench/{wrt}/T{steps}/{variant}.tsv"
+        "results/benchmarks/bench/{model}/{wrt}/T{steps}/{variant}.tsv"
     threads: BENCH.get("threads", 2)
     resources:
         mem_mb=BENCH.get("mem_mb", 8000),
@@ -53,14 +53,14 @@ rule bench_estimator:
         "../envs/sdo.yaml"
     shell:
         "python -m evals.cli --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} {params.flags} "
-        "--models {params.models} --reference {input.reference} --out {output.row} --sweep > {log} 2>&1"
+        "--reference {input.reference} --out {output.row} --sweep > {log} 2>&1"
 
 
 rule fidelity_table:
     input:
         BENCH_ROWS,
     output:
-        report("results/tables/fidelity.csv", caption="../report/fidelity.rst", category="Fidelity and cost"),
+        report("results/tables/fidelity.csv", caption="../report/fidelity.rst", category="5. Fidelity and cost"),
     log:
         "results/logs/fidelity_table.log",
     conda:
@@ -73,8 +73,8 @@ rule fidelity_figures:
     input:
         rules.fidelity_table.output,
     output:
-        fidelity=report("results/figures/fidelity_vs_steps.png", caption="../report/fidelity_figures.rst", category="Fidelity and cost"),
-        cost=report("results/figures/bench_cost_vs_steps.png", caption="../report/fidelity_figures.rst", category="Fidelity and cost"),
+        fidelity=report("results/figures/fidelity_vs_steps.png", caption="../report/fidelity_figures.rst", category="5. Fidelity and cost"),
+        cost=report("results/figures/bench_cost_vs_steps.png", caption="../report/fidelity_figures.rst", category="5. Fidelity and cost"),
     log:
         "results/logs/fidelity_figures.log",
     conda:

@@ -2,20 +2,35 @@
 
 import shlex
 
-from evals.config import bench_arguments, guide_arguments, run_arguments
+import re
 
-MODELS = config["models"]
+from evals.config import (
+    active_tasks, backward_cost_arguments, bench_arguments, guide_arguments, model_arguments, run_arguments, slug,
+)
+
+WEIGHTS = config["weights"]
 RUNS = config["runs"]
 BENCH = config["bench"]
-MODEL_FILES = {
-    "denoiser": f"{MODELS}/denoiser.safetensors",
-    "denoiser_meta": f"{MODELS}/denoiser.json",
-    "classifier": f"{MODELS}/classifier.safetensors",
-    "classifier_meta": f"{MODELS}/classifier.json",
+TASKS = active_tasks(config)  # the tasks that run, with their selected models and variants
+SOURCES = {slug(source): source for source in config["model_options"]}  # path segment -> model source
+WEIGHT_FILES = {  # the committed weights each embedded model needs (rules retrain a missing one)
+    "embedded": ["denoiser", "classifier"],
+    "embedded-flow": ["flow_denoiser", "classifier"],
 }
 
-RUN_RECORD = "results/runs/{task}/{variant}/T{steps}/seed{seed}.json"
-GUIDED_RECORD = "results/guidance/T{steps}/r{repeats}/seed{seed}.json"
+RUN_RECORD = "results/runs/{model}/{task}/{variant}/T{steps}/seed{seed}.json"
+GUIDED_RECORD = "results/guidance/{model}/T{steps}/r{repeats}/seed{seed}.json"
+BENCH_ROW = "results/bench/{model}/{wrt}/T{steps}/{variant}.json"
+
+
+def weight_files(source):
+    """The weight and config files a model source reads from the weights directory."""
+    kinds = WEIGHT_FILES.get(source, [])
+    return [f"{WEIGHTS}/{kind}.{suffix}" for kind in kinds for suffix in ("safetensors", "json")]
+
+
+def model_inputs(wildcards):
+    return weight_files(SOURCES[wildcards.model])
 
 
 def seeds_of(task):
@@ -25,30 +40,27 @@ def seeds_of(task):
 
 RUN_RECORDS = [
     record
-    for task, spec in RUNS["tasks"].items()
-    for record in expand(RUN_RECORD, task=task, variant=spec["variants"], steps=spec["steps"], seed=seeds_of(task))
+    for task, block in TASKS.items()
+    for record in expand(
+        RUN_RECORD, model=map(slug, block["models"]), task=task, variant=block["variants"], steps=block["steps"],
+        seed=seeds_of(task),
+    )
 ]
 
-LATENT = RUNS["tasks"].get("latent")
+LATENT = TASKS.get("latent")
 GUIDED_RECORDS = (
-    expand(GUIDED_RECORD, steps=LATENT["steps"], repeats=config["guidance"]["repeats"], seed=seeds_of("latent"))
+    expand(GUIDED_RECORD, model=map(slug, LATENT["models"]), steps=LATENT["steps"], repeats=config["guidance"]["repeats"],
+           seed=seeds_of("latent"))
     if LATENT and "guidance" in config
     else []
 )
 
-BENCH_ROWS = expand(
-    "results/bench/{wrt}/T{steps}/{variant}.json",
-    wrt=BENCH["wrt"],
-    steps=BENCH["steps"],
-    variant=list(BENCH["variants"]),
-)
+BACKWARD_COSTS = [f"results/backward_cost/{slug(source)}/{task}.json" for task, block in TASKS.items() for source in block["models"]]
 
-
-def models_dir(wildcards, input):
-    """The directory holding the model files a rule takes as input."""
-    return os.path.dirname(input.denoiser)
+BENCH_ROWS = expand(BENCH_ROW, model=map(slug, BENCH["models"]), wrt=BENCH["wrt"], steps=BENCH["steps"],
+                    variant=list(BENCH["variants"]))
 
 
 def bench_flags(wildcards):
-    """Only this variant's values and the bench's shared ones."""
-    return shlex.join(bench_arguments(config, wildcards.variant))
+    """Only this model's and variant's values and the bench's shared ones."""
+    return shlex.join(bench_arguments(config, SOURCES[wildcards.model], wildcards.variant))

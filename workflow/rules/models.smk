@@ -1,61 +1,60 @@
-# The embedded models. Their weights and configs are committed; these rules run only when a
-# model file is missing or a run is forced (`snakemake --forcerun train_denoiser`).
+# The embedded models. Their weights and configs are committed; the training rule runs only
+# when a model file is missing or a run is forced (`snakemake --forcerun train`).
 
 
-rule train_classifier:
+rule train:
     output:
-        weights=MODEL_FILES["classifier"],
-        meta=MODEL_FILES["classifier_meta"],
+        weights=f"{WEIGHTS}/{{kind}}.safetensors",
+        meta=f"{WEIGHTS}/{{kind}}.json",
+    wildcard_constraints:
+        kind="denoiser|flow_denoiser|classifier",
     log:
-        "results/logs/train_classifier.log",
+        "results/logs/train/{kind}.log",
     benchmark:
-        "results/benchmarks/train_classifier.tsv"
-    threads: 2
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/sdo.yaml"
-    shell:
-        "python -m evals.cli --threads {threads} train classifier --out $(dirname {output.weights}) > {log} 2>&1"
-
-
-rule train_denoiser:
-    output:
-        weights=MODEL_FILES["denoiser"],
-        meta=MODEL_FILES["denoiser_meta"],
-    log:
-        "results/logs/train_denoiser.log",
-    benchmark:
-        "results/benchmarks/train_denoiser.tsv"
+        "results/benchmarks/train/{kind}.tsv"
     threads: 2
     resources:
         mem_mb=3000,
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} train denoiser --out $(dirname {output.weights}) > {log} 2>&1"
+        "python -m evals.cli --threads {threads} train {wildcards.kind} --out $(dirname {output.weights}) > {log} 2>&1"
 
 
-rule model_quality:
+rule model_quality_of:
     input:
-        **MODEL_FILES,
+        model_inputs,
     output:
-        record="results/tables/model_quality.json",
-        grid=report("results/tables/model_quality.png", caption="../report/model_quality.rst", category="Model"),
+        record="results/quality/{model}.json",
+        grid=report("results/quality/{model}.png", caption="../report/model_quality.rst", category="4. Models"),
     params:
-        models=models_dir,
+        model=lambda wildcards: shlex.join(
+            model_arguments(config, SOURCES[wildcards.model]) + ["--cfg-scale", *map(str, config["quality"]["cfg_scales"])]
+        ),
         steps=config["quality"]["steps"],
         per_label=config["quality"]["per_label"],
-        guidance=" ".join(map(str, config["quality"]["guidance"])),
     log:
-        "results/logs/model_quality.log",
+        "results/logs/quality/{model}.log",
     benchmark:
-        "results/benchmarks/model_quality.tsv"
+        "results/benchmarks/quality/{model}.tsv"
     threads: config["quality"].get("threads", 2)
     resources:
         mem_mb=3000,
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} quality --models {params.models} --steps {params.steps} "
-        "--guidance {params.guidance} --per-label {params.per_label} --out {output.record} > {log} 2>&1"
+        "python -m evals.cli --threads {threads} quality {params.model} --steps {params.steps} "
+        "--per-label {params.per_label} --out {output.record} > {log} 2>&1"
+
+
+rule model_quality:
+    input:
+        [f"results/quality/{slug(source)}.json" for source in config["quality"]["models"]],
+    output:
+        report("results/tables/model_quality.csv", caption="../report/model_quality.rst", category="4. Models"),
+    log:
+        "results/logs/model_quality.log",
+    conda:
+        "../envs/sdo.yaml"
+    script:
+        "../scripts/model_quality_table.py"

@@ -1,4 +1,4 @@
-"""Draw the convergence, cost and sample figures from the run tables."""
+"""Draw the verdict, convergence, fidelity, trade-off and sample figures from the run tables."""
 
 import logging
 
@@ -6,14 +6,23 @@ from checkout import log_to
 
 import pandas as pd
 
-from evals.figures import cost_vs_steps, reward_vs_iter, reward_vs_seconds, sample_grids, tradeoff
+from evals import figures
 
 log_to(snakemake.log[0])
-evaluations = pd.read_csv(snakemake.input.evaluations)
-summary = pd.read_csv(snakemake.input.summary)
-reward_vs_iter(evaluations, snakemake.output.reward)
-reward_vs_seconds(evaluations, snakemake.output.seconds)
-tradeoff(pd.read_csv(snakemake.input.methods), snakemake.output.tradeoff)
-cost_vs_steps(summary, snakemake.output.cost)
-sample_grids(summary, snakemake.output.samples)
+
+
+def read(path):
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+evaluations, summary = read(snakemake.input.evaluations), read(snakemake.input.summary)
+figures.verdicts(read(snakemake.input.verdicts), snakemake.output.verdicts)
+figures.reward_vs_cost(evaluations, snakemake.output.cost)
+figures.reward_vs_seconds(evaluations, snakemake.output.seconds)
+figures.fidelity_along_runs(read(snakemake.input.audits), snakemake.output.fidelity)
+figures.tradeoff(read(snakemake.input.methods), snakemake.output.tradeoff)
+figures.sample_grids(summary, snakemake.output.samples)
 logging.info("figures written")

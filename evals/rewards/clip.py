@@ -1,15 +1,18 @@
-"""Differentiable rewards on RGB images from CLIP models, loaded from local paths only.
+"""Differentiable rewards on RGB images from CLIP models, loaded from local paths only:
+`clip` (CLIP similarity to a text), `aesthetic` (the LAION aesthetic predictor over CLIP
+ViT-L/14), `style` (Gram matrices of CLIP patch tokens against a style image), and the
+`mean_square` stand-in for cost measurements without any reward weights.
 
 Each reward is a callable `images (B, 3, H, W) in [-1, 1] -> (B,)` scores, higher is better.
 CLIP's preprocessing (resize the shortest side, centre crop, normalise with the processor's
 mean and std) runs in torch, so gradients reach the images; the cost is one CLIP vision pass
-per call. Beside them, two evaluation metrics: CLIP score, and Inception FID against a folder
-of reference images. Nothing is downloaded: a missing path raises FileNotFoundError saying
-what it should hold.
+per call. Beside them, the CLIP score metric. Nothing is downloaded: a missing path raises
+FileNotFoundError saying what it should hold.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPModel, CLIPProcessor
 
-from evals.metrics import inception_fid, load_image, load_image_folder
-from evals.rewards import _gram, _ModelReward
+from evals.images import load_image
+from evals.rewards import register_reward
+from evals.rewards.base import ModelReward, gram
 
 CLIP_CONTENTS = (
     "a CLIP model directory (config.json, weights, tokenizer and preprocessor configuration, as CLIPModel and "
@@ -34,7 +38,7 @@ def _existing(path: str | Path, contents: str) -> Path:
     return path
 
 
-class _ClipReward(_ModelReward):
+class _ClipReward(ModelReward):
     """A CLIP model (and any extra scoring modules) from a local directory, on `device`."""
 
     def __init__(self, clip_dir: str | Path, device: torch.device | str = "cpu", **extra: nn.Module):
@@ -144,14 +148,14 @@ class ClipStyle(_ClipReward):
     def gram(self, images: torch.Tensor) -> torch.Tensor:
         clip = self.model_for(images)["clip"]
         hidden = clip.vision_model(pixel_values=self.pixels(images), output_hidden_states=True).hidden_states[self.layer]
-        return _gram(hidden[:, 1:].transpose(1, 2))
+        return gram(hidden[:, 1:].transpose(1, 2))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return -((self.gram(images) - self.reference.to(images)) ** 2).sum(dim=(1, 2))
 
 
 @torch.no_grad()
-def clip_score_metric(images: torch.Tensor, prompts: list[str], model_dir: str | Path) -> float:
+def clip_score(images: torch.Tensor, prompts: list[str], model_dir: str | Path) -> float:
     """CLIP score as torchmetrics defines it: 100 * max(cos(image_i, prompt_i), 0), averaged
     over the pairs, with CLIP from a local directory. (torchmetrics' own CLIPScore fails with
     transformers 5, whose get_image_features returns a model output, and takes hub names only.)"""
@@ -163,7 +167,69 @@ def clip_score_metric(images: torch.Tensor, prompts: list[str], model_dir: str |
     return float(100 * cosine.clamp(min=0).mean())
 
 
-def inception_fid_folder(samples: torch.Tensor, reference_dir: str | Path, weights: str | Path) -> float:
-    """Inception FID (`evals.metrics.inception_fid`) of `samples` against every image in
-    `reference_dir`, resized to the samples' size."""
-    return inception_fid(samples, load_image_folder(reference_dir, size=samples.shape[-2:]), weights)
+def mean_square(images: torch.Tensor) -> torch.Tensor:
+    """Minus each image's mean squared value: as a loss, the decoded images' mean square (a
+    stand-in with the decode in the gradient path, for cost measurements without reward weights)."""
+    return -(images**2).flatten(1).mean(1)
+
+
+@dataclass
+class ClipOptions:
+    """`clip_model`: a local CLIP model directory; `text`: the text the images should match
+    (empty: the model's first prompt)."""
+
+    clip_model: str = ""
+    text: str = ""
+
+
+@dataclass
+class AestheticOptions:
+    """`clip_model`: a local CLIP ViT-L/14 directory; `head`: the LAION aesthetic predictor
+    head's weights (.safetensors, or a torch state dict)."""
+
+    clip_model: str = ""
+    head: str = ""
+
+
+@dataclass
+class StyleOptions:
+    """`clip_model`: a local CLIP directory (the SDO authors use ViT-B/16); `image`: the style
+    image; `layer`: the vision layer whose patch tokens are compared."""
+
+    clip_model: str = ""
+    image: str = ""
+    layer: int = 3
+
+
+@dataclass
+class NoOptions:
+    """No options."""
+
+
+def _given(value: str, key: str, reward: str) -> str:
+    if not value:
+        raise ValueError(f"the {reward} reward needs the reward option {key}")
+    return value
+
+
+@register_reward("clip", "rgb", ClipOptions)
+def clip_reward(context, options: ClipOptions):
+    text = options.text or (context.model.prompts[0] if context.model.prompts else "")
+    return ClipSimilarity(_given(options.clip_model, "clip_model", "clip"), _given(text, "text", "clip"), context.device)
+
+
+@register_reward("aesthetic", "rgb", AestheticOptions)
+def aesthetic_reward(context, options: AestheticOptions):
+    clip_dir = _given(options.clip_model, "clip_model", "aesthetic")
+    return AestheticScore(clip_dir, _given(options.head, "head", "aesthetic"), context.device)
+
+
+@register_reward("style", "rgb", StyleOptions)
+def style_reward(context, options: StyleOptions):
+    clip_dir = _given(options.clip_model, "clip_model", "style")
+    return ClipStyle(clip_dir, _given(options.image, "image", "style"), options.layer, context.device)
+
+
+@register_reward("mean_square", "rgb", NoOptions)
+def mean_square_reward(context, options: NoOptions):
+    return mean_square

@@ -1,0 +1,120 @@
+"""A sweep's records turned into its tables: what `snakemake` writes to results/tables, as one
+function a notebook can call too. Whatever the runs' statuses, every table comes out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from evals import statistics
+from evals.guide import guidance_table
+from evals.tables import audits_table, evaluations_table, methods_table, pooled_quality, read_records, runs_table, status_counts
+
+log = logging.getLogger(__name__)
+NOMINAL_BACKWARD = 2.0  # a backward pass in forward passes, where no measurement finished
+
+
+def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], float]:
+    """(model, task) -> the measured backward / forward cost, from `sdo backward-cost` records
+    named results/backward_cost/<model slug>/<task>.json."""
+    weights = {}
+    for path in map(Path, paths):
+        record = json.loads(path.read_text())
+        if record["status"] == "ok":
+            weights[record["config"]["model"], path.stem] = float(record["backward_vs_forward"])
+    return weights
+
+
+def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """The iterations (or evaluations, whose counts are cumulative) with `backward_weight` and
+    `cost` = nfe_forward + w nfe_backward, in forward passes."""
+    frame = iterations.copy()
+    if frame.empty or "nfe_forward" not in frame:
+        return frame.assign(backward_weight=pd.Series(dtype=float), cost=pd.Series(dtype=float))
+    frame["backward_weight"] = [weights.get((m, t), NOMINAL_BACKWARD) for m, t in zip(frame["model"], frame["task"])]
+    frame["cost"] = frame["nfe_forward"] + frame["backward_weight"] * frame["nfe_backward"]
+    return frame
+
+
+def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The quality guard per model: its domain's guard metric (distance to real digits, or
+    Inception FID), compared with full's interval."""
+    from evals.domains import DOMAINS
+    from sdo.models import resolve
+
+    frames = []
+    for model, runs in summary.groupby("model"):
+        guard = DOMAINS[resolve(str(model)).cls.domain].guard
+        if guard is not None and len(per_run):
+            frames.append(statistics.quality_guard(runs, per_run[per_run["model"] == model], *guard, reference=reference))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*statistics.KEYS, "variant", "reward_hacked"])
+
+
+def build_tables(records: list, guided: list, backward: list, settings: dict, weights_dir: str | Path | None = None) -> dict:
+    """Every table of a sweep from its run records, guided records and backward-cost records,
+    with the config's `statistics` block as `settings`."""
+    options = statistics.Options(
+        target_fraction=settings.get("target_fraction", 0.9), confidence=settings.get("confidence", 0.95),
+        resamples=settings.get("resamples", 4000), seed=settings.get("seed", 0),
+        start_tolerance=settings.get("start_tolerance", 0.2),
+    )
+    reference, subject = settings.get("reference", "full"), settings.get("subject", "shortcut")
+    loaded = read_records(records)
+    iterations, summary = runs_table(loaded)
+    weights = backward_weights(backward)
+    iterations = with_cost(iterations, weights)
+    methods = methods_table(summary)
+    if weights_dir is not None and len(summary):
+        from sdo.models import store
+        from sdo.models.data import load_split
+
+        pooled = pooled_quality(summary, store.load("classifier", weights_dir), load_split("held_out")[0])
+        if len(pooled):
+            methods = methods.merge(pooled, on=["model", "task", "wrt", "variant", "steps"], how="left")
+    evaluations = with_cost(evaluations_table(loaded), weights)
+    finished = evaluations[evaluations["status"] == "ok"] if len(evaluations) else evaluations
+    per_run = statistics.runs_to_target(finished, iterations, summary, options, reference) if len(finished) else pd.DataFrame()
+    cost = statistics.cost_to_quality(per_run, options, reference) if len(per_run) else pd.DataFrame(columns=statistics.KEYS)
+    guard = guard_table(summary, per_run, reference) if len(summary) else pd.DataFrame()
+    verdicts = (statistics.verdicts(per_run, guard, options, subject, reference, settings.get("claim", 0.1))
+                if len(per_run) else pd.DataFrame(columns=[*statistics.KEYS, "claim", "verdict"]))
+    if len(verdicts):
+        verdicts["backward_weight"] = [weights.get((m, t), math.nan) for m, t in zip(verdicts["model"], verdicts["task"])]
+        verdicts["runs_per_status"] = json.dumps(status_counts(summary))
+    counts = status_counts(summary)
+    log.info("runs by status: %s", ", ".join(f"{status} {n}" for status, n in counts.items()))
+    return {
+        "verdicts": verdicts, "cost": cost, "iterations": iterations, "summary": summary, "methods": methods,
+        "evaluations": evaluations, "audits": audits_table(loaded), "per_run": per_run,
+        "guidance": guidance_table(guided, evaluations), "status_counts": counts,
+    }
+
+
+def verdicts_rst(path: Path | str) -> str:
+    """The verdicts table as an RST table for the report's first page (the subject against each
+    baseline on the paper's claim), or a sentence saying there are none yet."""
+    from tabulate import tabulate
+
+    path = Path(path)
+    if not path.exists():
+        return "(no verdicts yet: run the sweep first)"
+    try:
+        table = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame()
+    if table.empty or "verdict" not in table:
+        return "(no verdicts: no run finished; see the tables' status counts)"
+    shown = table[table["threshold"] == table["threshold"].min()]
+    rows = [
+        [r.model, r.task, r.steps, r.claim, f"{r.ratio:.3g}", f"[{r.ratio_low:.3g}, {r.ratio_high:.3g}]", r.verdict,
+         f"{r.seconds_ratio:.3g}", r.subject_reached, r.baseline_reached,
+         "yes" if getattr(r, "reward_hacked", False) is True else "no"]
+        for r in shown.itertuples()
+    ]
+    headers = ["model", "task", "T", "claim", "cost ratio", "95% interval", "verdict", "seconds ratio", "subject reached",
+               "baseline reached", "reward hacked"]
+    return tabulate(rows, headers=headers, tablefmt="grid")

@@ -1,0 +1,49 @@
+"""Tasks found by name: each task file registers its function with `register_task`, naming the
+parameter type it optimises (`wrt`) and its options (a dataclass: the task's own block)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from sdo.options import make_options
+
+PARAMETER_KINDS = ("latent", "cond", "weights")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task: `run(model, reward, estimator, settings, options, monitor=None) ->
+    TaskResult`, the parameter type it differentiates and its options dataclass."""
+
+    name: str
+    wrt: str
+    options: type
+    run: Callable
+
+    def make_options(self, values: dict):
+        """The task's options from `values`; ValueError naming what is wrong and what is allowed."""
+        return make_options(self.options, values, f"task {self.name!r}")
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(name: str, wrt: str, options: type):
+    """Decorator: make the task function `name` known to experiments, the command line and the
+    config checks."""
+    if wrt not in PARAMETER_KINDS:
+        raise ValueError(f"task {name!r}: wrt must be one of {PARAMETER_KINDS}, got {wrt!r}")
+
+    def decorate(function: Callable) -> Callable:
+        if name in TASKS and TASKS[name].run is not function:
+            raise ValueError(f"task {name!r} is registered twice")
+        TASKS[name] = Task(name, wrt, options, function)
+        return function
+
+    return decorate
+
+
+def null_prompt(prompt) -> str:
+    """A prompt option as text: 'none' (or None) is the null prompt ""; digits become "3"."""
+    return "" if prompt is None or str(prompt).lower() == "none" else str(prompt)
