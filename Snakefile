@@ -18,17 +18,20 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 # working directory) and scripts (workflow/scripts/checkout.py), in any environment.
 sys.path.insert(0, workflow.basedir)
 
-from evals.config import check_config, layered
+from evals.config import check_config, layered, typed
 from evals.sweep import verdicts_rst
 
 # Snakemake merges a --configfile into the defaults key by key; a plug-in's options block (a
 # task's reward_options, a variant) is replaced whole instead, so no run mixes two files' options.
 settings = workflow.config_settings
-defaults = [] if settings.replace_workflow_config else [os.path.join(workflow.basedir, "config", "config.yaml")]
-rebuilt = layered([*defaults, *settings.configfiles, dict(settings.config)])
+defaults = [] if settings.replace_workflow_config else [
+    os.path.join(workflow.basedir, "config", name) for name in ("config.yaml", "sd_cost.yaml")
+]
+rebuilt = layered([*defaults, *settings.configfiles, typed(dict(settings.config))])
+rebuilt["weights"] = os.path.join(workflow.basedir, rebuilt["weights"])  # relative to the checkout; absolute stays
 config.clear()
 config.update(rebuilt)
-check_config(config, base=workflow.basedir)
+check_config(config, base=".")  # files a config names are read from the working directory
 
 
 rule all:

@@ -4,14 +4,14 @@ sampling pass in the same process."""
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from evals.plain_loop import plain_gradient
 from sdo.estimators import Estimator, Problem, fidelity
-from sdo.memory import peak_bytes, reset_peak, saved_bytes, synchronize
+from sdo.memory import peak_bytes, reset_peak, saved_bytes
 from sdo.models.base import DiffusionModel
+from sdo.timing import timed
 
 
 def bench_problem(
@@ -32,14 +32,6 @@ def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.detach().double().flatten().cpu() for g in grads])
 
 
-def _timed(call, device) -> tuple[float, object]:
-    synchronize(device)
-    start = time.perf_counter()
-    result = call()
-    synchronize(device)
-    return time.perf_counter() - start, result
-
-
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
     return q1, median, q3
@@ -47,7 +39,7 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def sampling_seconds(problem: Problem) -> float:
     """Seconds of one no-graph sampling pass of the problem's chain."""
-    return _timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), problem.latent.device)[0]
+    return timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), problem.latent.device)[0]
 
 
 def measure(
@@ -79,8 +71,8 @@ def measure(
     for _ in range(rounds):
         sampling.append(sampling_seconds(problem) if sampled is None else sampled)
         if plain:
-            plain_seconds.append(_timed(lambda: plain_gradient(plain, problem, loss), device)[0])
-        seconds, estimate = _timed(lambda: estimator(problem, loss), device)
+            plain_seconds.append(timed(lambda: plain_gradient(plain, problem, loss), device)[0])
+        seconds, estimate = timed(lambda: estimator(problem, loss), device)
         gradient.append(seconds)
     peak = peak_bytes(device)
     grad = _flat(estimate.grads)
@@ -146,7 +138,7 @@ def backward_cost(problem: Problem, rounds: int = 9) -> dict:
         call()
     rows = []
     for _ in range(rounds):
-        rows.append([_timed(call, device)[0] for call in (forward, graph, graph_backward)])
+        rows.append([timed(call, device)[0] for call in (forward, graph, graph_backward)])
     backward = [(gb - g) / f for f, g, gb in rows]
     graphs = [g / f for f, g, _ in rows]
     q1, median, q3 = _quartiles(backward)

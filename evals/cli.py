@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fallback-below", type=float, default=None,
                      help="audit: use the exact gradient when the cosine falls below this (its cost counts)")
     run.add_argument("--audit-checkpoint", action="store_true", help="audit: checkpoint the exact gradient per step")
+    run.add_argument("--start-tolerance", type=float, default=None,
+                     help="end as invalid_start when the estimator's own sampler starts further than this from the chain's")
     run.add_argument("--reuse", type=Path, default=None,
                      help="staged records (evals.rerun): a seed whose record there has this config and did not fail "
                           "is moved back instead of run again")
@@ -297,11 +299,15 @@ COMMANDS = {
 
 
 def import_plugin(path: str | Path) -> None:
-    """Import a file that registers plug-ins (models, tasks, samplers, estimators, rewards)."""
-    path = Path(path)
+    """Import a file that registers plug-ins (models, tasks, samplers, estimators, rewards),
+    once per process."""
+    path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"plugin file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_sdo_plugin_{path.stem}", path)
+    name = f"_sdo_plugin_{path.stem}"
+    if getattr(sys.modules.get(name), "__file__", None) == str(path):
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

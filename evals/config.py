@@ -44,6 +44,21 @@ def _replaced_whole(path: tuple[str, ...]) -> bool:
     )
 
 
+def typed(values):
+    """`--config` values as YAML types: Snakemake reads `key=true` or `seeds=[0,1]` as text
+    (YAML's base loader), which the schema would refuse; each text is read again as YAML."""
+    if isinstance(values, dict):
+        return {key: typed(value) for key, value in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [typed(value) for value in values]
+    if isinstance(values, str):
+        try:
+            return yaml.safe_load(values)
+        except yaml.YAMLError:
+            return values
+    return values
+
+
 def layered(layers: list[dict | str | Path]) -> dict:
     """Config layers (mappings or YAML files) merged in order as Snakemake merges --configfile and
     --config (mappings key by key, lists replaced), except that plug-in option blocks are
@@ -153,6 +168,9 @@ def _check_cost(block: dict) -> None:
 
     _check_variants("sd_cost.variants", block["variants"])
     for source, settings in block["models"].items():
+        for name in (settings or {}).get("variants", []):
+            if name not in block["variants"]:
+                raise ConfigError(f"config key sd_cost.models.{source}.variants: {name!r} is not defined under sd_cost.variants")
         options = {**(block.get("model_options") or {}), **((settings or {}).get("model_options") or {})}
         try:
             check_model(source, options)
@@ -275,6 +293,7 @@ def run_arguments(config: dict, task: str, source: str, variant: str) -> list[st
     words += _option_words("--metric-option", block.get("metric_options"))
     words += _flag_words("metrics", block.get("metrics"))
     words += _flag_words("mem_mb", config.get("mem_mb_per_run"))
+    words += _flag_words("start_tolerance", config["statistics"].get("start_tolerance"))
     for key in RUN_SETTINGS:
         words += _flag_words(key, block.get(key))
     return words
@@ -307,13 +326,17 @@ COST_KEYS = ("wrt", "batch", "device", "seed", "rounds", "mem_mb")
 COST_ROW = "results/sd_cost/{model}/{denoiser}/{wrt}/T{steps}/{variant}.json"
 
 
+def _cost_variants(block: dict, source: str) -> list[str]:
+    return (block["models"][source] or {}).get("variants", list(block["variants"]))
+
+
 def cost_rows(block: dict, source: str, denoiser: str = "{denoiser}") -> list[str]:
     """The rows one `sdo cost` job of a model source writes (`denoiser`: plain, checkpointed,
     or the wildcard)."""
     steps = (block["models"][source] or {}).get("steps", block["steps"])
     return [
         COST_ROW.format(model=slug(source), denoiser=denoiser, wrt=wrt, steps=t, variant=variant)
-        for wrt in block["wrt"] for t in steps for variant in block["variants"]
+        for wrt in block["wrt"] for t in steps for variant in _cost_variants(block, source)
     ]
 
 
@@ -324,14 +347,15 @@ def cost_arguments(block: dict, source: str) -> list[str]:
     model = block["models"][source] or {}
     words = ["--model", source]
     words += _option_words("--model-option", {**(block.get("model_options") or {}), **(model.get("model_options") or {})})
-    for name, variant in block["variants"].items():
+    for name in _cost_variants(block, source):
+        variant = block["variants"][name]
         options = ",".join(f"{k}={_value(v)}" for k, v in sorted(_estimator_options(variant).items()))
         words += ["--variant", f"{name}={variant['method']}" + (f":{options}" if options else "")]
     words += _flag_words("steps", model.get("steps", block["steps"]))
     words += _flag_words("cfg_scale", model.get("cfg_scale", block.get("cfg_scale")))
     for key in COST_KEYS:
         words += _flag_words(key, block.get(key))
-    if block.get("plain_loop") is False:
+    if model.get("plain_loop", block.get("plain_loop", True)) is False:
         words.append("--no-plain-loop")
     return words
 

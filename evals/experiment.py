@@ -5,7 +5,8 @@ A spec names a model, a task and an estimator, and carries each plug-in's own op
 dict (`model_options`, `task_options`, `options` for the estimator, `reward_options`,
 `metric_options`), checked by the plug-in that owns them. Every record carries the same
 environment block (device, library versions, commit) and a `status`: ok, not_applicable (the
-estimator's rule cannot reach the parameter), diverged (the loss, a gradient or a parameter
+estimator's rule cannot reach the parameter), invalid_start (the estimator's own sampler does
+not start where the base sampler does: no baseline), diverged (the loss, a gradient or a parameter
 became non-finite; the iterations and evaluations so far are kept), out_of_memory (past the
 device or the run's memory budget), or failed (with the reason). A run never raises for
 these: the record says it.
@@ -32,6 +33,7 @@ from sdo.estimators import NotApplicable, make_estimator
 from sdo.memory import OverBudget, enforce_budget
 from sdo.models import load_model
 from sdo.tasks import TASKS, Audit, Diverged, Settings
+from sdo.tasks.loop import InvalidStart
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,9 @@ class RunSpec:
     """One optimisation run: a task optimised with one estimator variant on a model.
 
     `audit_every` N > 0 turns on the online fidelity audit (`sdo.tasks.Audit`): the exact
-    gradient every N iterations, compared and, below `fallback_below`, used instead. `mem_mb` is
-    the run's memory budget (None: none)."""
+    gradient every N iterations, compared and, below `fallback_below`, used instead. A method
+    whose own sampler starts further than `start_tolerance` from the chain's samples ends as
+    `invalid_start` before optimising. `mem_mb` is the run's memory budget (None: none)."""
 
     task: str = "latent"
     method: str
@@ -69,6 +72,7 @@ class RunSpec:
     audit_every: int = 0
     fallback_below: float | None = None
     audit_checkpoint: bool = False
+    start_tolerance: float | None = None
     mem_mb: int | None = None
     device: str = "auto"
 
@@ -150,6 +154,8 @@ def recorded_failures(record: dict):
         yield
     except NotApplicable as reason:
         record.update(status="not_applicable", reason=str(reason))
+    except InvalidStart as error:
+        record.update(status="invalid_start", reason=str(error), start_deviation=error.deviation)
     except Diverged as error:
         record.update(status="diverged", reason=str(error), iterations=error.trace.rows, evaluations=error.evaluations,
                       audits=error.trace.audits, saved_bytes=error.trace.saved_bytes)
@@ -199,7 +205,7 @@ def settings_of(spec: RunSpec) -> Settings:
     audit = Audit(spec.audit_every, spec.fallback_below, spec.audit_checkpoint) if spec.audit_every else None
     return Settings(
         spec.steps, spec.iters, spec.batch, spec.cfg_scale, spec.eta, spec.lr, spec.seed, spec.eval_every,
-        tuple(spec.betas), audit, _budget(spec.mem_mb),
+        tuple(spec.betas), audit, _budget(spec.mem_mb), spec.start_tolerance,
     )
 
 
@@ -218,17 +224,17 @@ def run(spec: RunSpec) -> dict:
         task_options = task.make_options(spec.task_options)
         estimator = make_estimator(spec.method, **spec.options)
         settings = settings_of(spec)
-        with enforce_budget(settings.budget_bytes, device):
+        with enforce_budget(settings.budget_bytes, device):  # the whole run, its final metrics included
             model = load_model(spec.model, device, seed=spec.seed, **spec.model_options)
             setup = setup_for(model, spec.reward, spec.reward_options, spec.metrics, spec.metric_options, device)
             record["model_options"] = model.options
             record["reward_check_error"] = check_differentiable(setup.reward, probe_images(model), tolerance=spec.reward_tolerance)
             result = task.run(model, setup.reward, estimator, settings, task_options, monitor=setup.monitor)
-        record["iterations"], record["evaluations"] = result.trace.rows, result.evaluations
-        record["audits"], record["saved_bytes"] = result.trace.audits, result.trace.saved_bytes
-        record["start_deviation"] = result.start_deviation
-        record["final"] = setup.summarize(result.samples, result.prompts)
-        record["baseline"] = setup.summarize(result.baseline, result.prompts)
+            record["iterations"], record["evaluations"] = result.trace.rows, result.evaluations
+            record["audits"], record["saved_bytes"] = result.trace.audits, result.trace.saved_bytes
+            record["start_deviation"] = result.start_deviation
+            record["final"] = setup.summarize(result.samples, result.prompts)
+            record["baseline"] = setup.summarize(result.baseline, result.prompts)
         record["final"]["drift"] = float((result.samples - result.baseline).flatten(1).norm(dim=1).mean())
         if spec.out is not None:
             title = f"{spec.task} · {record['variant']} · T={spec.steps} · reward {spec.reward}"

@@ -43,9 +43,11 @@ def _status(record: Path) -> str | None:
         return None
 
 
-def stage_failed(jobs: list[list[str]], root: Path | str = ".") -> int:
-    """For every job (its record paths) with a failed record: move its records aside. Returns
-    the number of failed records staged for a rerun."""
+def stage_failed(jobs: list[list[str]], derived: str | None = None, root: Path | str = ".") -> int:
+    """For every job (its record paths) with a failed record: move its records aside, and then
+    remove `derived`, a table built from every record (Snakemake reruns a job whose outputs are
+    missing only when something it must build needs them). Returns the number of failed
+    records staged for a rerun."""
     root, failed = Path(root), 0
     for records in jobs:
         paths = [root / record for record in records]
@@ -61,6 +63,8 @@ def stage_failed(jobs: list[list[str]], root: Path | str = ".") -> int:
                 _move(path, root / RETRY / relative)
     if failed:
         log.warning("rerunning %d failed runs; their jobs' other records are kept under %s and reused", failed, RETRY)
+        if derived is not None and (root / derived).exists():
+            (root / derived).unlink()
     return failed
 
 

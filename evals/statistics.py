@@ -30,8 +30,9 @@ The rules, following time-to-train benchmarks (MLPerf Training) and rliable:
   censored runs would have cost.
 - **Verdict** on a claim "ratio <= threshold": `holds` when the whole interval lies at or
   below it, `refuted` when the whole interval lies above it, else `inconclusive` (also with
-  fewer than `MIN_SEEDS` paired seeds). A baseline whose own sampler does not start where the
-  base sampler does (`invalid_start`) gets no verdict.
+  fewer than `MIN_SEEDS` paired seeds); with fewer than `HEADLINE_SEEDS` the row says it is
+  smoke-scale. A baseline whose own sampler does not start where the base sampler does
+  (`invalid_start`) gets no verdict.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import pandas as pd
 
 KEYS = ["model", "task", "wrt", "steps"]
 MIN_SEEDS = 3
+HEADLINE_SEEDS = 8  # fewer paired seeds make a verdict smoke-scale
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,10 @@ def verdict(lower: float, upper: float, threshold: float, seeds: int) -> str:
     """`holds`, `refuted` or `inconclusive` for the claim ratio <= threshold."""
     if seeds < MIN_SEEDS or math.isnan(lower) or math.isnan(upper):
         return "inconclusive"
-    if upper <= threshold:
+    edge = threshold * (1 + 1e-9)  # round-off of exp(log(ratio)) is not evidence either way
+    if upper <= edge:
         return "holds"
-    if lower > threshold:
+    if lower > edge:
         return "refuted"
     return "inconclusive"
 
@@ -245,6 +248,7 @@ def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subje
                     "verdict": verdict(lower, upper, threshold, counts["paired"]) if valid else "invalid_start",
                     "seconds_ratio": s_estimate, "seconds_ratio_low": s_lower, "seconds_ratio_high": s_upper,
                     "seconds_verdict": verdict(s_lower, s_upper, threshold, counts["paired"]) if valid else "invalid_start",
+                    "scale": "headline" if counts["paired"] >= HEADLINE_SEEDS else f"smoke-scale ({counts['paired']} seeds)",
                     "subject_reached": f"{int(ours['reached'].sum())}/{len(ours)}",
                     "baseline_reached": f"{int(theirs['reached'].sum())}/{len(theirs)}",
                     **counts, "resolution": ours["resolution"].iloc[0],

@@ -40,18 +40,33 @@ def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], float]) -
     return frame
 
 
-def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """The quality guard per model: its domain's guard metric (distance to real digits, or
-    Inception FID), compared with full's interval."""
+def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, reference: str, chosen: dict | None = None) -> pd.DataFrame:
+    """The quality guard per model: the `chosen` final metric ({metric, lower_is_better}: a
+    user's `metric:<module:function>`), else its domain's (distance to real digits, or Inception
+    FID), compared with the reference's interval."""
     from evals.domains import DOMAINS
     from sdo.models import resolve
 
     frames = []
     for model, runs in summary.groupby("model"):
-        guard = DOMAINS[resolve(str(model)).cls.domain].guard
+        guard = (chosen["metric"], chosen.get("lower_is_better", True)) if chosen else DOMAINS[resolve(str(model)).cls.domain].guard
         if guard is not None and len(per_run):
             frames.append(statistics.quality_guard(runs, per_run[per_run["model"] == model], *guard, reference=reference))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*statistics.KEYS, "variant", "reward_hacked"])
+
+
+def invalid_baselines(summary: pd.DataFrame, per_run: pd.DataFrame, subject: str) -> pd.DataFrame:
+    """A verdict row `invalid_start` for each baseline whose runs all stopped because its own
+    sampler did not start where the base sampler does (it never optimised: no ratio)."""
+    if summary.empty or "invalid_start" not in set(summary["status"]):
+        return pd.DataFrame()
+    rows = []
+    for key, runs in summary.groupby([*statistics.KEYS, "variant"]):
+        if (runs["status"] == "invalid_start").all() and key[-1] != subject:
+            deviation = pd.to_numeric(runs["start_deviation"], errors="coerce").max()
+            rows.append({**dict(zip(statistics.KEYS, key[:-1])), "subject": subject, "baseline": key[-1],
+                         "claim": f"{subject} vs {key[-1]}", "verdict": "invalid_start", "start_deviation": deviation})
+    return pd.DataFrame(rows)
 
 
 def build_tables(records: list, guided: list, backward: list, settings: dict, weights_dir: str | Path | None = None) -> dict:
@@ -79,9 +94,10 @@ def build_tables(records: list, guided: list, backward: list, settings: dict, we
     finished = evaluations[evaluations["status"] == "ok"] if len(evaluations) else evaluations
     per_run = statistics.runs_to_target(finished, iterations, summary, options, reference) if len(finished) else pd.DataFrame()
     cost = statistics.cost_to_quality(per_run, options, reference) if len(per_run) else pd.DataFrame(columns=statistics.KEYS)
-    guard = guard_table(summary, per_run, reference) if len(summary) else pd.DataFrame()
+    guard = guard_table(summary, per_run, reference, settings.get("guard")) if len(summary) else pd.DataFrame()
     verdicts = (statistics.verdicts(per_run, guard, options, subject, reference, settings.get("claim", 0.1))
                 if len(per_run) else pd.DataFrame(columns=[*statistics.KEYS, "claim", "verdict"]))
+    verdicts = pd.concat([verdicts, invalid_baselines(summary, per_run, subject)], ignore_index=True)
     if len(verdicts):
         verdicts["backward_weight"] = [weights.get((m, t), math.nan) for m, t in zip(verdicts["model"], verdicts["task"])]
         verdicts["runs_per_status"] = json.dumps(status_counts(summary))
@@ -108,13 +124,18 @@ def verdicts_rst(path: Path | str) -> str:
         table = pd.DataFrame()
     if table.empty or "verdict" not in table:
         return "(no verdicts: no run finished; see the tables' status counts)"
-    shown = table[table["threshold"] == table["threshold"].min()]
+    shown = table[(table["threshold"] == table["threshold"].min()) | (table["verdict"] == "invalid_start")]
+
+    def number(value) -> str:
+        return "" if pd.isna(value) else f"{value:.3g}"
+
     rows = [
-        [r.model, r.task, r.steps, r.claim, f"{r.ratio:.3g}", f"[{r.ratio_low:.3g}, {r.ratio_high:.3g}]", r.verdict,
-         f"{r.seconds_ratio:.3g}", r.subject_reached, r.baseline_reached,
-         "yes" if getattr(r, "reward_hacked", False) is True else "no"]
-        for r in shown.itertuples()
+        [r.model, r.task, r.steps, r.claim, number(r.ratio), f"[{number(r.ratio_low)}, {number(r.ratio_high)}]"
+         if not pd.isna(r.ratio_low) else "", r.verdict, number(r.seconds_ratio), getattr(r, "subject_reached", ""),
+         getattr(r, "baseline_reached", ""), "yes" if getattr(r, "reward_hacked", False) is True else "no",
+         getattr(r, "scale", "")]
+        for r in shown.fillna({"subject_reached": "", "baseline_reached": "", "scale": ""}).itertuples()
     ]
     headers = ["model", "task", "T", "claim", "cost ratio", "95% interval", "verdict", "seconds ratio", "subject reached",
-               "baseline reached", "reward hacked"]
+               "baseline reached", "reward hacked", "scale"]
     return tabulate(rows, headers=headers, tablefmt="grid")

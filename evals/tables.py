@@ -17,7 +17,7 @@ from sdo.tasks import TASKS
 
 RUN_KEYS = ("model", "task", "variant", "method", "steps", "seed", "batch", "cfg_scale", "eta", "reward")
 KEYS = ["model", "task", "wrt", "variant", "steps"]
-STATUSES = ("ok", "not_applicable", "diverged", "out_of_memory", "failed")
+STATUSES = ("ok", "not_applicable", "invalid_start", "diverged", "out_of_memory", "failed")
 
 
 def _run_columns(record: dict, path: Path) -> dict:
@@ -146,7 +146,7 @@ def pooled_quality(summary: pd.DataFrame, classifier, reference) -> pd.DataFrame
     if summary.empty or "samples_file" not in summary:
         return pd.DataFrame(columns=KEYS)
     done = summary[(summary["status"] == "ok") & summary["samples_file"].notna()]
-    done = done[[resolve(str(m)).cls.domain == "digits" for m in done["model"]]]
+    done = done[done["model"].map(lambda m: resolve(str(m)).cls.domain == "digits").astype(bool)]
     for key, group in done.groupby(KEYS):
         files = [load_file(path) for path in group["samples_file"]]
         row = dict(zip(KEYS, key))

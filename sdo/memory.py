@@ -120,11 +120,6 @@ def _linux() -> bool:
     return sys.platform.startswith("linux")
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak(device: torch.device) -> None:
     """Forget the peak so far. On CPU (Linux) free the heap's slack first (glibc's malloc_trim)
     and reset the kernel's high-water mark, so the next peak is this work's own."""

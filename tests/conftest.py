@@ -7,12 +7,14 @@ import copy
 import torch
 
 from sdo import Problem
-from sdo.samplers.ddim import DDIM
+from sdo.samplers import make_chain
 from sdo.models.denoiser import DEFAULT_CONFIG, DigitDenoiser
 
 TINY_CONFIG = copy.deepcopy(DEFAULT_CONFIG)
 TINY_CONFIG["unet"].update(sample_size=8, block_out_channels=[8, 16], cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4)
 TINY_CONFIG["tokens"] = 2
+FLOW_SCHEDULE = {"num_train_timesteps": 1000, "shift": 3.0}  # SD3's static shift
+SAMPLERS = ["ddim", "flow_euler"]
 
 
 def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
@@ -26,11 +28,16 @@ def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
 
 
 def tiny_problem_parts(
-    steps: int, eta: float = 0.0, cfg_scale: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3
+    steps: int, eta: float = 0.0, cfg_scale: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3,
+    sampler: str = "ddim",
 ):
-    """A guided float64 DDIM chain on 8x8 images with its latent and conditioning."""
+    """A guided float64 chain of `sampler` (DDIM on the digits' schedule, or flow matching's
+    Euler step with SD3's shift) over a tiny random network on 8x8 images, with its latent and
+    conditioning. Exactness does not depend on what the network was trained to predict."""
     net = tiny_net(seed, perturb)
-    chain = DDIM(net, steps, TINY_CONFIG["scheduler"], cfg_scale=cfg_scale, null_cond=net.null(1).clone(), eta=eta)
+    schedule = TINY_CONFIG["scheduler"] if sampler == "ddim" else FLOW_SCHEDULE
+    options = {"eta": eta} if eta else {}
+    chain = make_chain(sampler, net, steps, schedule, cfg_scale=cfg_scale, null_cond=net.null(1).clone(), **options)
     generator = torch.Generator().manual_seed(seed + 1)
     latent = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
     cond = net.embed(torch.arange(batch) % 10).detach().clone()

@@ -8,13 +8,13 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, relative_error, smooth_loss, tiny_problem, tiny_problem_parts
+from conftest import SAMPLERS, TINY_CONFIG, relative_error, smooth_loss, tiny_problem, tiny_problem_parts
 from diffusers import DDIMParallelScheduler
 from torch import nn
 
 from sdo import NotApplicable, Problem, make_estimator, picard
-from sdo.samplers.ddim import DDIM
 from sdo.guidance import guidance_gradient, guided_sample, schedule_weights
+from sdo.samplers.ddim import DDIM
 
 
 def _net_eps(chain, z, k, cond):
@@ -25,8 +25,12 @@ def _net_eps(chain, z, k, cond):
 
 
 def _x0_hat(chain, z, k, cond):
+    """The clean sample predicted at state k, by each sampler's own formula."""
+    out = _net_eps(chain, z, k, cond)
+    if chain.name == "flow_euler":
+        return z - chain.sigmas[k] * out
     a = chain.alphas[k]
-    return (z - math.sqrt(1 - a) * _net_eps(chain, z, k, cond)) / math.sqrt(a)
+    return (z - math.sqrt(1 - a) * out) / math.sqrt(a)
 
 
 def _states(chain, latent, cond) -> list[torch.Tensor]:
@@ -43,7 +47,7 @@ def _grads(value, problem):
 
 def _literal_drtune(problem: Problem, supervised: set[int], loss) -> list[torch.Tensor]:
     """The rule written out: detached inputs at the supervised steps, no graph elsewhere, and
-    the linear DDIM update carrying the graph."""
+    the affine update carrying the graph."""
     chain, z = problem.chain, problem.latent
     for k in range(chain.steps):
         with torch.set_grad_enabled(k in supervised):
@@ -52,9 +56,10 @@ def _literal_drtune(problem: Problem, supervised: set[int], loss) -> list[torch.
     return _grads(loss(z), problem)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", ["cond", "weights"])
-def test_drtune_all_steps_is_shortcut_all_and_one_step_is_shortcut_first(wrt):
-    problem, loss = tiny_problem(wrt, steps=3), smooth_loss()
+def test_drtune_all_steps_is_shortcut_all_and_one_step_is_shortcut_first(wrt, sampler):
+    problem, loss = tiny_problem(wrt, steps=3, sampler=sampler), smooth_loss()
     every = make_estimator("drtune", supervised=3)(problem, loss)
     assert relative_error(every.grads, make_estimator("shortcut", at="all")(problem, loss).grads) <= 1e-10
     assert every.graph_steps == [0, 1, 2] and every.nfe_forward == 6 and every.nfe_backward == 3
@@ -85,9 +90,10 @@ def test_drtune_refuses_what_it_cannot_do():
 # ReFL
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", ["cond", "weights"])
-def test_refl_is_autograd_through_one_late_prediction(wrt):
-    problem, loss = tiny_problem(wrt, steps=3), smooth_loss()
+def test_refl_is_autograd_through_one_late_prediction(wrt, sampler):
+    problem, loss = tiny_problem(wrt, steps=3, sampler=sampler), smooth_loss()
     chain, estimator = problem.chain, make_estimator("refl", last=2, seed=4)
     drawn = []
     for _ in range(2):
@@ -127,15 +133,17 @@ def test_refl_draws_uniformly_from_the_last_steps(last, window):
 # training-free guidance
 
 
-def test_guidance_with_scale_zero_is_the_plain_sample():
-    chain, latent, cond = tiny_problem_parts(steps=3)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_guidance_with_scale_zero_is_the_plain_sample(sampler):
+    chain, latent, cond = tiny_problem_parts(steps=3, sampler=sampler)
     sample, stats = guided_sample(chain, latent, cond, smooth_loss(), scale=0.0)
     assert torch.equal(sample, chain.trajectory(latent, cond)[0])
     assert stats["nfe_forward"] == 3 and stats["nfe_backward"] == 3 and len(stats["loss"]) == 3
 
 
-def test_guidance_gradient_matches_finite_differences():
-    chain, z, cond = tiny_problem_parts(steps=2)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_guidance_gradient_matches_finite_differences(sampler):
+    chain, z, cond = tiny_problem_parts(steps=2, sampler=sampler)
     loss = smooth_loss()
     eps, value, g = guidance_gradient(chain, z, 1, cond, loss)
     with torch.no_grad():
@@ -212,9 +220,9 @@ def test_batched_sweep_equals_per_step_calls_and_diffusers_update():
     torch.testing.assert_close(torch.cat(swept[1:4]), reference[:6], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_picard_refresh_converges_to_the_sequential_pass(eta):
-    chain, latent, cond = tiny_problem_parts(steps=4, eta=eta)
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.5), ("flow_euler", 0.0)])
+def test_picard_refresh_converges_to_the_sequential_pass(sampler, eta):
+    chain, latent, cond = tiny_problem_parts(steps=4, eta=eta, sampler=sampler)
     exact = _states(chain, latent, cond)
     nudged = cond + 0.3 * torch.randn(cond.shape, generator=torch.Generator().manual_seed(2), dtype=cond.dtype)
     states = _states(chain, latent, nudged)
@@ -223,7 +231,7 @@ def test_picard_refresh_converges_to_the_sequential_pass(eta):
         for _ in range(4):
             states = picard.sweep(chain, states, cond)
             errors.append(max(float((s - e).norm() / e.norm()) for s, e in zip(states, exact)))
-    print(f"Picard refresh error vs sweeps J=0..4 (eta={eta}): {errors}")
+    print(f"Picard refresh error vs sweeps J=0..4 ({sampler}, eta={eta}): {errors}")
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
     assert errors[-1] <= 1e-12
     refreshed, residual = picard.refresh(chain, exact, cond, sweeps=1)

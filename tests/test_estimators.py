@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import relative_error, smooth_loss, tiny_problem
+from conftest import SAMPLERS, relative_error, smooth_loss, tiny_problem
 
 from sdo import NotApplicable, Problem, edict, make_estimator
 from sdo.estimators.adjoint import reconstruction_error
@@ -17,18 +17,20 @@ def _autograd(problem: Problem, sample: torch.Tensor, loss) -> list[torch.Tensor
     return list(torch.autograd.grad(loss(sample), problem.params, allow_unused=True, materialize_grads=True))
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", KINDS)
-def test_checkpointed_full_equals_full(wrt):
-    problem = tiny_problem(wrt, steps=4)
+def test_checkpointed_full_equals_full(wrt, sampler):
+    problem = tiny_problem(wrt, steps=4, sampler=sampler)
     plain = make_estimator("full")(problem, smooth_loss())
     checkpointed = make_estimator("full", checkpoint=True)(problem, smooth_loss())
     assert relative_error(checkpointed.grads, plain.grads) <= 1e-10
     assert checkpointed.nfe_forward == 8 and checkpointed.nfe_backward == 4
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", ["cond", "weights"])
-def test_truncated_equals_reference_that_detaches_the_head(wrt):
-    problem = tiny_problem(wrt, steps=5)
+def test_truncated_equals_reference_that_detaches_the_head(wrt, sampler):
+    problem = tiny_problem(wrt, steps=5, sampler=sampler)
     chain, loss = problem.chain, smooth_loss()
     assert relative_error(
         make_estimator("truncated", tail=5)(problem, loss).grads, make_estimator("full")(problem, loss).grads
@@ -62,8 +64,9 @@ def test_randomized_truncation_draws_one_contiguous_tail_per_call():
     assert drawn == {1, 2, 3, 4}
 
 
-def test_edict_inverts_the_whole_chain():
-    problem = tiny_problem("latent", steps=8)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_edict_inverts_the_whole_chain(sampler):
+    problem = tiny_problem("latent", steps=8, sampler=sampler)
     chain, cond = problem.chain, problem.cond
     with torch.no_grad():
         x, y = edict.sample(chain, problem.latent, cond)
@@ -73,9 +76,10 @@ def test_edict_inverts_the_whole_chain():
         assert float((rebuilt - problem.latent).norm() / problem.latent.norm()) <= 1e-8
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", KINDS)
-def test_doodl_equals_autograd_through_the_coupled_chain(wrt):
-    problem = tiny_problem(wrt, steps=4)
+def test_doodl_equals_autograd_through_the_coupled_chain(wrt, sampler):
+    problem = tiny_problem(wrt, steps=4, sampler=sampler)
     loss = smooth_loss()
     estimate = make_estimator("doodl")(problem, loss)
     x, _ = edict.sample(problem.chain, problem.latent, problem.cond)
@@ -83,16 +87,19 @@ def test_doodl_equals_autograd_through_the_coupled_chain(wrt):
     assert estimate.nfe_forward == 6 * 4 and estimate.nfe_backward == 2 * 4
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", KINDS)
-def test_adjoint_converges_to_full_as_the_grid_is_refined(wrt):
+def test_adjoint_converges_to_full_as_the_grid_is_refined(wrt, sampler):
+    """The adjoint rebuilds states by inverting each step (DDIM inversion; z - (sigma' - sigma) v
+    for flow matching): its error against full falls as T grows."""
     errors, reconstruction = [], []
     for steps in (8, 16, 32, 64):
-        problem = tiny_problem(wrt, steps=steps, perturb=0.0)
+        problem = tiny_problem(wrt, steps=steps, perturb=0.0, sampler=sampler)
         loss = smooth_loss()
         adjoint = make_estimator("adjoint")(problem, loss)
         errors.append(relative_error(adjoint.grads, make_estimator("full")(problem, loss).grads))
         reconstruction.append(reconstruction_error(problem))
-    print(f"adjoint vs full ({wrt}), T=8..64: {errors}; latent reconstruction error: {reconstruction}")
+    print(f"adjoint vs full ({sampler}, {wrt}), T=8..64: {errors}; latent reconstruction error: {reconstruction}")
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
     assert errors[-1] <= 1e-2
     assert all(later < earlier for earlier, later in zip(reconstruction, reconstruction[1:])), reconstruction
@@ -100,7 +107,7 @@ def test_adjoint_converges_to_full_as_the_grid_is_refined(wrt):
 
 def _literal_shortcut(problem: Problem, graph_step: int | None, loss) -> list[torch.Tensor]:
     """The released rule written out: one network call keeps its graph (input detached unless it
-    is the latent), every other call is detached, and the linear DDIM update carries the graph."""
+    is the latent), every other call is detached, and the affine update carries the graph."""
     chain, z = problem.chain, problem.latent
     for k in range(chain.steps):
         if k == graph_step:
@@ -112,9 +119,10 @@ def _literal_shortcut(problem: Problem, graph_step: int | None, loss) -> list[to
     return list(torch.autograd.grad(loss(z), problem.params, allow_unused=True, materialize_grads=True))
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("wrt", ["cond", "weights"])
-def test_shortcut_all_is_the_sum_of_per_step_terms(wrt):
-    problem = tiny_problem(wrt, steps=4)
+def test_shortcut_all_is_the_sum_of_per_step_terms(wrt, sampler):
+    problem = tiny_problem(wrt, steps=4, sampler=sampler)
     loss = smooth_loss()
     terms = [_literal_shortcut(problem, k, loss) for k in range(4)]
     expected = [sum(parts) for parts in zip(*terms)]
@@ -123,8 +131,9 @@ def test_shortcut_all_is_the_sum_of_per_step_terms(wrt):
     assert relative_error(make_estimator("shortcut", at="last")(problem, loss).grads, terms[-1]) <= 1e-10
 
 
-def test_shortcut_latent_first_is_the_released_rule():
-    problem = tiny_problem("latent", steps=4)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_shortcut_latent_first_is_the_released_rule(sampler):
+    problem = tiny_problem("latent", steps=4, sampler=sampler)
     loss = smooth_loss()
     expected = _literal_shortcut(problem, 0, loss)
     assert relative_error(make_estimator("shortcut")(problem, loss).grads, expected) <= 1e-10

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, smooth_loss, tiny_problem_parts
-from diffusers import DDIMScheduler
+from conftest import FLOW_SCHEDULE, SAMPLERS, TINY_CONFIG, smooth_loss, tiny_problem_parts
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from sdo import Problem, make_estimator
 from sdo.memory import saved_bytes
+from sdo.samplers import make_chain
 
 
 def _loss_at(chain, latent, cond, loss):
@@ -34,9 +35,9 @@ def _directional_fd(problem: Problem, loss, direction: list[torch.Tensor], h: fl
 
 
 @pytest.mark.parametrize("wrt", ["latent", "cond", "weights"])
-@pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_full_matches_finite_differences(wrt, eta):
-    chain, latent, cond = tiny_problem_parts(steps=3, eta=eta)
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.5), ("flow_euler", 0.0)])
+def test_full_matches_finite_differences(wrt, sampler, eta):
+    chain, latent, cond = tiny_problem_parts(steps=3, eta=eta, sampler=sampler)
     chain.net.requires_grad_(wrt == "weights")
     problem = Problem(chain, latent, cond, wrt)
     loss = smooth_loss()
@@ -96,6 +97,75 @@ def test_shortcut_conditioning_matches_closed_form(at):
         expected += math.sqrt(chain.alphas[-1]) * (sigma[k + 1] - sigma[k]) * part
     torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
     assert estimate.nfe_backward == len(chosen)
+
+
+def test_flow_shortcut_latent_matches_closed_form():
+    """Flow matching's Euler step has a_k = 1: dL/dz_0 = g + (sigma_1 - sigma_0) J_v^T g, J at step 0 only."""
+    chain, latent, cond = tiny_problem_parts(steps=4, sampler="flow_euler")
+    loss = smooth_loss()
+    estimate = make_estimator("shortcut")(Problem(chain, latent, cond, "latent"), loss)
+    g = _sample_grad(chain, latent, cond, loss)
+    _, jvp_term = torch.autograd.functional.vjp(lambda z: _guided_eps(chain, z, 0, cond), latent, g)
+    expected = g + (chain.sigmas[1] - chain.sigmas[0]) * jvp_term
+    torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("at", ["first", "last", "all"])
+def test_flow_shortcut_conditioning_matches_closed_form(at):
+    """dL/dc = sum_{k in S} (sigma_{k+1} - sigma_k) J_{v_k, c}^T g with every z_k held fixed."""
+    chain, latent, cond = tiny_problem_parts(steps=4, sampler="flow_euler")
+    loss = smooth_loss()
+    estimate = make_estimator("shortcut", at=at)(Problem(chain, latent, cond, "cond"), loss)
+    g = _sample_grad(chain, latent, cond, loss)
+    states = [latent]
+    with torch.no_grad():
+        for k in range(chain.steps):
+            states.append(chain.step(states[-1], k, cond))
+    expected = torch.zeros_like(cond)
+    for k in {"first": [0], "last": [3], "all": [0, 1, 2, 3]}[at]:
+        _, part = torch.autograd.functional.vjp(lambda c: _guided_eps(chain, states[k], k, c), cond, g)
+        expected += (chain.sigmas[k + 1] - chain.sigmas[k]) * part
+    torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
+
+
+FLOW_SCHEDULES = {
+    "static shift": (FLOW_SCHEDULE, {}),
+    "dynamic shift": ({"num_train_timesteps": 1000, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+                       "time_shift_type": "exponential"}, {"mu": 0.8}),
+    "terminal": ({"num_train_timesteps": 1000, "shift": 3.0, "shift_terminal": 0.1}, {}),
+    "pipeline sigmas": ({"num_train_timesteps": 1000, "use_dynamic_shifting": True}, {"mu": 1.1, "sigmas": [1.0, 0.8, 0.6, 0.4, 0.2]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_SCHEDULES))
+def test_flow_update_is_diffusers_flow_match_euler_step(name):
+    """Every step's update equals FlowMatchEulerDiscreteScheduler.step, as each pipeline sets
+    the scheduler up (static shift, dynamic shifting with mu, a terminal sigma, the pipeline's
+    own sigmas); the scheduler computes in float32, so float32 round-off is the tolerance."""
+    schedule, options = FLOW_SCHEDULES[name]
+    steps = len(options.get("sigmas", [])) or 5
+    _, latent, cond = tiny_problem_parts(steps=steps, sampler="flow_euler")
+    net = tiny_problem_parts(steps=steps, sampler="flow_euler")[0].net
+    chain = make_chain("flow_euler", net, steps, schedule, **options)
+    scheduler = FlowMatchEulerDiscreteScheduler(**schedule)
+    scheduler.set_timesteps(steps if "sigmas" not in options else None, **options)
+    assert chain.timesteps == scheduler.timesteps.tolist() and chain.sigmas[-1] == 0
+    z = latent
+    with torch.no_grad():
+        for k, t in enumerate(scheduler.timesteps):
+            out = chain.predict(z, k, cond)
+            expected = scheduler.step(out, t, z).prev_sample
+            z = chain.update(z, k, out)
+            torch.testing.assert_close(z, expected.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_flow_sampler_refuses_what_it_does_not_do():
+    with pytest.raises(ValueError, match="flow_euler is deterministic"):
+        tiny_problem_parts(steps=2, eta=0.3, sampler="flow_euler")
+    with pytest.raises(ValueError, match="stochastic_sampling"):
+        make_chain("flow_euler", None, 2, {"stochastic_sampling": True})
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_chain("dpm_2m", None, 2, {})
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.7])

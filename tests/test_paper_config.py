@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 from hf_cache import cache_as
 from test_config import _planned_commands
-from tiny_sd import build_tiny
+from tiny_pipelines import build_tiny_sd as build_tiny
 
 from evals.cli import build_parser
 from evals.config import ConfigError, check_config, layered
@@ -64,16 +64,20 @@ def test_sd_cost_plans_one_process_per_model_and_unet_setting(preset):
     block = _merged(*names)["sd_cost"]
     commands = _planned_commands(ROOT / "config" / (preset or "sd_cost.yaml"), target="sd_cost")
     parser = build_parser()
-    jobs = [parser.parse_args(words) for words in commands]
+    jobs = [(parser.parse_args(words), words) for words in commands]
     assert len(jobs) == len(block["unet_checkpointing"]) * len(block["models"])
-    assert {("gradient_checkpointing", True) in args.model_options for args in jobs} == set(block["unet_checkpointing"])
-    for args in jobs:
+    assert {("gradient_checkpointing", True) in args.model_options for args, _ in jobs} == set(block["unet_checkpointing"])
+    for args, words in jobs:
         model = block["models"][args.model] or {}
         options = {**block["model_options"], **model.get("model_options", {})}
         assert args.command == "cost" and args.sweep and args.device == block["device"]
         assert {k: v for k, v in args.model_options if k != "gradient_checkpointing"} == options
         assert args.wrt == block["wrt"] and args.steps == model.get("steps", block["steps"])
-        assert {name: {"method": method, **options} for name, method, options in args.variants} == block["variants"]
+        names = model.get("variants", list(block["variants"]))
+        assert {name: {"method": method, **options} for name, method, options in args.variants} == {
+            name: block["variants"][name] for name in names
+        }
+        assert ("--no-plain-loop" not in words) == model.get("plain_loop", block.get("plain_loop", True))
 
 
 def test_sd_keys_are_checked():

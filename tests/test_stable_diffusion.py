@@ -12,7 +12,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import save_file
-from tiny_sd import TINY_TEXT, build_tiny
+from tiny_pipelines import TINY_TEXT
+from tiny_pipelines import build_tiny_sd as build_tiny
 from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -83,7 +84,7 @@ def test_lora_starts_as_the_base_model(model):
     x, t, cond = model.latent_batch(2, torch.Generator().manual_seed(0)), torch.tensor([500.0, 20.0]), model.encode(PROMPTS)
     with torch.no_grad():
         assert torch.equal(tuned.net(x, t, cond), model.net(x, t, cond))
-    assert all(p.requires_grad for p in model.with_lora(0).net.unet.parameters())
+    assert all(p.requires_grad for p in model.with_lora(0).net.denoiser.parameters())
 
 
 def test_memory_levers_keep_the_outputs(tiny_dir, model):
@@ -176,7 +177,7 @@ def test_full_gradient_matches_finite_differences(model64, wrt):
 
 def test_gradient_checkpointing_keeps_the_gradient(tiny_dir, model64):
     checkpointed = StableDiffusion.load(tiny_dir, dtype="float64", gradient_checkpointing=True)
-    assert checkpointed.net.unet.is_gradient_checkpointing and checkpointed.vae.is_gradient_checkpointing
+    assert checkpointed.net.denoiser.is_gradient_checkpointing and checkpointed.vae.is_gradient_checkpointing
     loss = image_loss(model64, brightness)
     plain = make_estimator("full")(_problem(model64, "cond"), loss)
     again = make_estimator("full")(_problem(checkpointed, "cond"), image_loss(checkpointed, brightness))

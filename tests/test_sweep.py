@@ -103,8 +103,13 @@ def test_the_report_builds(uninterrupted):
     assert "verdicts.csv" in html and "shortcut &lt;= 0.1 x full" in html  # the first page shows the verdicts
 
 
-def test_the_slurm_profile_plans_the_jobs():
+def test_the_slurm_profile_plans_the_jobs_and_names_only_rules_the_workflow_has():
     done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "config/profiles/slurm"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "run" in done.stdout and "This was a dry-run" in done.stdout + done.stderr
+    assert re.search(r"^run_latent\s+\d+$", done.stdout, re.MULTILINE) and "This was a dry-run" in done.stdout + done.stderr
+    rules = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300).stdout.split()
+    profile = yaml.safe_load((ROOT / "config" / "profiles" / "slurm" / "config.yaml").read_text())
+    named = set(profile.get("set-resources", {})) | set(profile.get("set-threads", {}))
+    assert named and named <= set(rules), f"the profile names rules the workflow lacks: {sorted(named - set(rules))}"

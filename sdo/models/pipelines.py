@@ -1,5 +1,8 @@
-"""What the diffusers text-to-image families share: their load options, finding weights offline,
-the memory levers, a byte-level CLIP tokenizer for random weights, and the VAE decode.
+"""What the diffusers text-to-image families share (`PipelineModel`): their load options, finding
+weights offline, building published architectures with random weights, the memory levers,
+offline tokenizers for random weights, LoRA adapters, and the VAE decode. Each family (SD 1.x/2.x,
+SDXL, SD3, FLUX) is one file that says which networks its pipeline holds, how prompts become
+conditioning, how its denoiser is called and how latents become images.
 
 Weights come from a local directory in diffusers' layout (`Pipeline.save_pretrained` writes one)
 or a model id in the local Hugging Face cache; nothing is downloaded unless `allow_download`.
@@ -7,18 +10,29 @@ or a model id in the local Hugging Face cache; nothing is downloaded unless `all
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass
+import string
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import huggingface_hub.constants
 import torch
+from diffusers import DiffusionPipeline, ModelMixin
 from torch import nn
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, T5Tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from sdo.models.base import seeded
+from sdo.models.architectures import ARCHITECTURES
+from sdo.models.base import DiffusionModel, seeded
+
+PROMPTS = (
+    "a photograph of an astronaut riding a horse",
+    "a watercolor painting of a lighthouse at dawn",
+    "a close-up photo of a red fox in the snow",
+    "an oil painting of a busy city street in the rain",
+)
 
 
 @dataclass
@@ -124,8 +138,8 @@ def resolution_of(sample_size: int, factor: int, resolution: int | None) -> int:
 
 def with_adapter(model, rank: int, seed: int, targets: Sequence[str], attribute: str):
     """A copy of `model` whose network (`model.net`) is a deep copy: with LoRA adapters of
-    `rank` (Gaussian A, zero B, so outputs start unchanged) on `targets` of its `attribute`
-    module as the only trainable weights, or for rank 0 with every weight trainable."""
+    `rank` (Gaussian A, zero B, so outputs start unchanged) on `targets` of the net's
+    `attribute` module as the only trainable weights, or for rank 0 with every weight trainable."""
     from peft import LoraConfig
 
     if rank < 0:
@@ -143,6 +157,16 @@ def with_adapter(model, rank: int, seed: int, targets: Sequence[str], attribute:
     return tuned
 
 
+def unigram_tokenizer(max_length: int = 512) -> T5Tokenizer:
+    """A T5 tokenizer over single printable characters (each also word-initial), with <pad>=0,
+    </s>=1, <unk>=2 and no sentinel tokens: it stands in for T5's 32k-piece vocabulary where only
+    sequence lengths matter (random weights, tiny test models)."""
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    vocab += [("\u2581" + c, -2.0) for c in chars] + [(c, -2.5) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
 def character_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer without merges: each byte of a word is one token (CLIP's own first 512
     ids: the bytes, then the bytes that end a word), with start and end tokens at 512 and 513
@@ -155,3 +179,158 @@ def character_tokenizer(max_length: int = 77) -> CLIPTokenizer:
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@contextlib.contextmanager
+def building(device, dtype: torch.dtype, seed: int):
+    """Networks built inside are created on `device` directly in `dtype` (no float32 copy of a
+    12 B-parameter transformer) with PyTorch's default random initialisation drawn from `seed`."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda" if cuda else "cpu"), device:
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def _build(network: type, config: dict):
+    """A network of `network`'s class from a config dict: diffusers models take it as keyword
+    arguments, transformers models through their config class."""
+    if issubclass(network, ModelMixin):
+        return network(**config)
+    return network(network.config_class(**config))
+
+
+def _from_pretrained(network: type, source: str, component: str, dtype: torch.dtype, offline: dict):
+    dtype_key = "torch_dtype" if issubclass(network, ModelMixin) else "dtype"
+    return network.from_pretrained(source, subfolder=component, **{dtype_key: dtype}, **offline)
+
+
+class PipelineModel(DiffusionModel):
+    """A diffusers text-to-image pipeline's networks behind the model interface: the denoiser (a
+    UNet or a transformer: the only network a task trains), the VAE (its decode stays in the
+    gradient path), the text encoders and tokenizers (frozen), and the noise schedule.
+
+    A family declares `networks` (component -> class, in the pipeline's layout), `tokenizers`
+    (component -> class), `denoiser` (the component trained), `lora_targets`, its `prefix`,
+    `pipelines` and `architectures`, and implements `make_net`, `encode` and `latent_shape`
+    (and `decode` where latents need more than the VAE's scaling). Memory levers and dtype come
+    from the options (`PipelineOptions`) and are recorded in `options`."""
+
+    domain: ClassVar[str] = "rgb"
+    Options = PipelineOptions
+    family: ClassVar[str]
+    networks: ClassVar[dict[str, type]]
+    tokenizers: ClassVar[dict[str, type]]
+    scheduler_class: ClassVar[type]
+    optional: ClassVar[tuple[str, ...]] = ()  # components a pipeline may leave out (SD3's T5)
+    denoiser: ClassVar[str] = "unet"
+    lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    default_sample_size: ClassVar[int] = 64  # latent pixels, where the denoiser's config has none
+    prompts = PROMPTS
+
+    def __init__(self, parts: dict, scheduler_config: dict, options: PipelineOptions, device="cpu", name: str = "",
+                 pipeline_config: dict | None = None):
+        dtype = torch_dtype(options.dtype)
+        for module in parts.values():
+            if isinstance(module, nn.Module):
+                prepare(module, device, dtype)
+        denoiser, vae = parts[self.denoiser], parts["vae"]
+        if options.attention_slicing:
+            if not hasattr(denoiser, "set_attention_slice"):
+                raise ValueError(f"attention_slicing applies to UNets; the {self.family} {self.denoiser} has none")
+            denoiser.set_attention_slice("auto")
+        if options.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        apply_vae_levers(vae, options)
+        self.parts, self.vae, self.pipeline_config = parts, vae, dict(pipeline_config or {})
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        sample_size = getattr(denoiser.config, "sample_size", None) or self.default_sample_size
+        self.resolution = resolution_of(sample_size, self.vae_factor, options.resolution)
+        self.scheduler_config = self.schedule(dict(scheduler_config))
+        self.state_shape = self.latent_shape(self.resolution // self.vae_factor)
+        self.net = self.make_net(parts)
+        self.options = {"model": name, **asdict(options), "resolution": self.resolution}
+
+    def schedule(self, config: dict) -> dict:
+        """The scheduler configuration the sampler takes (all of it, unless a family filters)."""
+        return config
+
+    def make_net(self, parts: dict) -> nn.Module:
+        """`net(x, t, cond) -> out` over the denoiser."""
+        raise NotImplementedError
+
+    def latent_shape(self, size: int) -> tuple[int, ...]:
+        """One chain state's shape for latents `size` x `size`."""
+        raise NotImplementedError
+
+    def decode(self, state: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W), roughly in [-1, 1]: one VAE decoder pass, differentiable."""
+        return vae_decode(self.vae, state)
+
+    @classmethod
+    def check(cls, location: str | None, allow_download: bool = False, **options) -> None:
+        check_weights(cls.family, location, [*cls.networks, *cls.tokenizers, "scheduler"], allow_download)
+
+    @classmethod
+    def load(cls, location: str | Path, device="cpu", **options):
+        """From a directory in diffusers layout or a model id in the local Hugging Face cache;
+        nothing is downloaded unless `allow_download`. FileNotFoundError says where it looked
+        and how to provide the weights."""
+        options = cls.Options(**options)
+        source, dtype = str(location), torch_dtype(options.dtype)
+        offline = {"local_files_only": not options.allow_download}
+        components = [*cls.networks, *cls.tokenizers, "scheduler"]
+        try:
+            index = DiffusionPipeline.load_config(source, **offline)
+            present = {name for name, value in index.items() if isinstance(value, (list, tuple)) and value[0] is not None}
+            parts = {
+                name: _from_pretrained(network, source, name, dtype, offline)
+                for name, network in cls.networks.items() if name in present or name not in cls.optional
+            }
+            parts.update({
+                name: tokenizer.from_pretrained(source, subfolder=name, **offline)
+                for name, tokenizer in cls.tokenizers.items() if name in present or name not in cls.optional
+            })
+            schedule = cls.scheduler_class.load_config(source, subfolder="scheduler", **offline)
+        except OSError as error:
+            raise not_found(cls.family, source, components, error) from error
+        return cls(parts, schedule, options, device=device, name=source, pipeline_config=index)
+
+    @classmethod
+    def random(cls, architecture: str, device="cpu", seed: int = 0, **options):
+        """The published `architecture`'s networks (`sdo.models.architectures`) with PyTorch's
+        default random initialisation drawn on `device` from `seed`, built directly in the
+        options' dtype, and offline tokenizers: for measuring time and memory only.
+        device="meta" allocates nothing (parameter counts, shapes)."""
+        if architecture not in cls.architectures:
+            raise ValueError(f"unknown {cls.family} architecture {architecture!r}; known: {sorted(cls.architectures)}")
+        config = ARCHITECTURES[architecture]
+        options = cls.Options(**options)
+        with building(device, torch_dtype(options.dtype), seed):
+            parts = {name: _build(network, config[name]) for name, network in cls.networks.items()}
+        for name, tokenizer in cls.tokenizers.items():
+            parts[name] = unigram_tokenizer() if issubclass(tokenizer, T5Tokenizer) else character_tokenizer()
+        return cls(parts, config["scheduler"], options, device=device, name=f"random:{architecture}",
+                   pipeline_config=config.get("pipeline"))
+
+    def with_lora(self, rank: int, seed: int = 0):
+        """A copy sharing the frozen networks whose denoiser is a deep copy: with LoRA adapters
+        of `rank` on `lora_targets` as its only trainable weights, or for rank 0 with every
+        denoiser weight trainable."""
+        return with_adapter(self, rank, seed, self.lora_targets, "denoiser")
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per network, in numbers of scalars."""
+        return {name: parameter_count(module) for name, module in self.parts.items() if isinstance(module, nn.Module)}
+
+    def tokens(self, component: str, prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+        """Token ids of `prompts` padded to `max_length` (the tokenizer's own by default)."""
+        tokenizer = self.parts[component]
+        max_length = max_length or tokenizer.model_max_length
+        ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        return ids.input_ids.to(self.vae.device)

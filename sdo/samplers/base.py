@@ -135,14 +135,18 @@ class Chain:
         return out
 
     def update(self, z: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
-        """z_{k+1}: the affine part of step k given its prediction."""
-        step = self.coefficients[k]
+        """z_{k+1}: the affine part of step k given its prediction, computed in float32 at
+        least (bf16 and fp16 states are updated in float32 and rounded once, as diffusers'
+        schedulers do)."""
+        step, dtype = self.coefficients[k], z.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            z, out = z.float(), out.float()
         z_next = step.a * z + step.b * out
         if step.s:
             if self.noise is None:
                 raise RuntimeError(f"step {k} draws noise (s_k = {step.s:.3g}): call fix_noise first")
-            z_next = z_next + step.s * self.noise[k]
-        return z_next
+            z_next = z_next + step.s * self.noise[k].to(z_next)
+        return z_next.to(dtype)
 
     def predicted_sample(self, z: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
         """x0_hat_k = p_k z_k + q_k out_k, the clean sample predicted at state k."""

@@ -12,7 +12,7 @@ Notation (`sdo.samplers.base`, then the flow-matching papers'):
 The sigmas come from the scheduler exactly as a pipeline sets them: `linspace` between the
 training schedule's ends, a static `shift` (sigma' = s sigma / (1 + (s - 1) sigma)) or, with
 `use_dynamic_shifting`, the time shift of `mu` (FLUX: from the image's sequence length), an
-optional `shift_terminal` stretch, or the pipeline's own `sigmas` (FLUX passes
+optional `shift_terminal` stretch, or the pipeline's own `sigmas` (`linear_sigmas`: FLUX's
 linspace(1, 1/T, T)); then sigma_T = 0 is appended. Step k is Euler's:
 
     a_k = 1,   b_k = sigma_{k+1} - sigma_k,   s_k = 0
@@ -26,6 +26,7 @@ float32: a float64 chain agrees with it to about 1e-7).
 
 from __future__ import annotations
 
+import numpy as np
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from sdo.samplers.base import Chain, Step
@@ -46,6 +47,7 @@ class FlowMatchEuler(Chain):
         eta: float = 0.0,
         mu: float | None = None,
         sigmas: list[float] | None = None,
+        linear_sigmas: bool = False,
     ):
         if steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps}")
@@ -54,6 +56,8 @@ class FlowMatchEuler(Chain):
         if scheduler_config.get("stochastic_sampling"):
             raise ValueError("flow_euler takes the deterministic Euler step; stochastic_sampling is not supported")
         self.scheduler_config, self.mu, self._steps = dict(scheduler_config), mu, steps
+        if linear_sigmas:  # FluxPipeline's own sigmas for any T
+            sigmas = np.linspace(1.0, 1 / steps, steps).tolist()
         self._sigmas = None if sigmas is None else list(sigmas)
         scheduler = self.diffusers_scheduler()
         sigma = [float(x) for x in scheduler.sigmas.double()]

@@ -10,7 +10,7 @@ from sdo import conditioning
 from sdo.estimators import Estimator, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, held_out, image_loss, optimise, reward_monitor, start_deviation,
+    Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, held_out, image_loss, optimise, reward_monitor,
 )
 from sdo.tasks.registry import null_prompt, register_task
 
@@ -45,6 +45,8 @@ def optimise_conditioning(
     start = conditioning.with_primary(encoded, conditioning.primary(encoded).clone())
     cond = conditioning.with_primary(encoded, embeddings)
     chain = settings.chain(model)
+    latent, final_chain = held_out(model, settings, options.eval_samples, offset=10_000)
+    deviation = checked_start(estimator, final_chain, latent, start, settings)
     optimizer = torch.optim.Adam([embeddings], lr=settings.lr or 0.05, betas=settings.betas)
 
     def problem_at(i: int) -> Problem:
@@ -64,9 +66,7 @@ def optimise_conditioning(
         estimator, problem_at, [embeddings], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate,
         audit=settings.audit, budget_bytes=settings.budget_bytes,
     )
-    latent, final_chain = held_out(model, settings, options.eval_samples, offset=10_000)
     with torch.no_grad():
         final = model.decode(estimator.sample(final_chain, latent, cond))
         baseline = model.decode(estimator.sample(final_chain, latent, start))
-    deviation = start_deviation(estimator, final_chain, latent, start)
     return TaskResult(trace, final, None, baseline, evaluate.rows, deviation)

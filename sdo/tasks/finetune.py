@@ -10,7 +10,7 @@ from sdo import conditioning
 from sdo.estimators import Estimator, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, held_out, image_loss, optimise, reward_monitor, start_deviation,
+    Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, held_out, image_loss, optimise, reward_monitor,
 )
 from sdo.tasks.registry import register_task
 
@@ -43,6 +43,16 @@ def finetune(
     params = [p for p in tuned.net.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(settings.seed)
     chain = settings.chain(tuned)
+
+    def cycling(count: int) -> list[str]:
+        return [prompts[i % len(prompts)] for i in range(count)]
+
+    latent, final_chain = held_out(tuned, settings, options.eval_samples, offset=10_000)
+    shown = cycling(options.eval_samples)
+    cond = conditioning.detach(model.encode(shown))
+    base = settings.chain(model)  # the same noise through the untouched model: the drift
+    base.noise = final_chain.noise
+    deviation = checked_start(estimator, base, latent, cond, settings)
     optimizer = torch.optim.AdamW(params, lr=settings.lr or 1e-3, betas=settings.betas, weight_decay=0.0)
 
     def problem_at(i: int) -> Problem:
@@ -51,9 +61,6 @@ def finetune(
         if settings.eta:
             chain.fix_noise(latent, generator)
         return Problem(chain, latent, model.encode([prompts[j] for j in drawn]), "weights")
-
-    def cycling(count: int) -> list[str]:
-        return [prompts[i % len(prompts)] for i in range(count)]
 
     watched, watch_chain = held_out(tuned, settings, options.monitor_samples, offset=20_000)
     watched_cond = conditioning.detach(model.encode(cycling(len(watched))))
@@ -67,13 +74,7 @@ def finetune(
         estimator, problem_at, params, image_loss(tuned, reward), optimizer, settings.iters, evaluate=evaluate,
         audit=settings.audit, budget_bytes=settings.budget_bytes,
     )
-    latent, final_chain = held_out(tuned, settings, options.eval_samples, offset=10_000)
-    shown = cycling(options.eval_samples)
-    cond = conditioning.detach(model.encode(shown))
-    base = settings.chain(model)  # the same noise through the untouched model: the drift
-    base.noise = final_chain.noise
     with torch.no_grad():
         final = tuned.decode(estimator.sample(final_chain, latent, cond))
         baseline = model.decode(estimator.sample(base, latent, cond))
-    deviation = start_deviation(estimator, base, latent, cond)
     return TaskResult(trace, final, shown, baseline, evaluate.rows, deviation)

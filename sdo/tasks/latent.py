@@ -10,7 +10,7 @@ import torch
 from sdo.estimators import Estimator, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, image_loss, optimise, reward_monitor, start_deviation,
+    Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, image_loss, optimise, reward_monitor,
 )
 from sdo.tasks.registry import null_prompt, register_task
 
@@ -42,6 +42,7 @@ def optimise_latent(
     chain = settings.chain(model)
     if settings.eta:
         chain.fix_noise(latent, generator)
+    deviation = checked_start(estimator, chain, latent, cond, settings)
     optimizer = torch.optim.Adam([latent], lr=settings.lr or 0.05, betas=settings.betas)
 
     def renormalise():
@@ -59,5 +60,4 @@ def optimise_latent(
     )
     with torch.no_grad():
         final, baseline = images(latent), images(start)
-    deviation = start_deviation(estimator, chain, start, cond)
     return TaskResult(trace, final, [options.prompt] * settings.batch, baseline, evaluate.rows, deviation)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,6 +14,7 @@ from sdo.estimators import Estimator, Problem, fidelity, make_estimator
 from sdo.memory import check_budget, saved_bytes
 from sdo.models.base import DiffusionModel
 from sdo.samplers import Chain
+from sdo.timing import timed
 
 log = logging.getLogger(__name__)
 Reward = Callable[[torch.Tensor], torch.Tensor]
@@ -46,7 +46,8 @@ class Settings:
     eta), the loop (iterations, batch, learning rate, None taking the task's own; Adam's betas),
     the seed of all its noise, how often the parameters are evaluated on held-out noise
     (`eval_every` iterations, 0: only at the start and the end), the online fidelity `audit`,
-    and the memory budget in bytes (None: none) a gradient must fit."""
+    the memory budget in bytes (None: none) a gradient must fit, and how far an estimator's
+    own sampler may start from the chain's (`start_tolerance`, None: any distance)."""
 
     steps: int
     iters: int
@@ -59,6 +60,7 @@ class Settings:
     betas: tuple[float, float] = (0.9, 0.999)
     audit: Audit | None = None
     budget_bytes: int | None = None
+    start_tolerance: float | None = None
 
     def chain(self, model: DiffusionModel) -> Chain:
         return model.make_chain(self.steps, self.cfg_scale, self.eta)
@@ -87,6 +89,15 @@ class TaskResult:
     baseline: torch.Tensor | None = None
     evaluations: list[dict] = field(default_factory=list)
     start_deviation: float = 0.0
+
+
+class InvalidStart(RuntimeError):
+    """The estimator's own sampler does not start where the chain does: it would optimise other
+    samples than the base sampler's, so it is no baseline; the run stops before optimising."""
+
+    def __init__(self, reason: str, deviation: float):
+        super().__init__(reason)
+        self.deviation = deviation
 
 
 class Diverged(RuntimeError):
@@ -130,6 +141,17 @@ def start_deviation(estimator: Estimator, chain: Chain, latent: torch.Tensor, co
     return float(((own - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1)).mean())
 
 
+def checked_start(estimator: Estimator, chain: Chain, latent: torch.Tensor, cond, settings: Settings) -> float:
+    """The start deviation (`start_deviation`); InvalidStart past `settings.start_tolerance`."""
+    deviation = start_deviation(estimator, chain, latent, cond)
+    if settings.start_tolerance is not None and deviation > settings.start_tolerance:
+        raise InvalidStart(
+            f"{estimator.name}'s own sampler starts {deviation:.3g} (relative distance) from the {chain.name} sampler's "
+            f"samples at T={chain.steps}, past the tolerance {settings.start_tolerance}: it is no baseline here", deviation
+        )
+    return deviation
+
+
 def reward_monitor(reward: Reward) -> Monitor:
     """The default monitor: the mean reward of the evaluation images."""
     return lambda images: {"reward": float(reward(images).mean())}
@@ -150,12 +172,6 @@ class Evaluator:
             with torch.no_grad():
                 scores = self.monitor(self.images())
             self.rows.append({"iter": done, **cost, **scores})
-
-
-def _timed(call):
-    start = time.perf_counter()
-    result = call()
-    return time.perf_counter() - start, result
 
 
 def optimise(
@@ -180,19 +196,20 @@ def optimise(
     gradient or the updated parameters are not finite."""
     trace, cost = Trace(), {"seconds": 0.0, "nfe": 0, "nfe_forward": 0, "nfe_backward": 0}
     exact = make_estimator("full", checkpoint=audit.checkpoint) if audit else None
+    problem = problem_at(0)
+    if budget_bytes is not None:
+        check_budget(estimator, problem, loss, budget_bytes)
+    trace.saved_bytes = saved_bytes(estimator, problem, loss)
     if evaluate is not None:
         evaluate(0, dict(cost))
     progress = tqdm(range(iters), desc=estimator.name, mininterval=2, leave=False)
     for i in progress:
-        problem = problem_at(i)
-        if i == 0:
-            if budget_bytes is not None:
-                check_budget(estimator, problem, loss, budget_bytes)
-            trace.saved_bytes = saved_bytes(estimator, problem, loss)
-        seconds, estimate = _timed(lambda: estimator(problem, loss))
+        problem = problem if i == 0 else problem_at(i)
+        device = problem.latent.device
+        seconds, estimate = timed(lambda: estimator(problem, loss), device)
         grads, nfe = estimate.grads, (estimate.nfe_forward, estimate.nfe_backward)
         if exact is not None and i % audit.every == 0:
-            audit_seconds, reference = _timed(lambda: exact(problem, loss))
+            audit_seconds, reference = timed(lambda: exact(problem, loss), device)
             row = {"iter": i, **fidelity(estimate.grads, reference.grads), "audit_seconds": audit_seconds}
             row["fallback"] = audit.fallback_below is not None and not row["cosine"] >= audit.fallback_below
             trace.audits.append(row)
@@ -200,7 +217,7 @@ def optimise(
                 grads, seconds = reference.grads, seconds + audit_seconds
                 nfe = (nfe[0] + reference.nfe_forward, nfe[1] + reference.nfe_backward)
         finite_gradient = math.isfinite(estimate.loss) and _all_finite(grads)
-        step_seconds, _ = _timed(lambda: _update(params, grads, optimizer, after_step) if finite_gradient else None)
+        step_seconds, _ = timed(lambda: _update(params, grads, optimizer, after_step) if finite_gradient else None, device)
         seconds += step_seconds
         trace.rows.append({
             "iter": i,

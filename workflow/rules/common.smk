@@ -8,7 +8,7 @@ from evals.config import (
     active_tasks, backward_cost_arguments, bench_arguments, guide_arguments, model_arguments, run_arguments, slug,
 )
 
-WEIGHTS = config["weights"]
+WEIGHTS = config["weights"]  # absolute: the Snakefile resolved it against the checkout
 RUNS = config["runs"]
 BENCH = config["bench"]
 TASKS = active_tasks(config)  # the tasks that run, with their selected models and variants
@@ -51,7 +51,7 @@ LATENT = TASKS.get("latent")
 GUIDED_RECORDS = (
     expand(GUIDED_RECORD, model=map(slug, LATENT["models"]), steps=LATENT["steps"], repeats=config["guidance"]["repeats"],
            seed=seeds_of("latent"))
-    if LATENT and "guidance" in config
+    if LATENT and config.get("guidance")
     else []
 )
 

@@ -70,5 +70,6 @@ if config.get("rerun_failed"):  # stage the jobs that hold a failed record (eval
             for source in block["models"]
             for variant in block["variants"]
             for steps in block["steps"]
-        ]
+        ],
+        derived="results/tables/summary.csv",
     )

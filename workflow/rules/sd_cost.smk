@@ -4,16 +4,10 @@
 # variant) row, resetting the peak memory before each. The job asks for every core (capped at
 # --cores) and the GPU, so jobs run one at a time and the rows' seconds and peaks are their
 # own; a killed job reruns all its rows. The `sd_cost` block's defaults are
-# config/sd_cost.yaml (CPU); a preset given with --configfile (config/sd_cost_gpu.yaml)
-# overrides them.
+# config/sd_cost.yaml (CPU, layered under the Snakefile's config); a preset given with
+# --configfile (config/sd_cost_gpu.yaml) overrides them.
 
-from evals.config import check_config, cost_arguments, cost_rows
-
-
-configfile: os.path.join(workflow.basedir, "config", "sd_cost.yaml")
-
-
-check_config(config, base=workflow.basedir)  # now with the sd_cost block
+from evals.config import cost_arguments, cost_rows
 
 SD_COST = config["sd_cost"]
 COST_SOURCES = {slug(source): source for source in SD_COST["models"]}

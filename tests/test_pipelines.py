@@ -1,0 +1,251 @@
+"""SDXL, SD3 and FLUX.1 behind the model interface, on tiny random pipelines saved in the real
+diffusers layout: loading (a bare directory, a prefix, the Hugging Face cache), the chain
+sampling what each diffusers pipeline samples, full backpropagation through the VAE decode
+against finite differences in float64, every estimator on every task, the memory levers, and
+the published architectures' parameter counts on the meta device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
+from hf_cache import cache_as
+from tiny_pipelines import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
+
+from sdo import NotApplicable, Problem, make_estimator
+from sdo.estimators import ESTIMATORS
+from sdo.models import load_model, resolve
+from sdo.models.flux import pack
+from sdo.tasks import TASKS, Settings
+from sdo.tasks.loop import image_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["a photo of a cat", "a red dog"]
+FAMILIES = {
+    "sdxl": (build_tiny_sdxl, StableDiffusionXLPipeline),
+    "sd3": (build_tiny_sd3, StableDiffusion3Pipeline),
+    "flux": (build_tiny_flux, FluxPipeline),
+}
+CFG = {"sdxl": 4.0, "sd3": 4.0, "flux": 1.0}  # FLUX.1-dev guides through its guidance embedding
+OPTIONS_OF = {"sdxl": {}, "sd3": {}, "flux": {"resolution": 16}}  # FLUX's default 128 px: 4096 tokens
+
+
+def _load(saved, family, **options):
+    return load_model(str(saved[family]), **OPTIONS_OF[family], **options)
+
+
+def wavy(images: torch.Tensor) -> torch.Tensor:
+    """A nonlinear reward with fixed random weights."""
+    weights = torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(7), dtype=images.dtype)
+    return (torch.sin(3 * images) * weights).flatten(1).sum(1) - 0.5 * (images**2).flatten(1).mean(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipelines")
+    for family, (build, _) in FAMILIES.items():
+        build(root / family)
+    return {family: root / family for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_bare_directory_is_recognised_by_its_pipeline_class(saved, family):
+    assert resolve(str(saved[family])).cls.prefix == family
+    model = _load(saved, family)
+    same = load_model(f"{family}:{saved[family]}", **OPTIONS_OF[family])
+    cond = model.encode(PROMPTS)
+    assert set(cond) == {"embeddings", "pooled"} and cond["embeddings"].shape[0] == 2
+    assert torch.equal(cond["embeddings"], same.encode(PROMPTS)["embeddings"])
+    latent = model.latent_batch(1, torch.Generator().manual_seed(0))
+    assert model.decode(latent).shape == (1, 3, model.resolution, model.resolution)
+    assert not any(p.requires_grad for module in model.parts.values() if isinstance(module, torch.nn.Module)
+                   for p in module.parameters())
+
+
+def test_a_model_id_loads_from_the_local_cache_and_a_missing_one_is_named(saved, tmp_path):
+    """`sdo run --model flux:<id>` with the id in HF_HUB_CACHE, in a fresh process; an id that is
+    not there fails the record saying where it looked and how to provide it."""
+    cache = cache_as(saved["flux"], "tiny-org/tiny-flux", tmp_path / "cache")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache)}
+    flags = [sys.executable, "-m", "evals.cli", "--threads", "1", "run", "--task", "latent", "--method", "shortcut",
+             "--steps", "2", "--iters", "1", "--batch", "1", "--reward", "mean_square", "--device", "cpu",
+             "--model-option", "resolution=16"]
+    done = subprocess.run(flags + ["--model", "flux:tiny-org/tiny-flux", "--out", str(tmp_path / "ok.json")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(flags + ["--model", "flux:tiny-org/absent", "--out", str(tmp_path / "absent.json")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "absent.json").read_text())
+    assert done.returncode == 1 and record["status"] == "failed"
+    assert str(cache) in record["reason"] and "--model-option allow_download=true" in record["reason"]
+
+
+def _pipeline(saved, family):
+    pipeline = FAMILIES[family][1].from_pretrained(saved[family], local_files_only=True)
+    if family == "sdxl":  # the harness samples DDIM on the pipeline's schedule
+        pipeline.scheduler = DDIMScheduler.from_config(
+            pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_chain_samples_what_the_pipeline_samples(saved, family):
+    ours, pipeline = _load(saved, family), _pipeline(saved, family)
+    latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
+    size = ours.resolution
+    runs = [(1.0, {}), (CFG[family], {"guidance_scale": CFG[family]})] if family != "flux" else [
+        (1.0, {"guidance_scale": 3.5}), (2.0, {"guidance_scale": 3.5, "true_cfg_scale": 2.0, "negative_prompt": ""}),
+    ]
+    for cfg_scale, arguments in runs:
+        arguments = {"guidance_scale": 1.0, **arguments}
+        expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, height=size,
+                            width=size, **arguments).images
+        with torch.no_grad():
+            sample = ours.make_chain(4, cfg_scale).sample(latents, ours.encode(PROMPTS), graph_from=None)
+        assert (sample - expected).abs().max() <= 1e-5, (family, cfg_scale, float((sample - expected).abs().max()))
+
+
+def _loss_along(problem, loss, direction, h):
+    params = problem.params
+    with torch.no_grad():
+        for p, v in zip(params, direction):
+            p.add_(h * v)
+        value = float(loss(problem.chain.sample(problem.latent, problem.cond, graph_from=None)))
+        for p, v in zip(params, direction):
+            p.sub_(h * v)
+    return value
+
+
+def _rotary_in_the_input_dtype(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
+    """diffusers' apply_rotary_emb as FLUX calls it, without its cast to float32 (which would make
+    a float64 finite-difference check measure float32 round-off, not the gradient)."""
+    cos, sin = (f[None, :, None, :] if sequence_dim == 1 else f[None, None] for f in freqs_cis)
+    real, imaginary = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imaginary, real], dim=-1).flatten(3)
+    return x * cos.to(x) + rotated * sin.to(x)
+
+
+@pytest.mark.parametrize("wrt", ["latent", "cond", "weights"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_full_through_the_decode_matches_finite_differences(saved, family, wrt, monkeypatch):
+    import diffusers.models.transformers.transformer_flux as flux_module
+
+    monkeypatch.setattr(flux_module, "apply_rotary_emb", _rotary_in_the_input_dtype)
+    model = _load(saved, family, dtype="float64")
+    if wrt == "weights":
+        model = model.with_lora(2)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # move B off zero so every adapter weight has a gradient
+            for p in model.net.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    chain = model.make_chain(2, CFG[family])
+    problem = Problem(chain, model.latent_batch(2, torch.Generator().manual_seed(2)), model.encode(PROMPTS), wrt)
+    loss = image_loss(model, wavy)
+    estimate = make_estimator("full")(problem, loss)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in problem.params]
+        analytic = sum(float((g * v).sum()) for g, v in zip(estimate.grads, direction))
+        # h = 1e-5: FLUX's position ids go through float32 (a round-off floor near 1e-11 in the loss)
+        numeric = (_loss_along(problem, loss, direction, 1e-5) - _loss_along(problem, loss, direction, -1e-5)) / 2e-5
+        assert abs(analytic - numeric) <= 1e-5 * abs(numeric), (analytic, numeric)
+
+
+OPTIONS = {"truncated": {"tail": 1}, "drtune": {"supervised": 2}, "refl": {"last": 2}, "shortcut_warm": {"sweeps": 1}}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_estimator_runs_one_iteration_of_every_task(saved, family):
+    model = _load(saved, family)
+    settings = Settings(steps=2, iters=1, batch=1, cfg_scale=CFG[family], seed=0)
+    outcomes = {}
+    for task in ("latent", "conditioning", "finetune"):
+        options = TASKS[task].make_options({} if task == "latent" else {"eval_samples": 1, "monitor_samples": 1})
+        for method in sorted(ESTIMATORS):
+            try:
+                result = TASKS[task].run(model, lambda x: -(x**2).flatten(1).mean(1), make_estimator(method, **OPTIONS.get(method, {})),
+                                         settings, options)
+            except NotApplicable:
+                outcomes[task, method] = "not_applicable"
+                continue
+            (row,) = result.trace.rows
+            assert row["nfe_backward"] > 0 and row["grad_norm"] > 0, (task, method)
+            outcomes[task, method] = "ok"
+    expected_na = {("latent", m) for m in ("truncated", "drtune", "refl")}
+    assert {key for key, outcome in outcomes.items() if outcome == "not_applicable"} == expected_na
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_memory_levers_keep_the_outputs(saved, family):
+    plain = _load(saved, family)
+    levered = _load(saved, family, gradient_checkpointing=True, vae_slicing=True)
+    assert levered.net.denoiser.is_gradient_checkpointing and levered.vae.is_gradient_checkpointing
+    assert _load(saved, family, vae_tiling=True).vae.use_tiling  # tiles blend at their seams: not the same pixels
+    x = plain.latent_batch(2, torch.Generator().manual_seed(1))
+    t, cond = torch.tensor([900.0, 300.0]), plain.encode(PROMPTS)
+    with torch.no_grad():
+        torch.testing.assert_close(levered.net(x, t, cond), plain.net(x, t, cond), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(levered.decode(x), plain.decode(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="attention_slicing applies to UNets") if family != "sdxl" else _no_error():
+        _load(saved, family, attention_slicing=True)
+
+
+class _no_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_lora_sits_on_the_attention_projections_and_starts_as_the_base(saved, family):
+    model = _load(saved, family)
+    tuned = model.with_lora(2)
+    trainable = [name for name, p in tuned.net.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert any(".to_q." in name for name in trainable)
+    x, t, cond = model.latent_batch(1, torch.Generator().manual_seed(0)), torch.tensor([500.0]), model.encode(PROMPTS[:1])
+    with torch.no_grad():
+        assert torch.equal(tuned.net(x, t, cond), model.net(x, t, cond))
+
+
+PUBLISHED = {  # parameters per network, as the published configs give them
+    "sd1.5": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
+    "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
+    "sd3.5-medium": {"transformer": 2_243_171_520, "vae": 83_819_683, "text_encoder": 123_650_304,
+                     "text_encoder_2": 694_659_840, "text_encoder_3": 4_762_310_656},
+    "flux-dev": {"transformer": 11_901_408_320, "vae": 83_819_683, "text_encoder": 123_060_480,
+                 "text_encoder_2": 4_762_310_656},
+    "flux-schnell": {"transformer": 11_891_178_560, "vae": 83_819_683, "text_encoder": 123_060_480,
+                     "text_encoder_2": 4_762_310_656},
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(PUBLISHED))
+def test_published_architectures_have_their_sizes(architecture):
+    """Built on the meta device (nothing allocated): the published parameter counts, the true
+    latent shapes, and one guided step and decode traced for shapes."""
+    model = load_model(f"random:{architecture}", device="meta", dtype="bfloat16")
+    assert model.parameter_counts() == PUBLISHED[architecture]
+    assert model.options["model"] == f"random:{architecture}"
+    latent = model.latent_batch(1, torch.Generator().manual_seed(0))
+    z = model.make_chain(2, 2.0).step(latent, 0, model.encode(PROMPTS[:1]))
+    assert z.shape == latent.shape and model.decode(z).shape == (1, 3, model.resolution, model.resolution)

@@ -1,0 +1,172 @@
+"""Cost to quality and verdicts on synthetic runs with known answers: paired ratios, censoring,
+a method that never reaches the target, ties, interpolation between evaluations, an invalid
+start, the reward-hacking guard, and a rerun that gives the same verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evals import statistics
+from evals.statistics import Options
+
+KEY = {"model": "embedded", "task": "latent", "wrt": "latent", "steps": 10}
+OPTIONS = Options(target_fraction=0.9, resamples=2000)
+
+
+def _run(variant, seed, rewards, cost_per_iter, every=1, start_deviation=0.0, seconds_per_iter=None):
+    """A run's evaluation rows (every `every` iterations), its iteration rows (constant cost)
+    and its summary row."""
+    iters = (len(rewards) - 1) * every
+    evaluations = [{**KEY, "variant": variant, "seed": seed, "iter": i * every, "reward": r} for i, r in enumerate(rewards)]
+    seconds = cost_per_iter / 10 if seconds_per_iter is None else seconds_per_iter
+    iterations = [{**KEY, "variant": variant, "seed": seed, "iter": i, "cost": cost_per_iter, "seconds": seconds}
+                  for i in range(iters)]
+    run = {**KEY, "variant": variant, "seed": seed, "status": "ok", "start_deviation": start_deviation}
+    return evaluations, iterations, run
+
+
+def _tables(runs):
+    evaluations, iterations, summary = [], [], []
+    for e, i, r in runs:
+        evaluations += e
+        iterations += i
+        summary.append(r)
+    return pd.DataFrame(evaluations), pd.DataFrame(iterations), pd.DataFrame(summary)
+
+
+def _per_run(runs, options=OPTIONS):
+    return statistics.runs_to_target(*_tables(runs), options)
+
+
+FULL = [0, 5, 9, 10]  # full gains 10: the target is 9, reached at iteration 2
+
+
+def test_paired_ratio_of_a_method_ten_times_cheaper_holds_the_claim():
+    """Every seed: full reaches at iteration 2 (cost 2 x 30), the shortcut at iteration 2 too
+    (cost 2 x 3): the ratio is exactly 0.1 on every seed, the interval a point, the claim holds."""
+    runs = [_run("full", s, FULL, 30) for s in range(8)] + [_run("shortcut", s, FULL, 3) for s in range(8)]
+    per_run = _per_run(runs)
+    assert per_run.loc[per_run["variant"] == "full", "cost"].eq(60).all()
+    table = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS, claim=0.1)
+    row = table[table["threshold"] == 0.1].iloc[0]
+    assert (row["ratio"], row["ratio_low"], row["ratio_high"]) == pytest.approx((0.1, 0.1, 0.1))
+    assert row["verdict"] == "holds" and row["paired"] == 8 and row["censored_method"] == 0
+    cheaper = table[table["threshold"] == 1.0].iloc[0]
+    assert cheaper["verdict"] == "holds"
+
+
+def test_ties_give_ratio_one_and_refute_the_claim():
+    runs = [_run("full", s, FULL, 30) for s in range(8)] + [_run("shortcut", s, FULL, 30) for s in range(8)]
+    table = statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS, claim=0.1)
+    claim, cheaper = (table[table["threshold"] == t].iloc[0] for t in (0.1, 1.0))
+    assert claim["ratio"] == pytest.approx(1.0) and claim["verdict"] == "refuted"
+    assert cheaper["verdict"] == "holds"  # ratio <= 1 holds at a tie: the whole interval sits at 1
+
+
+def test_the_interval_covers_the_spread_of_paired_ratios():
+    """Per-seed ratios 0.05..0.4 (log-spread): the IQM lies inside, the interval spans the
+    middle of them, and the claim at 0.1 is inconclusive."""
+    ratios = [0.05, 0.06, 0.08, 0.1, 0.12, 0.2, 0.3, 0.4]
+    runs = [_run("full", s, FULL, 100) for s in range(8)]
+    runs += [_run("shortcut", s, FULL, 100 * r) for s, r in enumerate(ratios)]
+    row = statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS).iloc[0]
+    middle = np.exp(np.log(sorted(ratios)[2:6]).mean())
+    assert row["ratio"] == pytest.approx(middle)
+    assert row["ratio_low"] < middle < row["ratio_high"]
+    assert 0.05 <= row["ratio_low"] and row["ratio_high"] <= 0.4
+    assert row["verdict"] == "inconclusive"
+
+
+def test_a_method_that_never_reaches_is_censored_not_dropped():
+    """The shortcut never reaches the target on any seed: each ratio is at least its budget over
+    full's cost (8 iterations x 30 / 60 = 4), so the claim is refuted, not left out."""
+    runs = [_run("full", s, FULL + [10] * 6, 30) for s in range(8)]
+    runs += [_run("shortcut", s, [0, 1, 2, 3, 4, 5, 6, 7, 8], 30) for s in range(8)]
+    per_run = _per_run(runs)
+    ours = per_run[per_run["variant"] == "shortcut"]
+    assert not ours["reached"].any() and (ours["cost"] == 8 * 30).all()
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).iloc[0]
+    assert row["censored_method"] == 8 and row["ratio_low"] == pytest.approx(4.0) and math.isinf(row["ratio_high"])
+    assert row["verdict"] == "refuted"
+    table = statistics.cost_to_quality(per_run, OPTIONS)
+    shortcut = table[table["variant"] == "shortcut"].iloc[0]
+    assert shortcut["reached"] == 0 and shortcut["runs"] == 8 and math.isnan(shortcut["cost_to_target"])
+
+
+def test_a_censored_run_with_a_small_budget_leaves_the_verdict_open():
+    """Two of eight seeds never reach within a budget of 4 iterations (cost 4 x 1 = 4, ratio >=
+    4 / 60): those censored ratios may be anything above 0.067, so the interval's upper limit
+    is infinite and the claim at 0.1 cannot hold; the reached seeds are at 0.05."""
+    runs = [_run("full", s, FULL, 30) for s in range(8)]
+    runs += [_run("shortcut", s, [0, 9.5, 9.6, 9.7, 9.8], 1.5) for s in range(6)]
+    runs += [_run("shortcut", s, [0, 1, 2, 3, 4], 1.0) for s in (6, 7)]
+    row = statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS).iloc[0]
+    assert row["censored_method"] == 2 and row["ratio"] == pytest.approx(0.025)
+    assert row["ratio_low"] == pytest.approx(0.025) and math.isinf(row["ratio_high"])
+    assert row["verdict"] == "inconclusive"
+
+
+def test_a_censored_reference_bounds_the_ratio_from_above():
+    """Full never reaches on seed 0 (its gain elsewhere sets the target): the shortcut's ratio
+    there is at most its cost over full's budget, so the lower limit is open and the upper
+    limit finite."""
+    runs = [_run("full", 0, [0, 1, 2, 3], 30)] + [_run("full", s, [0, 10, 12, 12], 30) for s in range(1, 8)]
+    runs += [_run("shortcut", s, [0, 10, 12, 12], 3) for s in range(8)]
+    per_run = _per_run(runs)
+    assert not per_run[(per_run["variant"] == "full") & (per_run["seed"] == 0)]["reached"].iloc[0]
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).iloc[0]
+    assert row["censored_reference"] == 1 and row["ratio_low"] == 0 and np.isfinite(row["ratio_high"])
+    assert row["ratio"] == pytest.approx(0.1)
+
+
+def test_crossings_between_evaluations_are_interpolated_to_a_whole_iteration():
+    """Evaluations every 4 iterations: rewards 0, 6, 10 reach the target 9 between iterations 4
+    and 8, at 4 + 4 (9 - 6) / (10 - 6) = 7: the cost through iteration 7, and `resolution` says so."""
+    runs = [_run("full", 0, [0, 6, 10], 5, every=4)]
+    row = _per_run(runs).iloc[0]
+    assert row["reached"] and row["iters"] == 7 and row["cost"] == 7 * 5
+    assert row["resolution"] == "interpolated between evaluations every 4"
+    assert _per_run([_run("full", 0, FULL, 5)]).iloc[0]["resolution"] == "each iteration"
+
+
+def test_a_sampler_that_starts_elsewhere_is_no_baseline():
+    runs = [_run("full", s, FULL, 30) for s in range(8)] + [_run("shortcut", s, FULL, 3) for s in range(8)]
+    runs += [_run("doodl", s, FULL, 100, start_deviation=2.9) for s in range(8)]
+    per_run = _per_run(runs)
+    table = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS)
+    assert set(table.loc[table["baseline"] == "doodl", "verdict"]) == {"invalid_start"}
+    assert set(table.loc[table["baseline"] == "full", "verdict"]) == {"holds"}
+    assert not statistics.cost_to_quality(per_run, OPTIONS).set_index("variant").loc["doodl", "valid_start"]
+
+
+def test_too_few_seeds_are_inconclusive():
+    runs = [_run("full", s, FULL, 30) for s in range(2)] + [_run("shortcut", s, FULL, 3) for s in range(2)]
+    table = statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS)
+    assert set(table["verdict"]) == {"inconclusive"}
+
+
+def test_the_guard_flags_reward_hacking():
+    """The shortcut reaches the target but its distance to real data (2.0) lies above full's
+    95% interval (1.0 +- 0.1): reward_hacked; a method as close to real data as full is not."""
+    runs = [_run("full", s, FULL, 30) for s in range(4)] + [_run("shortcut", s, FULL, 3) for s in range(4)]
+    runs += [_run("honest", s, FULL, 3) for s in range(4)]
+    per_run = _per_run(runs)
+    distance = {"full": [0.95, 1.0, 1.05, 1.0], "shortcut": [2.0] * 4, "honest": [1.0, 1.02, 0.98, 1.0]}
+    summary = pd.DataFrame([{**KEY, "variant": v, "seed": s, "status": "ok", "final_nn_distance": d}
+                            for v, values in distance.items() for s, d in enumerate(values)])
+    guard = statistics.quality_guard(summary, per_run, "nn_distance", lower_is_better=True).set_index("variant")
+    assert guard.loc["shortcut", "reward_hacked"] and not guard.loc["honest", "reward_hacked"]
+    assert guard.loc["full", "guard_full_low"] < 1.0 < guard.loc["full", "guard_full_high"] < 2.0
+    table = statistics.verdicts(per_run, guard.reset_index(), OPTIONS, subject="shortcut")
+    assert table["reward_hacked"].all()
+
+
+def test_the_same_records_give_the_same_verdicts():
+    ratios = [0.05, 0.06, 0.08, 0.1, 0.12, 0.2, 0.3, 0.4]
+    runs = [_run("full", s, FULL, 100) for s in range(8)] + [_run("shortcut", s, FULL, 100 * r) for s, r in enumerate(ratios)]
+    first, second = (statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS) for _ in range(2))
+    pd.testing.assert_frame_equal(first, second)
