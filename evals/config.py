@@ -62,10 +62,13 @@ def typed(values):
 def layered(layers: list[dict | str | Path]) -> dict:
     """Config layers (mappings or YAML files) merged in order as Snakemake merges --configfile and
     --config (mappings key by key, lists replaced), except that plug-in option blocks are
-    replaced whole (`_replaced_whole`)."""
+    replaced whole (`_replaced_whole`) and a task that names another reward drops the lower
+    layer's reward_options."""
 
     def merge(base: dict, update: dict, path: tuple[str, ...]) -> dict:
         merged = dict(base)
+        if len(path) == 3 and path[:2] == ("runs", "tasks") and update.get("reward", base.get("reward")) != base.get("reward"):
+            merged.pop("reward_options", None)  # options of the reward a lower layer named
         for key, value in update.items():
             inner = (*path, str(key))
             if isinstance(value, dict) and isinstance(merged.get(key), dict) and not _replaced_whole(inner):

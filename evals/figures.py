@@ -23,7 +23,7 @@ def _colours(variants) -> dict:
     return {v: cycle[i % len(cycle)] for i, v in enumerate(sorted(map(str, variants)))}
 
 
-def _devices(frame: pd.DataFrame):
+def devices_of(frame: pd.DataFrame):
     return frame["device"].dropna().astype(str) if "device" in frame else []
 
 
@@ -53,46 +53,52 @@ def _legend(figure, axes) -> None:
         figure.legend(list(labels.values()), list(labels), loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
 
 
-def verdicts(table: pd.DataFrame, path: Path | str) -> None:
+def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
     """The answer at a glance: for each model, task and T, the subject's paired cost ratio to
     each baseline (IQM over seeds, bootstrap interval; log scale, in the load-free cost unit),
-    coloured by the verdict on the paper's claim, with the claim's threshold and parity marked."""
+    coloured by the verdict on the paper's claim, with the claim's threshold and parity marked.
+    An interval with no lower or upper limit (censored runs) runs off the edge as an arrow."""
     if table.empty or "ratio" not in table:
         return _empty(path, "verdicts")
     claim = table["threshold"].min()
     rows = table[table["threshold"] == claim].reset_index(drop=True)
     labels = [f"{r.model} · {r.task} · T={r.steps}  vs {r.baseline}" for r in rows.itertuples()]
+    values = pd.concat([rows["ratio"], rows["ratio_low"], rows["ratio_high"]])
+    values = values[np.isfinite(values) & (values > 0)]
+    left, right = min([claim / 2, *values]) / 1.3, max([2.0, *values]) * 1.3
     figure, axis = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.6))
     y = np.arange(len(rows))[::-1]
     for yi, row in zip(y, rows.itertuples()):
         colour = VERDICT_COLOURS.get(row.verdict, "0.5")
-        low, high = row.ratio_low, row.ratio_high
-        if np.isfinite(low) and np.isfinite(high):
-            axis.plot([low, high], [yi, yi], color=colour, lw=3, alpha=0.6, solid_capstyle="round")
-        elif np.isfinite(low):  # no finite upper limit: a censored run may be arbitrarily slow
-            axis.annotate("", xy=(low * 30, yi), xytext=(low, yi), arrowprops=dict(arrowstyle="->", color=colour, lw=2))
+        low = row.ratio_low if np.isfinite(row.ratio_low) and row.ratio_low > 0 else left
+        high = row.ratio_high if np.isfinite(row.ratio_high) else right
+        axis.plot([low, high], [yi, yi], color=colour, lw=3, alpha=0.6, solid_capstyle="butt")
+        for edge, open_ in ((left, low == left), (right, high == right)):
+            if open_:
+                axis.plot(edge, yi, "<" if edge == left else ">", color=colour, alpha=0.8, ms=7)
         if np.isfinite(row.ratio):
             axis.plot(row.ratio, yi, "o", color=colour, ms=6, label=row.verdict)
-        hacked = getattr(row, "reward_hacked", False)
-        if hacked is True:
+        if getattr(row, "reward_hacked", False) is True:
             axis.text(row.ratio if np.isfinite(row.ratio) else 1, yi + 0.25, "reward hacked", fontsize=7, color="#c0392b")
     axis.axvline(claim, color="#2a9d4b", ls="--", lw=1)
     axis.axvline(1.0, color="0.3", ls=":", lw=1)
-    axis.text(claim, len(rows) - 0.4, f" claim: <= {claim:g} x", fontsize=8, color="#2a9d4b", va="bottom")
+    axis.text(claim, len(rows) - 0.35, f" claim: <= {claim:g} x", fontsize=8, color="#2a9d4b", va="top")
     axis.set_yticks(y, labels, fontsize=8)
     axis.set_xscale("log")
+    axis.set_xlim(left, right)
     axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     unit = rows["unit"].iloc[0]
-    axis.set_xlabel(f"{rows['subject'].iloc[0]}'s cost to reach the target / the baseline's ({unit}: forward-pass equivalents)")
+    axis.set_xlabel(f"{rows['subject'].iloc[0]}'s cost to reach the target / the baseline's ({unit}: forward-pass equivalents)"
+                    "\narrows: no limit on that side (runs that never reached the target)", fontsize=9)
     axis.grid(alpha=0.3, which="both", axis="x")
     axis.set_ylim(-0.7, len(rows) - 0.3)
     _legend(figure, np.array([axis]))
-    _save(figure, path, [], top=0.93)
+    _save(figure, path, devices, top=0.93)
 
 
 def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics) -> None:
-    """Held-out evaluation curves: a row of panels per (model, task, metric), a column per T, a
-    line per variant (mean over seeds against the mean x; band: Student-t 95% interval over
+    """Held-out evaluation curves: a row of panels per (model, task), a column per (T, metric),
+    a line per variant (mean over seeds against the mean x; band: Student-t 95% interval over
     seeds)."""
     from evals.tables import t_half_width
 
@@ -102,13 +108,12 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
     if evaluations.empty:
         return _empty(path, "finished runs")
     groups = sorted(evaluations.groupby(["model", "task"]).groups)
-    steps = sorted(evaluations["steps"].unique())
     metrics = [(m, label) for m, label in metrics if m in evaluations and evaluations[m].notna().any()]
+    columns = [(t, metric, label) for t in sorted(evaluations["steps"].unique()) for metric, label in metrics]
     colours = _colours(evaluations["variant"].unique())
-    rows = [(model, task, metric, label) for model, task in groups for metric, label in metrics]
-    figure, axes = plt.subplots(len(rows), len(steps), figsize=(3.8 * len(steps), 2.9 * len(rows)), squeeze=False)
-    for i, (model, task, metric, label) in enumerate(rows):
-        for j, t in enumerate(steps):
+    figure, axes = plt.subplots(len(groups), len(columns), figsize=(3.9 * len(columns), 2.9 * len(groups)), squeeze=False)
+    for i, (model, task) in enumerate(groups):
+        for j, (t, metric, label) in enumerate(columns):
             axis = axes[i][j]
             panel = evaluations[(evaluations["model"] == model) & (evaluations["task"] == task) & (evaluations["steps"] == t)]
             for variant, group in panel.groupby("variant"):
@@ -117,14 +122,14 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
                 axis.fill_between(stats["x"], stats["y"] - stats["half"], stats["y"] + stats["half"],
                                   color=colours[str(variant)], alpha=0.12)
             axis.set_title(f"{model} · {task} · T = {t}", fontsize=9)
-            axis.set_xlabel(xlabel)
+            axis.set_xlabel(xlabel, fontsize=8)
+            axis.set_ylabel(label, fontsize=8)
             axis.grid(alpha=0.3)
             axis.set_visible(bool(axis.lines))
-        axes[i][0].set_ylabel(label)
     if any(str(v).startswith("doodl") for v in colours):
         figure.text(0.01, 0.005, "doodl samples with EDICT, not the base sampler: it starts elsewhere at small T", fontsize=7, color="0.4")
     _legend(figure, axes)
-    _save(figure, path, _devices(evaluations))
+    _save(figure, path, devices_of(evaluations), top=1 - 0.5 / (2.9 * len(groups)))
 
 
 METRICS = (("reward", "held-out reward"), ("nn_distance", "distance to real data\n(1 = as real data; lower is better)"))
@@ -172,7 +177,7 @@ def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
     for axis in axes.flat[len(panels):]:
         axis.set_visible(False)
     _legend(figure, axes)
-    _save(figure, path, _devices(audits))
+    _save(figure, path, devices_of(audits))
 
 
 def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
@@ -200,11 +205,14 @@ def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
         reward.set(xscale="log", xlabel="seconds per iteration", ylabel="final reward (mean over seeds)", title=f"{model} · {task}: reward")
         realism.set(xscale="log", xlabel="seconds per iteration", ylabel="distance to real data", title=f"{model} · {task}: quality")
         for axis in (reward, realism):
+            axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 3, 5)))
+            axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.xaxis.set_minor_formatter(ticker.NullFormatter())
             axis.grid(alpha=0.3, which="both")
             axis.title.set_fontsize(9)
     figure.text(0.01, 0.005, "marker size: T (" + ", ".join(map(str, sizes)) + ")", fontsize=7, color="0.4")
     _legend(figure, axes)
-    _save(figure, path, _devices(done))
+    _save(figure, path, devices_of(done))
 
 
 def _log_axes(axis, ticks) -> None:
@@ -238,7 +246,7 @@ def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path 
             _log_axes(axis, ticks)
             axis.set(yscale="log" if logy else "linear", xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}")
     _legend(figure, axes)
-    _save(figure, path, _devices(frame), top=0.92)
+    _save(figure, path, devices_of(frame), top=0.92)
 
 
 def fidelity_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
@@ -287,4 +295,4 @@ def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> N
         start.set_ylabel(f"{row.model}\n{row.task}\n{row.variant}\nT={row.steps}", rotation=0, ha="right", va="center", fontsize=7)
     axes[0][0].set_title("start (same noise)", fontsize=9)
     axes[0][1].set_title("end", fontsize=9)
-    _save(figure, path, _devices(rows), top=0.97)
+    _save(figure, path, devices_of(rows), top=0.97)

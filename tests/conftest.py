@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from sdo import Problem
@@ -56,6 +57,21 @@ def smooth_loss(seed: int = 7):
         return (torch.sin(3 * x) * weights["w"]).sum() + 0.5 * (x**2).mean()
 
     return loss
+
+
+def wavy(images: torch.Tensor) -> torch.Tensor:
+    """A nonlinear per-image reward with fixed random weights."""
+    weights = torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(7), dtype=images.dtype)
+    return (torch.sin(3 * images) * weights).flatten(1).sum(1) - 0.5 * (images**2).flatten(1).mean(1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Networks this small run faster on one thread (and far faster beside other jobs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_problem(wrt: str, steps: int, **options) -> Problem:

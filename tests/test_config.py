@@ -109,7 +109,7 @@ def _planned_commands(configfile: Path, target: str = "all", env: dict | None = 
         [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--configfile", str(configfile)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
     commands = []
     for line in done.stdout.splitlines():
         if "python -m evals.cli" in line:

@@ -89,3 +89,15 @@ def test_sd_keys_are_checked():
     config["sd_cost"]["models"] = {"random:sd9": {}}
     with pytest.raises(ConfigError, match="unknown architecture 'sd9'"):
         check_config(config, base=ROOT)
+
+
+def test_a_layer_naming_another_reward_drops_the_lower_layers_reward_options():
+    """Snakemake's merge would hand the default's digits options to a user's reward; a task that
+    names another reward starts from none, and one that keeps its reward keeps them."""
+    base = {"runs": {"tasks": {"finetune": {"reward": "classifier", "reward_options": {"target": 3}, "iters": 10}}}}
+    other = layered([base, {"runs": {"tasks": {"finetune": {"reward": "config/rewards/saturation.py:saturation"}}}}])
+    assert "reward_options" not in other["runs"]["tasks"]["finetune"] and other["runs"]["tasks"]["finetune"]["iters"] == 10
+    same = layered([base, {"runs": {"tasks": {"finetune": {"reward": "classifier", "iters": 20}}}}])
+    assert same["runs"]["tasks"]["finetune"]["reward_options"] == {"target": 3}
+    replaced = layered([base, {"runs": {"tasks": {"finetune": {"reward_options": {"target": 5}}}}}])
+    assert replaced["runs"]["tasks"]["finetune"]["reward_options"] == {"target": 5}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
+from conftest import wavy
 from hf_cache import cache_as
 from tiny_pipelines import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
 
@@ -40,18 +41,10 @@ def _load(saved, family, **options):
     return load_model(str(saved[family]), **OPTIONS_OF[family], **options)
 
 
-def wavy(images: torch.Tensor) -> torch.Tensor:
-    """A nonlinear reward with fixed random weights."""
-    weights = torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(7), dtype=images.dtype)
-    return (torch.sin(3 * images) * weights).flatten(1).sum(1) - 0.5 * (images**2).flatten(1).mean(1)
-
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one thread."""
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +242,24 @@ def test_published_architectures_have_their_sizes(architecture):
     latent = model.latent_batch(1, torch.Generator().manual_seed(0))
     z = model.make_chain(2, 2.0).step(latent, 0, model.encode(PROMPTS[:1]))
     assert z.shape == latent.shape and model.decode(z).shape == (1, 3, model.resolution, model.resolution)
+
+
+CONFIG_IDS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd3": "stabilityai/stable-diffusion-3.5-medium",
+              "flux": "black-forest-labs/FLUX.1-dev"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_config_plans_every_estimator(saved, family, tmp_path):
+    """`snakemake -n --configfile config/<family>.yaml` with the model id in the local cache (a
+    tiny pipeline standing in): every task, and every registered estimator among the runs."""
+    from test_config import _planned_commands
+
+    from evals.cli import build_parser
+
+    cache = cache_as(saved[family], CONFIG_IDS[family], tmp_path / "cache")
+    commands = _planned_commands(ROOT / "config" / f"{family}.yaml", env={**os.environ, "HF_HUB_CACHE": str(cache)})
+    runs = [args for args in map(build_parser().parse_args, commands) if args.command == "run"]
+    assert {args.task for args in runs} == {"latent", "conditioning", "finetune"}
+    assert {args.method for args in runs} == set(ESTIMATORS)
+    assert {args.model for args in runs} == {f"{family}:{CONFIG_IDS[family]}"}
+    assert {args.reward for args in runs} == {"clip", "aesthetic", "config/rewards/saturation.py:saturation"}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
+from conftest import wavy
 from safetensors.torch import save_file
 from tiny_pipelines import TINY_TEXT
 from tiny_pipelines import build_tiny_sd as build_tiny
@@ -33,19 +34,10 @@ def brightness(images: torch.Tensor) -> torch.Tensor:
     return images.mean(dim=(1, 2, 3))
 
 
-def wavy(images: torch.Tensor) -> torch.Tensor:
-    """A nonlinear reward with fixed random weights."""
-    weights = torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(7), dtype=images.dtype)
-    return (torch.sin(3 * images) * weights).flatten(1).sum(1) - 0.5 * (images**2).flatten(1).mean(1)
-
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Networks this small run faster on one thread (and far faster beside other jobs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one thread."""
 
 
 @pytest.fixture(scope="module")
