@@ -9,7 +9,7 @@ import torch
 
 from evals.plain_loop import plain_gradient
 from sdo.estimators import Estimator, Problem, fidelity
-from sdo.memory import peak_bytes, reset_peak, saved_bytes
+from sdo.memory import peak_bytes, reset_peak, saved_bytes, used_bytes
 from sdo.models.base import DiffusionModel
 from sdo.timing import timed
 
@@ -59,7 +59,9 @@ def measure(
     `seconds_vs_sampling` and `seconds_vs_plain` are medians of the per-round ratios (what
     holds still across reruns). Given `sampled`, the seconds of a sampling pass timed once for
     many rows, the rounds time the gradient only. Also network evaluations, sequential depth,
-    peak memory, gradient norm, cosine and relative error against `reference`, and autograd's
+    peak memory (of the estimator's calls alone) and what of it the gradient added to what was
+    resident before (`working_bytes`: comparable between rows whose resident weights differ,
+    such as a LoRA copy of the network), gradient norm, cosine and relative error against `reference`, and autograd's
     bytes, counted on a call of their own after the timed rounds."""
     device = problem.latent.device
     if warmup:
@@ -67,6 +69,7 @@ def measure(
         if plain:
             plain_gradient(plain, problem, loss)
     reset_peak(device)
+    resident = used_bytes(device)
     sampling, gradient, plain_seconds, estimate = [], [], [], None
     for _ in range(rounds):
         sampling.append(sampling_seconds(problem) if sampled is None else sampled)
@@ -74,6 +77,10 @@ def measure(
             plain_seconds.append(timed(lambda: plain_gradient(plain, problem, loss), device)[0])
         seconds, estimate = timed(lambda: estimator(problem, loss), device)
         gradient.append(seconds)
+    if plain:  # the plain loop's own peak is not the estimator's: one untimed call alone
+        estimate = None
+        reset_peak(device)
+        estimate = estimator(problem, loss)
     peak = peak_bytes(device)
     grad = _flat(estimate.grads)
     q1, median, q3 = _quartiles(gradient)
@@ -90,6 +97,8 @@ def measure(
         "depth": estimator.depth(estimate, problem.chain.steps),
         "saved_bytes": saved_bytes(estimator, problem, loss),
         "peak_bytes": peak,
+        "resident_bytes": resident,
+        "working_bytes": max(peak - resident, 0),
         "grad_norm": float(grad.norm()),
         "loss": estimate.loss,
     }

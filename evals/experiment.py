@@ -275,39 +275,49 @@ def bench_rows(specs: list[BenchSpec]) -> list[dict]:
     gradient (every network once forward and backward) and its sampling pass timed once; each
     row then times its gradient alone, without a warm-up of its own, its peak memory reset
     before it (on a GPU, where this is for, the pass holds still between rows, and timing it
-    once saves a fifth of a cost sweep). The specs may differ only in `ROW_FIELDS`. A row that
+    once saves a fifth of a cost sweep), all under the first spec's memory budget (`mem_mb`).
+    The specs may differ only in `ROW_FIELDS`. A row that
     fails, runs out of memory or does not apply is written with that status and the others go on."""
     shared = {key: value for key, value in dataclasses.asdict(specs[0]).items() if key not in ROW_FIELDS}
     for spec in specs:
         if (other := {k: v for k, v in dataclasses.asdict(spec).items() if k not in ROW_FIELDS}) != shared:
             different = sorted(k for k in shared if shared[k] != other[k])
             raise ValueError(f"bench_rows: rows must share everything but {ROW_FIELDS}; {different} differ")
-    loading = {"status": "ok"}
-    with recorded_failures(loading):
-        device = resolve_device(specs[0].device)
-        model, reward, rank, facts = _bench_model(specs[0], device)
+    loading, device, model, reward, rank, facts = {"status": "ok"}, None, None, None, None, None
+    with contextlib.ExitStack() as budget:
+        with recorded_failures(loading):
+            device = resolve_device(specs[0].device)
+            budget.enter_context(enforce_budget(_budget(specs[0].mem_mb), device))
+            model, reward, rank, facts = _bench_model(specs[0], device)
+        return [row for group in _groups(specs) for row in _rows(group, loading, model, reward, rank, facts, device)]
+
+
+def _groups(specs: list[BenchSpec]) -> list[list[BenchSpec]]:
+    """The rows of each (wrt, steps) problem, in the order given."""
     problems: dict[tuple[str, int], list[BenchSpec]] = {}
     for spec in specs:
         problems.setdefault((spec.wrt, spec.steps), []).append(spec)
-    rows = []
-    for (wrt, steps), group in problems.items():
-        setup = dict(loading)
-        if setup["status"] == "ok":
-            with recorded_failures(setup):
-                problem, loss = bench_problem(model, reward, wrt, steps, specs[0].batch, specs[0].seed, specs[0].cfg_scale, rank)
-                make_estimator("shortcut")(problem, loss)
-                sampled = sampling_seconds(problem)
-        for spec in group:
-            record = _bench_record(spec)
-            if setup["status"] != "ok":
-                record.update(status=setup["status"], reason=setup["reason"])
-            else:
-                record.update(facts)
-                with recorded_failures(record):
-                    _measure_row(spec, problem, loss, record, warmup=False, sampled=sampled)
-            rows.append(write_record(record, spec.out))
-            _release(device if loading["status"] == "ok" else torch.device("cpu"))
-        problem = loss = None
+    return list(problems.values())
+
+
+def _rows(group: list[BenchSpec], loading: dict, model, reward, rank, facts, device) -> list[dict]:
+    """The records of one problem's rows (see `bench_rows`)."""
+    first, setup, rows = group[0], dict(loading), []
+    if setup["status"] == "ok":
+        with recorded_failures(setup):
+            problem, loss = bench_problem(model, reward, first.wrt, first.steps, first.batch, first.seed, first.cfg_scale, rank)
+            make_estimator("shortcut")(problem, loss)
+            sampled = sampling_seconds(problem)
+    for spec in group:
+        record = _bench_record(spec)
+        if setup["status"] != "ok":
+            record.update(status=setup["status"], reason=setup["reason"])
+        else:
+            record.update(facts)
+            with recorded_failures(record):
+                _measure_row(spec, problem, loss, record, warmup=False, sampled=sampled)
+        rows.append(write_record(record, spec.out))
+        _release(device, emptied=record["status"] != "ok")
     return rows
 
 
@@ -343,10 +353,12 @@ def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sam
         records.save_tensors(spec.save_gradient, **{str(i): g for i, g in enumerate(grads)})
 
 
-def _release(device: torch.device) -> None:
-    """Drop what a finished row left behind (a failed row's graph included)."""
+def _release(device, emptied: bool) -> None:
+    """Drop what a finished row left behind; after a row that did not end `ok` (a failed row's
+    graph included) also hand the CUDA allocator's cache back, which an `ok` row's successor
+    reuses instead of paying its allocations inside its timed window."""
     gc.collect()
-    if device.type == "cuda":
+    if emptied and device is not None and torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
 
 

@@ -17,13 +17,14 @@ import torch
 
 from sdo import conditioning
 from sdo.estimators import Problem
+from sdo.samplers.base import timestep_dtype
 
 RULES = ("full", "shortcut")
 
 
 def _guided(chain, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
     """Classifier-free guidance written out: one batched call on (null, cond) when guided."""
-    t = t.to(z.dtype).expand(z.shape[0])
+    t = t.to(device=z.device, dtype=timestep_dtype(z)).expand(z.shape[0])  # the scheduler keeps its own on the CPU
     cond = conditioning.expand(cond, z.shape[0])
     if chain.cfg_scale == 1.0:
         return chain.net(z, t, cond)

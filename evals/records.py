@@ -18,10 +18,13 @@ LIBRARIES = ("torch", "diffusers", "transformers", "torchmetrics", "peft", "snak
 
 
 def device_name(device: torch.device | str) -> str:
-    """A human description of the device, e.g. 'cpu (x86_64, 2 threads)' or the GPU's name."""
+    """A human description of the device, e.g. 'cpu (x86_64, 2 threads)' or the GPU's name, with
+    "(TF32 on)" where float32 matrix products or convolutions may round to TF32 (cuDNN's
+    default), which moves float32 fidelity numbers away from a CPU's."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+        return torch.cuda.get_device_name(device) + (" (TF32 on)" if tf32 else "")
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 

@@ -2,12 +2,14 @@
 
 The rules, following time-to-train benchmarks (MLPerf Training) and rliable:
 
-- **Target.** For a model, task and T, full backpropagation's gain is the mean over seeds of its
-  held-out reward's rise (final - start). A run reaches the target at the first held-out
-  evaluation whose reward is at least min(its own start, full's start on the same seed) +
-  `target_fraction` x that gain: a sampler that starts lower must gain as much from its own
-  start, one that starts higher must reach full's target (a bounded reward may leave no room
-  for full's whole gain above a better start).
+- **Target, per seed.** On each seed full backpropagation's gain is its held-out reward's rise
+  (final - start) on that seed's held-out noise. A run of any method on that seed reaches the
+  target at the first held-out evaluation whose reward is at least min(its own start, full's
+  start) + `target_fraction` x that gain: full always reaches its own target, a sampler that
+  starts lower must gain as much from its own start, one that starts higher must reach full's
+  target (a bounded reward may leave no room for full's whole gain above a better start). A
+  seed on which full gained nothing sets no target; its runs are counted (`no_target`) and
+  left out of the pairs for every method alike.
 - **Resolution.** Where every iteration is evaluated, the cost to target is the cost through
   the first iteration at the target. Where evaluations are every N iterations, the crossing
   iteration is interpolated linearly in reward between the two evaluations around it and
@@ -109,23 +111,23 @@ def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd
         if base.empty:
             continue
         ends = base.sort_values("iter").groupby("seed")["reward"].agg(["first", "last"])
-        gain = float((ends["last"] - ends["first"]).mean())
+        gains = ends["last"] - ends["first"]
         for (variant, seed), run in group.groupby(["variant", "seed"]):
             run = run.sort_values("iter")
             start = float(run["reward"].iloc[0])
-            reference_start = float(ends["first"].get(seed, ends["first"].mean()))
-            target = min(start, reference_start) + options.target_fraction * gain
+            gain = float(gains.get(seed, math.nan))
+            target = min(start, float(ends["first"].get(seed, math.nan))) + options.target_fraction * gain
             spent = iterations[(iterations[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)
                                & (iterations["variant"] == variant) & (iterations["seed"] == seed)]
             if gain > 0:
                 reached, cost, seconds, iteration, resolution = _crossing(run, spent, target)
-            else:
-                reached, cost, seconds, iteration, resolution = False, math.nan, math.nan, None, "no target (full gained nothing)"
+            else:  # full did not run, or gained nothing, on this seed
+                reached, cost, seconds, iteration, resolution = False, math.nan, math.nan, None, "no target"
             info = ok[(ok[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1) & (ok["variant"] == variant)
                       & (ok["seed"] == seed)].iloc[0]
             deviation = float(info.get("start_deviation", 0.0) or 0.0)
             rows.append({
-                **dict(zip(KEYS, key)), "variant": variant, "seed": seed, "target_gain": gain, "target": target,
+                **dict(zip(KEYS, key)), "variant": variant, "seed": seed, "target_gain": gain, "has_target": gain > 0, "target": target,
                 "start_reward": start, "final_reward": float(run["reward"].iloc[-1]), "reached": reached,
                 "cost": cost, "seconds": seconds, "iters": iteration, "budget_cost": float(spent["cost"].sum()),
                 "budget_seconds": float(spent["seconds"].sum()), "resolution": resolution,
@@ -134,11 +136,21 @@ def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd
     return pd.DataFrame(rows)
 
 
+def _resolution(runs: pd.DataFrame) -> str:
+    """How the crossings of these runs were found (see `_crossing`); "no target" without one."""
+    targeted = runs.loc[runs["has_target"].astype(bool), "resolution"]
+    return str(targeted.iloc[0]) if len(targeted) else "no target"
+
+
 def paired_bounds(method: pd.DataFrame, reference: pd.DataFrame, unit: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Per paired seed, the lowest and highest the log cost ratio method / reference can be,
-    in `unit` (cost or seconds), and the counts of each kind of pair."""
+    """Per paired seed with a target, the lowest and highest the log cost ratio method /
+    reference can be, in `unit` (cost or seconds), and the counts of each kind of pair."""
     pairs = method.merge(reference, on="seed", suffixes=("", "_ref"))
-    low, high, counts = [], [], {"paired": len(pairs), "censored_method": 0, "censored_reference": 0, "censored_both": 0}
+    targeted = pairs[pairs["has_target"].astype(bool)]
+    low, high = [], []
+    counts = {"paired": len(targeted), "no_target": len(pairs) - len(targeted), "censored_method": 0,
+              "censored_reference": 0, "censored_both": 0}
+    pairs = targeted
     budget = f"budget_{unit}"
     for row in pairs.itertuples():
         ours, theirs = getattr(row, unit), getattr(row, f"{unit}_ref")
@@ -198,8 +210,8 @@ def cost_to_quality(per_run: pd.DataFrame, options: Options, reference: str = "f
             row = {
                 **dict(zip(KEYS, key)), "variant": variant, "runs": len(runs), "reached": int(runs["reached"].sum()),
                 "valid_start": bool(runs["valid_start"].all()), "start_deviation": float(runs["start_deviation"].max()),
-                "target_gain": float(runs["target_gain"].iloc[0]), "start_reward": float(runs["start_reward"].mean()),
-                "final_reward": float(runs["final_reward"].mean()), "resolution": runs["resolution"].iloc[0],
+                "target_gain": float(runs["target_gain"].mean()), "start_reward": float(runs["start_reward"].mean()),
+                "final_reward": float(runs["final_reward"].mean()), "resolution": _resolution(runs),
                 "cost_to_target": float(iqm(reached["cost"].to_numpy())) if len(reached) else math.nan,
                 "seconds_to_target": float(iqm(reached["seconds"].to_numpy())) if len(reached) else math.nan,
                 "iters_to_target": float(reached["iters"].median()) if len(reached) else math.nan,
@@ -251,7 +263,7 @@ def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subje
                     "scale": "headline" if counts["paired"] >= HEADLINE_SEEDS else f"smoke-scale ({counts['paired']} seeds)",
                     "subject_reached": f"{int(ours['reached'].sum())}/{len(ours)}",
                     "baseline_reached": f"{int(theirs['reached'].sum())}/{len(theirs)}",
-                    **counts, "resolution": ours["resolution"].iloc[0],
+                    **counts, "resolution": _resolution(ours),
                 })
     table = pd.DataFrame(rows)
     if len(table) and len(guard):

@@ -153,9 +153,10 @@ def peak_bytes(device: torch.device) -> int:
 
 
 def used_bytes(device: torch.device) -> int:
-    """Bytes in use now: memory the CUDA caching allocator reserved, or the resident set on CPU."""
+    """Bytes in use now: memory held by live CUDA tensors (the caching allocator's free blocks,
+    such as a probe gradient's, are reusable and do not count), or the resident set on CPU."""
     if device.type == "cuda":
-        return int(torch.cuda.memory_reserved(device))
+        return int(torch.cuda.memory_allocated(device))
     if _linux():
         return _status_kib("VmRSS") * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
@@ -167,10 +168,14 @@ def enforce_budget(budget_bytes: int | None, device: torch.device):
     a soft limit on the data segment, so an allocation past it fails at once with the
     allocator's "can't allocate memory" instead of swelling into swap; on CUDA the caching
     allocator's per-process fraction of the GPU, so it raises OutOfMemoryError past it. Both
-    are restored afterwards. OverBudget when the process already holds more."""
+    are lifted afterwards (the CPU limit restored, the GPU fraction back to the whole card).
+    OverBudget when the process already holds more."""
     if budget_bytes is None:
         yield
         return
+    held = used_bytes(device) if device.type == "cuda" else (_status_kib("VmData") * 1024 if _linux() else 0)
+    if held > budget_bytes:
+        raise OverBudget(f"the process already holds {held / 2**20:.0f} MiB, over the budget of {budget_bytes / 2**20:.0f} MiB")
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)
@@ -182,9 +187,6 @@ def enforce_budget(budget_bytes: int | None, device: torch.device):
     if not _linux():
         yield
         return
-    held = _status_kib("VmData") * 1024
-    if held > budget_bytes:
-        raise OverBudget(f"the process already holds {held / 2**20:.0f} MiB, over the budget of {budget_bytes / 2**20:.0f} MiB")
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (budget_bytes, hard))
     try:

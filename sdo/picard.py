@@ -25,6 +25,7 @@ import torch
 from sdo import conditioning
 from sdo.conditioning import Cond
 from sdo.samplers import Chain
+from sdo.samplers.base import timestep_dtype
 
 
 def batched_predictions(chain: Chain, states: list[torch.Tensor], cond: Cond) -> list[torch.Tensor]:
@@ -32,7 +33,7 @@ def batched_predictions(chain: Chain, states: list[torch.Tensor], cond: Cond) ->
     as T forward evaluations in `chain.meter`."""
     steps, batch = chain.steps, states[0].shape[0]
     z = torch.cat(states[:steps])
-    t = torch.tensor(chain.timesteps[:steps], dtype=z.dtype, device=z.device).repeat_interleave(batch)
+    t = torch.tensor(chain.timesteps[:steps], dtype=timestep_dtype(z), device=z.device).repeat_interleave(batch)
     cond = conditioning.repeat(conditioning.expand(cond, batch), steps)
     chain.meter.forward += steps
     return list(chain.guided(z, t, cond).chunk(steps))

@@ -1,5 +1,5 @@
 """Seconds of a piece of work alone: the wall clock on a CPU; on a GPU, CUDA events recorded on
-the current stream before and after the work and read once it has finished (the work's queued
+the device's current stream before and after the work and read once it has finished (the work's queued
 kernels count, whatever the host did meanwhile). Nothing else runs between the two marks: no
 meter, no hook, no logging."""
 
@@ -18,10 +18,11 @@ def timed(call: Callable[[], T], device: torch.device | str = "cpu") -> tuple[fl
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        stream = torch.cuda.current_stream(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         result = call()
-        end.record()
+        end.record(stream)
         torch.cuda.synchronize(device)
         return start.elapsed_time(end) / 1000, result
     start = time.perf_counter()

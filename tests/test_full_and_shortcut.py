@@ -65,23 +65,31 @@ def _sample_grad(chain, latent, cond, loss):
     return torch.autograd.grad(loss(sample), sample)[0]
 
 
-def test_shortcut_latent_matches_closed_form():
-    """dL/dz_0 = sqrt(a_T/a_0) * (g + sqrt(a_0) (sigma_1 - sigma_0) J_eps^T g), J at step 0 only."""
-    chain, latent, cond = tiny_problem_parts(steps=4)
+def _abar(chain, sampler: str) -> tuple[float, float]:
+    """(abar_0, abar_T) of the closed forms below: DDIM's alphas; flow matching's Euler step
+    has a_k = 1, so both are 1 there."""
+    return (chain.alphas[0], chain.alphas[-1]) if sampler == "ddim" else (1.0, 1.0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_shortcut_latent_matches_closed_form(sampler):
+    """dL/dz_0 = sqrt(a_T/a_0) * (g + sqrt(a_0) (sigma_1 - sigma_0) J_out^T g), J at step 0 only."""
+    chain, latent, cond = tiny_problem_parts(steps=4, sampler=sampler)
     loss = smooth_loss()
     estimate = make_estimator("shortcut")(Problem(chain, latent, cond, "latent"), loss)
     g = _sample_grad(chain, latent, cond, loss)
-    a, sigma = chain.alphas, chain.sigmas
+    (a0, aT), sigma = _abar(chain, sampler), chain.sigmas
     _, jvp_term = torch.autograd.functional.vjp(lambda z: _guided_eps(chain, z, 0, cond), latent, g)
-    expected = math.sqrt(a[-1] / a[0]) * (g + math.sqrt(a[0]) * (sigma[1] - sigma[0]) * jvp_term)
+    expected = math.sqrt(aT / a0) * (g + math.sqrt(a0) * (sigma[1] - sigma[0]) * jvp_term)
     torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
     assert estimate.nfe_forward == 4 and estimate.nfe_backward == 1 and estimate.graph_steps == [0]  # graph kept in the pass
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("at", ["first", "last", "all"])
-def test_shortcut_conditioning_matches_closed_form(at):
-    """dL/dc = sqrt(a_T) * sum_{k in S} (sigma_{k+1} - sigma_k) J_{eps_k, c}^T g with every z_k held fixed."""
-    chain, latent, cond = tiny_problem_parts(steps=4)
+def test_shortcut_conditioning_matches_closed_form(at, sampler):
+    """dL/dc = sqrt(a_T) * sum_{k in S} (sigma_{k+1} - sigma_k) J_{out_k, c}^T g with every z_k held fixed."""
+    chain, latent, cond = tiny_problem_parts(steps=4, sampler=sampler)
     loss = smooth_loss()
     estimate = make_estimator("shortcut", at=at)(Problem(chain, latent, cond, "cond"), loss)
     g = _sample_grad(chain, latent, cond, loss)
@@ -90,42 +98,13 @@ def test_shortcut_conditioning_matches_closed_form(at):
         for k in range(chain.steps):
             states.append(chain.step(states[-1], k, cond))
     chosen = {"first": [0], "last": [3], "all": [0, 1, 2, 3]}[at]
-    sigma = chain.sigmas
+    sigma, (_, aT) = chain.sigmas, _abar(chain, sampler)
     expected = torch.zeros_like(cond)
     for k in chosen:
         _, part = torch.autograd.functional.vjp(lambda c: _guided_eps(chain, states[k], k, c), cond, g)
-        expected += math.sqrt(chain.alphas[-1]) * (sigma[k + 1] - sigma[k]) * part
+        expected += math.sqrt(aT) * (sigma[k + 1] - sigma[k]) * part
     torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
     assert estimate.nfe_backward == len(chosen)
-
-
-def test_flow_shortcut_latent_matches_closed_form():
-    """Flow matching's Euler step has a_k = 1: dL/dz_0 = g + (sigma_1 - sigma_0) J_v^T g, J at step 0 only."""
-    chain, latent, cond = tiny_problem_parts(steps=4, sampler="flow_euler")
-    loss = smooth_loss()
-    estimate = make_estimator("shortcut")(Problem(chain, latent, cond, "latent"), loss)
-    g = _sample_grad(chain, latent, cond, loss)
-    _, jvp_term = torch.autograd.functional.vjp(lambda z: _guided_eps(chain, z, 0, cond), latent, g)
-    expected = g + (chain.sigmas[1] - chain.sigmas[0]) * jvp_term
-    torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("at", ["first", "last", "all"])
-def test_flow_shortcut_conditioning_matches_closed_form(at):
-    """dL/dc = sum_{k in S} (sigma_{k+1} - sigma_k) J_{v_k, c}^T g with every z_k held fixed."""
-    chain, latent, cond = tiny_problem_parts(steps=4, sampler="flow_euler")
-    loss = smooth_loss()
-    estimate = make_estimator("shortcut", at=at)(Problem(chain, latent, cond, "cond"), loss)
-    g = _sample_grad(chain, latent, cond, loss)
-    states = [latent]
-    with torch.no_grad():
-        for k in range(chain.steps):
-            states.append(chain.step(states[-1], k, cond))
-    expected = torch.zeros_like(cond)
-    for k in {"first": [0], "last": [3], "all": [0, 1, 2, 3]}[at]:
-        _, part = torch.autograd.functional.vjp(lambda c: _guided_eps(chain, states[k], k, c), cond, g)
-        expected += (chain.sigmas[k + 1] - chain.sigmas[k]) * part
-    torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
 
 
 FLOW_SCHEDULES = {
@@ -223,3 +202,25 @@ def test_bad_inputs_are_named():
         make_estimator("shortcut", at="middle")
     with pytest.raises(ValueError, match="no parameter of chain.net requires grad"):
         Problem(chain, latent, cond, "weights")
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_half_precision_states_hand_the_network_float32_timesteps(sampler):
+    """bf16 holds only multiples of 4 above 512 (981 would reach the network as 980): the
+    chain, a Picard sweep and the plain diffusers loop pass float32 timesteps beside bf16 states,
+    the values the scheduler gives."""
+    from evals.plain_loop import plain_gradient
+    from sdo.picard import batched_predictions
+
+    chain, latent, cond = tiny_problem_parts(3, sampler=sampler, cfg_scale=1.0)
+    chain.net.to(torch.bfloat16)
+    seen = []
+    net = chain.net.forward
+    chain.net.forward = lambda x, t, c: (seen.append(t), net(x, t, c))[1]
+    z = latent[:1].to(torch.bfloat16).requires_grad_()
+    chain.predict(z, 0, cond[:1].to(torch.bfloat16))
+    batched_predictions(chain, [z.detach()] * 4, cond[:1].to(torch.bfloat16))
+    plain_gradient("shortcut", Problem(chain, z, cond[:1].to(torch.bfloat16), wrt="latent"), lambda x: x.float().sum())
+    assert seen and all(t.dtype == torch.float32 for t in seen)
+    expected = {float(torch.tensor(float(t), dtype=torch.float32)) for t in chain.timesteps}
+    assert {float(v) for t in seen for v in t} <= expected and float(chain.timesteps[0]) in {float(v) for v in seen[0]}

@@ -110,17 +110,47 @@ def test_a_censored_run_with_a_small_budget_leaves_the_verdict_open():
     assert row["verdict"] == "inconclusive"
 
 
-def test_a_censored_reference_bounds_the_ratio_from_above():
-    """Full never reaches on seed 0 (its gain elsewhere sets the target): the shortcut's ratio
-    there is at most its cost over full's budget, so the lower limit is open and the upper
-    limit finite."""
-    runs = [_run("full", 0, [0, 1, 2, 3], 30)] + [_run("full", s, [0, 10, 12, 12], 30) for s in range(1, 8)]
-    runs += [_run("shortcut", s, [0, 10, 12, 12], 3) for s in range(8)]
+def test_a_censored_baseline_bounds_the_ratio_from_above():
+    """A peer baseline never reaches full's target on seed 0: the shortcut's ratio to it there
+    is at most the shortcut's cost over the peer's budget, so the lower limit is open and the
+    upper limit finite."""
+    runs = [_run("full", s, FULL, 30) for s in range(8)] + [_run("shortcut", s, FULL, 3) for s in range(8)]
+    runs += [_run("adjoint", 0, [0, 1, 2, 3], 30)] + [_run("adjoint", s, FULL, 30) for s in range(1, 8)]
     per_run = _per_run(runs)
-    assert not per_run[(per_run["variant"] == "full") & (per_run["seed"] == 0)]["reached"].iloc[0]
-    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).iloc[0]
+    assert not per_run[(per_run["variant"] == "adjoint") & (per_run["seed"] == 0)]["reached"].iloc[0]
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).set_index("baseline").loc["adjoint"].iloc[0]
     assert row["censored_reference"] == 1 and row["ratio_low"] == 0 and np.isfinite(row["ratio_high"])
     assert row["ratio"] == pytest.approx(0.1)
+
+
+def test_the_target_is_full_s_gain_on_each_seed():
+    """Seeds whose gains differ tenfold: each seed's target is 90% of full's own gain there, so
+    full reaches it on every seed (against a mean gain, the low-gain seeds would never reach),
+    and the shortcut is judged against the same target on the same seed."""
+    gains = [2, 4, 6, 8, 12, 14, 16, 20]
+    runs = [_run("full", s, [0, g / 2, g * 0.95, g], 30) for s, g in enumerate(gains)]
+    runs += [_run("shortcut", s, [0, g * 0.95, g, g], 3) for s, g in enumerate(gains)]
+    per_run = _per_run(runs)
+    full = per_run[per_run["variant"] == "full"].set_index("seed")
+    assert full["reached"].all() and (full["iters"] == 2).all()
+    assert full["target"].to_numpy() == pytest.approx(0.9 * np.array(gains))
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).iloc[0]
+    assert row["paired"] == 8 and row["censored_method"] == row["censored_reference"] == 0
+    assert (row["ratio"], row["ratio_low"], row["ratio_high"]) == pytest.approx((0.05, 0.05, 0.05))
+
+
+def test_a_seed_where_full_gains_nothing_sets_no_target_for_anyone():
+    """Full's reward falls on seed 0: no target there, for either method; the seed is counted
+    as `no_target` and the verdict rests on the other seven pairs."""
+    runs = [_run("full", 0, [0, -1, -2, -3], 30)] + [_run("full", s, FULL, 30) for s in range(1, 8)]
+    runs += [_run("shortcut", s, FULL, 3) for s in range(8)]
+    per_run = _per_run(runs)
+    seed0 = per_run[per_run["seed"] == 0]
+    assert not seed0["has_target"].any() and not seed0["reached"].any()
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).iloc[0]
+    assert row["paired"] == 7 and row["no_target"] == 1 and row["censored_method"] == row["censored_reference"] == 0
+    assert row["ratio"] == pytest.approx(0.1) and row["verdict"] == "holds"
+    assert statistics.cost_to_quality(per_run, OPTIONS).set_index("variant").loc["shortcut", "reached"] == 7
 
 
 def test_crossings_between_evaluations_are_interpolated_to_a_whole_iteration():

@@ -88,7 +88,7 @@ def check_differentiable(
     worst = 0.0
     with torch.no_grad():
         for _ in range(directions):
-            v = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+            v = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device)
             numeric = float((reward(images + step * v).sum() - reward(images - step * v).sum()) / (2 * step))
             analytic = float((grad * v).sum())
             scale = max(abs(numeric), abs(analytic))

@@ -253,7 +253,7 @@ class PipelineModel(DiffusionModel):
         self.resolution = resolution_of(sample_size, self.vae_factor, options.resolution)
         self.scheduler_config = self.schedule(dict(scheduler_config))
         self.state_shape = self.latent_shape(self.resolution // self.vae_factor)
-        self.net = self.make_net(parts)
+        self.net = self.make_net(parts).to(device)  # its own buffers (ids, schedules) beside the denoiser
         self.options = {"model": name, **asdict(options), "resolution": self.resolution}
 
     def schedule(self, config: dict) -> dict:

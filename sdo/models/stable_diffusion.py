@@ -38,8 +38,8 @@ class NoisePrediction(nn.Module):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.denoiser, self.prediction_type = unet, prediction_type
-        self.alphas_cumprod = DDIMScheduler(**schedule).alphas_cumprod.double()  # the chain's abar_t
-        self.time_ids = time_ids
+        self.register_buffer("alphas_cumprod", DDIMScheduler(**schedule).alphas_cumprod.double(), persistent=False)
+        self.register_buffer("time_ids", time_ids, persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         if isinstance(cond, torch.Tensor):
@@ -49,7 +49,7 @@ class NoisePrediction(nn.Module):
             out = self.denoiser(x, t, encoder_hidden_states=cond["embeddings"], added_cond_kwargs=added).sample
         if self.prediction_type == "epsilon":
             return out
-        a = self.alphas_cumprod[t.long().cpu()].to(x).view(-1, *[1] * (x.dim() - 1))
+        a = self.alphas_cumprod[t.round().long()].to(x).view(-1, *[1] * (x.dim() - 1))
         return a.sqrt() * out + (1 - a).sqrt() * x
 
 

@@ -32,6 +32,13 @@ from sdo import conditioning
 from sdo.conditioning import Cond
 
 
+def timestep_dtype(z: torch.Tensor) -> torch.dtype:
+    """The dtype the network's timesteps take beside states `z`: float32 for bf16 and fp16
+    states (bf16 holds only multiples of 4 above 512: 981 would reach the network as 980, where
+    the diffusers pipelines pass int64 or float32 timesteps), otherwise the states' own."""
+    return torch.float32 if z.dtype in (torch.bfloat16, torch.float16) else z.dtype
+
+
 @dataclass
 class Meter:
     """Network evaluations of the guided network: forward calls, backward passes, and which
@@ -127,7 +134,7 @@ class Chain:
         batch size 1 is shared by the whole batch."""
         self.meter.forward += 1
         cond = conditioning.expand(cond, z.shape[0])
-        t = torch.full((z.shape[0],), float(self.timesteps[k]), dtype=z.dtype, device=z.device)
+        t = torch.full((z.shape[0],), float(self.timesteps[k]), dtype=timestep_dtype(z), device=z.device)
         out = self.guided(z, t, cond)
         if torch.is_grad_enabled() and out.requires_grad:
             self.meter.graph_steps.append(k)

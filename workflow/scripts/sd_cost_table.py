@@ -13,7 +13,7 @@ from evals.tables import fidelity_table, write_csv
 log_to(snakemake.log[0])
 table = fidelity_table(snakemake.input)
 table["unet_checkpointing"] = table["config.gradient_checkpointing"]
-keys, costs = ["wrt", "steps", "unet_checkpointing"], ["seconds", "peak_bytes", "saved_bytes"]
+keys, costs = ["wrt", "steps", "unet_checkpointing"], ["seconds", "peak_bytes", "working_bytes", "saved_bytes"]
 for column in costs:  # absent where no row finished
     table[column] = table.get(column)
 full = table[(table["variant"] == "full") & (table["status"] == "ok")].set_index(keys)[costs]
