@@ -4,8 +4,8 @@
 # budget or fails still writes its record with a status (`--sweep`), so the sweep is never
 # lost; a killed job reruns its seeds. One rule per task, since tasks may have their own seeds.
 # A job's params hold only its model's, task's and variant's values, so it reruns only when
-# one of those changes. `--config retry_failed=true` reruns the records that failed (see
-# workflow/rules/retry.smk).
+# one of those changes. `--config rerun_failed=true` reruns the jobs that hold a failed record
+# (evals/rerun.py), keeping their other seeds' records.
 
 for task in TASKS:
 
