@@ -117,14 +117,18 @@ def measure(
     return row
 
 
-def backward_cost(problem: Problem, rounds: int = 9) -> dict:
-    """The cost of one backward pass of the (guided) network against one forward pass, in
-    rounds that each time, at the middle step's state: a forward without a graph (t_f), a
-    forward with a graph to the problem's parameters (t_g), and that forward with its backward
-    (t_gb). `backward_vs_forward` is the median over rounds of (t_gb - t_g) / t_f: the weight w
-    that makes network evaluations a cost machine load cannot move, nfe_forward + w nfe_backward,
-    in forward passes (a forward with a graph counts as a forward; `graph_vs_forward` says how
-    much more it costs)."""
+def backward_cost(problem: Problem, rounds: int = 15, calls: int = 8) -> dict:
+    """The cost of one backward pass of the (guided) network against one forward pass, at the
+    middle step's state. Each round times, `calls` times over and interleaved, a forward without
+    a graph (t_f), a forward with a graph to the problem's parameters (t_g) and, alone, the
+    backward of that graph (t_b). `backward_vs_forward` is the median over rounds of t_b / t_f:
+    the weight w that makes network evaluations a cost machine load cannot move, nfe_forward +
+    w nfe_backward, in forward passes (a forward with a graph counts as a forward;
+    `graph_vs_forward` says how much more it costs). `backward_vs_forward_low` and `_high` are
+    the distribution-free 95% interval of that median (order statistics of the rounds), which
+    the verdicts carry into their intervals. Cost: rounds x calls x (two forwards + one backward)."""
+    from scipy import stats
+
     chain, device = problem.chain, problem.latent.device
     k = chain.steps // 2
     with torch.no_grad():
@@ -139,23 +143,33 @@ def backward_cost(problem: Problem, rounds: int = 9) -> dict:
     def graph():
         return chain.predict(z, k, problem.cond)
 
-    def graph_backward():
-        out = graph()
+    def backward(out):
         return torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
 
-    for call in (forward, graph, graph_backward):  # warm-up
-        call()
-    rows = []
-    for _ in range(rounds):
-        rows.append([timed(call, device)[0] for call in (forward, graph, graph_backward)])
-    backward = [(gb - g) / f for f, g, gb in rows]
-    graphs = [g / f for f, g, _ in rows]
-    q1, median, q3 = _quartiles(backward)
+    def one_round() -> tuple[float, float, float]:
+        spent = [0.0, 0.0, 0.0]
+        for _ in range(calls):
+            spent[0] += timed(forward, device)[0]
+            seconds, out = timed(graph, device)
+            spent[1] += seconds
+            spent[2] += timed(lambda: backward(out), device)[0]
+            del out
+        return spent[0], spent[1], spent[2]
+
+    one_round()  # warm-up
+    rows = [one_round() for _ in range(rounds)]
+    ratios = sorted(b / f for f, _, b in rows)
+    q1, median, q3 = _quartiles(ratios)
+    # the median lies between the j-th and (n+1-j)-th order statistics with >= 95% probability
+    j = max(1, int(stats.binom.ppf(0.025, rounds, 0.5)))
     return {
         "backward_vs_forward": median,
+        "backward_vs_forward_low": ratios[j - 1],
+        "backward_vs_forward_high": ratios[rounds - j],
         "backward_vs_forward_iqr": q3 - q1,
-        "graph_vs_forward": statistics.median(graphs),
-        "forward_seconds": statistics.median(f for f, _, _ in rows),
+        "graph_vs_forward": statistics.median(g / f for f, g, _ in rows),
+        "forward_seconds": statistics.median(f / calls for f, _, _ in rows),
         "rounds": rounds,
+        "calls": calls,
         "step": k,
     }

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     backward.add_argument("--seed", type=int, default=0)
     backward.add_argument("--cfg-scale", type=float, default=1.0)
     backward.add_argument("--lora-rank", type=int, default=None, help="weights: LoRA rank (default 0 embedded, 4 otherwise)")
-    backward.add_argument("--rounds", type=_positive, default=9, help="timed rounds")
+    backward.add_argument("--rounds", type=_positive, default=15, help="timed rounds (their median and its 95%% interval)")
     backward.add_argument("--out", type=Path, required=True, help="record PATH.json")
     _model_flags(backward)
 

@@ -370,7 +370,7 @@ def backward_cost_arguments(config: dict, task: str, source: str) -> list[str]:
 
     block = config["runs"]["tasks"][task]
     words = [*model_arguments(config, source), "--wrt", TASKS[task].wrt, "--batch", str(block["batch"]),
-             "--steps", str(min(block["steps"])), "--rounds", str(config["statistics"].get("backward_rounds", 9))]
+             "--steps", str(min(block["steps"])), "--rounds", str(config["statistics"].get("backward_rounds", 15))]
     words += _flag_words("lora_rank", (block.get("task_options") or {}).get("lora_rank"))
     words += _flag_words("cfg_scale", block.get("cfg_scale"))
     return words

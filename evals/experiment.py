@@ -119,7 +119,7 @@ class BackwardCostSpec:
     steps: int = 10
     cfg_scale: float = 1.0
     lora_rank: int | None = None
-    rounds: int = 9
+    rounds: int = 15
     seed: int = 0
     device: str = "auto"
 

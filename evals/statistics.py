@@ -17,7 +17,10 @@ The rules, following time-to-train benchmarks (MLPerf Training) and rliable:
   iteration (`resolution` says which).
 - **Cost.** Two units: `cost`, network evaluations weighted by the measured cost of a backward
   pass against a forward one on the same device (nfe_forward + w nfe_backward, in forward
-  passes: machine load cannot move it), and `seconds` (training seconds, as measured).
+  passes: machine load cannot move it), and `seconds` (training seconds, as measured). The
+  weight w is itself a measurement: the cost's interval is the union of the intervals with w
+  at both ends of its 95% interval (`cost_w_low`, `cost_w_high`) and at its median, so a
+  remeasured w moves the estimate, not the verdict.
 - **Censoring.** A run that never reaches the target is censored: its cost is at least its
   whole budget. It is never dropped.
 - **Paired ratios.** Methods are compared seed by seed (the same seed, the same held-out
@@ -46,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 KEYS = ["model", "task", "wrt", "steps"]
+COST_UNITS = ("cost", "cost_w_low", "cost_w_high")  # w at its median, and at its interval's ends
 MIN_SEEDS = 3
 HEADLINE_SEEDS = 8  # fewer paired seeds make a verdict smoke-scale
 
@@ -74,27 +78,28 @@ def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
         return middle.mean(axis=axis)
 
 
-def _crossing(run: pd.DataFrame, iterations: pd.DataFrame, target: float) -> tuple[bool, float, float, float | None, str]:
-    """(reached, cost, seconds, iteration, resolution) of one run: cumulative cost through the
-    iteration where it reaches `target`, or through its last iteration when it never does."""
+def _crossing(run: pd.DataFrame, iterations: pd.DataFrame, target: float,
+              units: tuple[str, ...]) -> tuple[bool, dict[str, float], float | None, str]:
+    """(reached, spent, iteration, resolution) of one run: `spent` maps each unit to its
+    cumulative sum through the iteration where the run reaches `target`, or through its last
+    iteration when it never does."""
     run = run.sort_values("iter")
     done = iterations.sort_values("iter")
-    cost = done["cost"].cumsum().to_numpy()
-    seconds = done["seconds"].cumsum().to_numpy()
+    totals = {unit: done[unit].cumsum().to_numpy() for unit in units}
     gaps = np.diff(run["iter"].to_numpy())
     resolution = "each iteration" if len(gaps) == 0 or gaps.max() <= 1 else f"interpolated between evaluations every {int(gaps.max())}"
     at = run["reward"].to_numpy() >= target
     if not at.any() or not len(done):
-        return False, float(cost[-1]) if len(cost) else 0.0, float(seconds[-1]) if len(seconds) else 0.0, None, resolution
+        return False, {unit: float(total[-1]) if len(total) else 0.0 for unit, total in totals.items()}, None, resolution
     first = int(np.argmax(at))
     if first == 0:
-        return True, 0.0, 0.0, 0, resolution
+        return True, dict.fromkeys(units, 0.0), 0, resolution
     before, after = run.iloc[first - 1], run.iloc[first]
     rise = after["reward"] - before["reward"]
     fraction = 1.0 if rise <= 0 else (target - before["reward"]) / rise
     iteration = int(math.ceil(before["iter"] + fraction * (after["iter"] - before["iter"]) - 1e-9))
     iteration = max(int(before["iter"]) + 1, min(iteration, int(after["iter"])))
-    return True, float(cost[iteration - 1]), float(seconds[iteration - 1]), iteration, resolution
+    return True, {unit: float(total[iteration - 1]) for unit, total in totals.items()}, iteration, resolution
 
 
 def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd.DataFrame, options: Options,
@@ -105,6 +110,7 @@ def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd
     reward); `iterations` a row per run x iteration with its `cost` and `seconds`; `runs` a row
     per run with `status` and `start_deviation`."""
     rows = []
+    units = (*[unit for unit in COST_UNITS if unit in iterations], "seconds")
     ok = runs[runs["status"] == "ok"]
     for key, group in evaluations.merge(ok[[*KEYS, "variant", "seed"]], on=[*KEYS, "variant", "seed"]).groupby(KEYS):
         base = group[group["variant"] == reference]
@@ -120,17 +126,17 @@ def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd
             spent = iterations[(iterations[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)
                                & (iterations["variant"] == variant) & (iterations["seed"] == seed)]
             if gain > 0:
-                reached, cost, seconds, iteration, resolution = _crossing(run, spent, target)
+                reached, costs, iteration, resolution = _crossing(run, spent, target, units)
             else:  # full did not run, or gained nothing, on this seed
-                reached, cost, seconds, iteration, resolution = False, math.nan, math.nan, None, "no target"
+                reached, costs, iteration, resolution = False, dict.fromkeys(units, math.nan), None, "no target"
             info = ok[(ok[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1) & (ok["variant"] == variant)
                       & (ok["seed"] == seed)].iloc[0]
             deviation = float(info.get("start_deviation", 0.0) or 0.0)
             rows.append({
                 **dict(zip(KEYS, key)), "variant": variant, "seed": seed, "target_gain": gain, "has_target": gain > 0, "target": target,
                 "start_reward": start, "final_reward": float(run["reward"].iloc[-1]), "reached": reached,
-                "cost": cost, "seconds": seconds, "iters": iteration, "budget_cost": float(spent["cost"].sum()),
-                "budget_seconds": float(spent["seconds"].sum()), "resolution": resolution,
+                **costs, "iters": iteration, **{f"budget_{unit}": float(spent[unit].sum()) for unit in units},
+                "resolution": resolution,
                 "start_deviation": deviation, "valid_start": deviation <= options.start_tolerance,
             })
     return pd.DataFrame(rows)
@@ -186,6 +192,22 @@ def ratio_interval(low: np.ndarray, high: np.ndarray, options: Options) -> tuple
     return estimate, math.exp(lower), math.exp(upper)
 
 
+def paired_ratio(method: pd.DataFrame, reference: pd.DataFrame, unit: str, options: Options) -> tuple[float, float, float, dict]:
+    """(estimate, lower, upper, counts) of the paired IQM ratio method / reference in `unit`
+    (`cost` or `seconds`). For `cost` the estimate is at the measured weight w and the interval
+    is the union of the intervals at w and at both ends of w's interval, where runs carry them."""
+    units = [u for u in COST_UNITS if u in method and u in reference] if unit == "cost" else [unit]
+    intervals, counts = [], None
+    for name in units:
+        low, high, found = paired_bounds(method, reference, name)
+        intervals.append(ratio_interval(low, high, options))
+        counts = counts or found
+    estimates, lowers, uppers = zip(*intervals)
+    lower = math.nan if any(map(math.isnan, lowers)) else min(lowers)
+    upper = math.nan if any(map(math.isnan, uppers)) else max(uppers)
+    return estimates[0], lower, upper, counts
+
+
 def verdict(lower: float, upper: float, threshold: float, seeds: int) -> str:
     """`holds`, `refuted` or `inconclusive` for the claim ratio <= threshold."""
     if seeds < MIN_SEEDS or math.isnan(lower) or math.isnan(upper):
@@ -217,8 +239,7 @@ def cost_to_quality(per_run: pd.DataFrame, options: Options, reference: str = "f
                 "iters_to_target": float(reached["iters"].median()) if len(reached) else math.nan,
             }
             for unit in ("cost", "seconds"):
-                low, high, counts = paired_bounds(runs, base, unit)
-                estimate, lower, upper = ratio_interval(low, high, options)
+                estimate, lower, upper, counts = paired_ratio(runs, base, unit, options)
                 row.update({f"{unit}_vs_{reference}": estimate, f"{unit}_vs_{reference}_low": lower,
                             f"{unit}_vs_{reference}_high": upper})
             row.update(counts)
@@ -248,8 +269,7 @@ def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subje
             valid = bool(theirs["valid_start"].all() and ours["valid_start"].all())
             found = {}
             for unit in ("cost", "seconds"):
-                low, high, counts = paired_bounds(ours, theirs, unit)
-                found[unit] = (*ratio_interval(low, high, options), counts)
+                found[unit] = paired_ratio(ours, theirs, unit, options)
             for threshold in dict.fromkeys([claim, 1.0]):
                 estimate, lower, upper, counts = found["cost"]
                 s_estimate, s_lower, s_upper, _ = found["seconds"]

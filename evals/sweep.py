@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evals import statistics
@@ -18,25 +19,31 @@ log = logging.getLogger(__name__)
 NOMINAL_BACKWARD = 2.0  # a backward pass in forward passes, where no measurement finished
 
 
-def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], float]:
-    """(model, task) -> the measured backward / forward cost, from `sdo backward-cost` records
-    named results/backward_cost/<model slug>/<task>.json."""
+def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(model, task) -> the measured backward / forward cost and its 95% interval (w, low,
+    high), from `sdo backward-cost` records named results/backward_cost/<model slug>/<task>.json."""
     weights = {}
     for path in map(Path, paths):
         record = json.loads(path.read_text())
         if record["status"] == "ok":
-            weights[record["config"]["model"], path.stem] = float(record["backward_vs_forward"])
+            w = float(record["backward_vs_forward"])
+            weights[record["config"]["model"], path.stem] = (
+                w, float(record.get("backward_vs_forward_low", w)), float(record.get("backward_vs_forward_high", w)))
     return weights
 
 
-def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], float]) -> pd.DataFrame:
+def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], tuple[float, float, float]]) -> pd.DataFrame:
     """The iterations (or evaluations, whose counts are cumulative) with `backward_weight` and
-    `cost` = nfe_forward + w nfe_backward, in forward passes."""
+    `cost` = nfe_forward + w nfe_backward, in forward passes, and the same cost at both ends of
+    w's interval (`cost_w_low`, `cost_w_high`), which the verdicts' intervals cover."""
     frame = iterations.copy()
     if frame.empty or "nfe_forward" not in frame:
-        return frame.assign(backward_weight=pd.Series(dtype=float), cost=pd.Series(dtype=float))
-    frame["backward_weight"] = [weights.get((m, t), NOMINAL_BACKWARD) for m, t in zip(frame["model"], frame["task"])]
-    frame["cost"] = frame["nfe_forward"] + frame["backward_weight"] * frame["nfe_backward"]
+        return frame.assign(**{column: pd.Series(dtype=float) for column in ("backward_weight", *statistics.COST_UNITS)})
+    nominal = (NOMINAL_BACKWARD,) * 3
+    found = np.array([weights.get((m, t), nominal) for m, t in zip(frame["model"], frame["task"])], dtype=float).reshape(-1, 3)
+    frame["backward_weight"] = found[:, 0]
+    for column, w in zip(statistics.COST_UNITS, found.T):
+        frame[column] = frame["nfe_forward"] + w * frame["nfe_backward"]
     return frame
 
 
@@ -99,7 +106,9 @@ def build_tables(records: list, guided: list, backward: list, settings: dict, we
                 if len(per_run) else pd.DataFrame(columns=[*statistics.KEYS, "claim", "verdict"]))
     verdicts = pd.concat([verdicts, invalid_baselines(summary, per_run, subject)], ignore_index=True)
     if len(verdicts):
-        verdicts["backward_weight"] = [weights.get((m, t), math.nan) for m, t in zip(verdicts["model"], verdicts["task"])]
+        found = [weights.get((m, t), (math.nan,) * 3) for m, t in zip(verdicts["model"], verdicts["task"])]
+        for index, column in enumerate(("backward_weight", "backward_weight_low", "backward_weight_high")):
+            verdicts[column] = [w[index] for w in found]
         verdicts["runs_per_status"] = json.dumps(status_counts(summary))
     counts = status_counts(summary)
     log.info("runs by status: %s", ", ".join(f"{status} {n}" for status, n in counts.items()))

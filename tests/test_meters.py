@@ -1,6 +1,6 @@
 """The meters stay out of what they measure: no timed gradient runs under saved-tensor hooks,
-and the plain diffusers loops the bench times beside the project's estimators give the same
-gradients."""
+the plain diffusers loops the bench times beside the project's estimators give the same
+gradients, and the backward weight times a backward alone against a forward."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import relative_error, smooth_loss, tiny_problem
 
-from evals.bench import measure
+from evals.bench import backward_cost, measure
 from evals.plain_loop import plain_gradient, plain_rule_for
 from sdo import make_estimator
 from sdo.memory import hooks_active
@@ -69,3 +69,61 @@ def test_plain_rule_names_only_the_variants_it_mirrors():
     assert plain_rule_for("full", {}) == "full" and plain_rule_for("full", {"checkpoint": True}) is None
     assert plain_rule_for("shortcut", {"at": "first"}) == "shortcut" and plain_rule_for("shortcut", {"at": "all"}) is None
     assert plain_rule_for("adjoint", {}) is None
+
+
+class Clock:
+    """Virtual seconds: a paced network advances it, a timed call reads it."""
+
+    now = 0.0
+    backward_costs: list[float] = []  # the next backwards' costs; 2 once they run out
+
+    @classmethod
+    def timed(cls, call, device="cpu"):
+        start = cls.now
+        result = call()
+        return cls.now - start, result
+
+
+class _PacedBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        Clock.now += Clock.backward_costs.pop(0) if Clock.backward_costs else 2.0
+        return grad
+
+
+class Paced(torch.nn.Module):
+    """A network whose forward costs 1 virtual second and whose backward 2."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner = net
+
+    def forward(self, z, t, cond):
+        Clock.now += 1.0
+        return _PacedBackward.apply(self.inner(z, t, cond))
+
+
+@pytest.mark.parametrize("wrt", ["latent", "weights"])
+def test_the_backward_weight_is_a_backward_against_a_forward(wrt, monkeypatch):
+    """A backward that costs twice a forward weighs 2, whatever the graph's forward costs."""
+    monkeypatch.setattr("evals.bench.timed", Clock.timed)
+    problem = tiny_problem(wrt, steps=4, cfg_scale=1.0)
+    problem.chain.net = Paced(problem.chain.net)
+    row = backward_cost(problem, rounds=9, calls=2)
+    assert row["backward_vs_forward"] == row["backward_vs_forward_low"] == row["backward_vs_forward_high"] == 2.0
+    assert row["graph_vs_forward"] == 1.0 and row["forward_seconds"] == 1.0 and row["rounds"] == 9
+
+
+def test_the_backward_weight_s_interval_is_the_median_s_order_statistics(monkeypatch):
+    """Nine rounds whose backwards cost 1, 2, ..., 9 forwards (shuffled): the weight is their
+    median, 5, and its 95% interval the 2nd and 8th order statistics, [2, 8]."""
+    monkeypatch.setattr("evals.bench.timed", Clock.timed)
+    problem = tiny_problem("latent", steps=4, cfg_scale=1.0)
+    problem.chain.net = Paced(problem.chain.net)
+    monkeypatch.setattr(Clock, "backward_costs", [1.0] + [4.0, 9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 5.0])  # warm-up first
+    row = backward_cost(problem, rounds=9, calls=1)
+    assert (row["backward_vs_forward_low"], row["backward_vs_forward"], row["backward_vs_forward_high"]) == (2.0, 5.0, 8.0)

@@ -195,6 +195,35 @@ def test_the_guard_flags_reward_hacking():
     assert table["reward_hacked"].all()
 
 
+def _counted(variant, seed, backward_per_iter):
+    """A run reaching at iteration 2 whose iterations count 10 forwards and `backward_per_iter`
+    backwards each (cost comes from the backward weight)."""
+    evaluations, iterations, run = _run(variant, seed, FULL, 0)
+    for row in iterations:
+        del row["cost"]
+        row.update(nfe_forward=10, nfe_backward=backward_per_iter, seconds=1.0)
+    return evaluations, iterations, run
+
+
+@pytest.mark.parametrize("interval, verdict", [((1.0, 1.0), "holds"), ((0.5, 2.0), "inconclusive")])
+def test_the_backward_weight_s_interval_is_carried_into_the_verdict(interval, verdict):
+    """Full: 10 forwards + 10 backwards an iteration, the shortcut 10 + 1, both reaching at
+    iteration 2, so the ratio is (10 + w) / (10 + 10 w): 0.55 at the measured w = 1, 0.70 at
+    w = 0.5 and 0.40 at w = 2. On the claim <= 0.6 a weight known exactly holds; one whose 95%
+    interval is [0.5, 2] leaves it open, with the interval the union [0.40, 0.70]. Seconds
+    are untouched."""
+    from evals.sweep import with_cost
+
+    runs = [_counted("full", s, 10) for s in range(8)] + [_counted("shortcut", s, 1) for s in range(8)]
+    evaluations, iterations, summary = _tables(runs)
+    iterations = with_cost(iterations, {("embedded", "latent"): (1.0, *interval)})
+    per_run = statistics.runs_to_target(evaluations, iterations, summary, OPTIONS)
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS, claim=0.6).iloc[0]
+    low, high = (10 + interval[1]) / (10 + 10 * interval[1]), (10 + interval[0]) / (10 + 10 * interval[0])
+    assert row["ratio"] == pytest.approx(0.55) and (row["ratio_low"], row["ratio_high"]) == pytest.approx((low, high))
+    assert row["verdict"] == verdict and row["seconds_ratio"] == pytest.approx(1.0)
+
+
 def test_the_same_records_give_the_same_verdicts():
     ratios = [0.05, 0.06, 0.08, 0.1, 0.12, 0.2, 0.3, 0.4]
     runs = [_run("full", s, FULL, 100) for s in range(8)] + [_run("shortcut", s, FULL, 100 * r) for s, r in enumerate(ratios)]

@@ -21,6 +21,9 @@ WEIGHT_FILES = {  # the committed weights each embedded model needs (rules retra
 RUN_RECORD = "results/runs/{model}/{task}/{variant}/T{steps}/seed{seed}.json"
 GUIDED_RECORD = "results/guidance/{model}/T{steps}/r{repeats}/seed{seed}.json"
 BENCH_ROW = "results/bench/{model}/{wrt}/T{steps}/{variant}.json"
+# a job that measures a ratio of seconds asks for more cores than any machine has: Snakemake
+# gives it all that --cores allows, so nothing runs beside it (a cluster profile sets its own)
+EVERY_CORE = 4096
 
 
 def weight_files(source):

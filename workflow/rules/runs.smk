@@ -48,16 +48,18 @@ rule backward_cost:
         "results/backward_cost/{model}/{task}.json",
     params:
         flags=lambda wildcards: shlex.join(backward_cost_arguments(config, wildcards.task, SOURCES[wildcards.model])),
+        torch_threads=config["threads_per_run"],
     log:
         "results/logs/backward_cost/{model}/{task}.log",
-    threads: config["threads_per_run"]
+    # it asks for every core --cores gives, so it measures alone; torch runs on the runs' threads
+    threads: EVERY_CORE
     resources:
         mem_mb=config.get("mem_mb_per_run", 3000),
         gpu=config.get("gpus_per_job", 0),
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} backward-cost {params.flags} --out {output} > {log} 2>&1"
+        "python -m evals.cli --threads {params.torch_threads} backward-cost {params.flags} --out {output} > {log} 2>&1"
 
 
 if config.get("rerun_failed"):  # stage the jobs that hold a failed record (evals.rerun)
