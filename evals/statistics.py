@@ -19,8 +19,8 @@ The rules, following time-to-train benchmarks (MLPerf Training) and rliable:
   pass against a forward one on the same device (nfe_forward + w nfe_backward, in forward
   passes: machine load cannot move it), and `seconds` (training seconds, as measured). The
   weight w is itself a measurement: the cost's interval is the union of the intervals with w
-  at both ends of its 95% interval (`cost_w_low`, `cost_w_high`) and at its median, so a
-  remeasured w moves the estimate, not the verdict.
+  at both ends of its 95% interval (`cost_w_low`, `cost_w_high`) and at its median, so the
+  verdict allows for the weight's own noise.
 - **Censoring.** A run that never reaches the target is censored: its cost is at least its
   whole budget. It is never dropped.
 - **Paired ratios.** Methods are compared seed by seed (the same seed, the same held-out
