@@ -41,12 +41,13 @@ ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), 
 RUNS = 4  # run jobs: two tasks x two variants x one T, each with its seeds
 RUN_RULE = "run_(?:latent|finetune)"
 TABLES = ["summary.csv", "methods.csv", "evaluations.csv", "cost_to_quality.csv", "verdicts.csv"]
+UNTIMED = ("--set-threads", "backward_cost=1")  # a tiny sweep judges nothing: its weight job need not run alone
 VARYING = ("seconds", "record", "samples_file", "cost", "ratio", "_vs_", "backward_weight", "verdict", "audit_seconds")
 
 
 def _snakemake(workdir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(workdir / "tiny.yaml"), *args]
+            "--configfile", str(workdir / "tiny.yaml"), *UNTIMED, *args]
 
 
 def _sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
