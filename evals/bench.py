@@ -4,6 +4,7 @@ sampling pass in the same process."""
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import torch
 
@@ -146,15 +147,13 @@ def backward_cost(problem: Problem, rounds: int = 15, calls: int = 8) -> dict:
     def backward(out):
         return torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
 
+    def one_call() -> tuple[float, float, float]:
+        forward_seconds = timed(forward, device)[0]
+        graph_seconds, out = timed(graph, device)
+        return forward_seconds, graph_seconds, timed(partial(backward, out), device)[0]
+
     def one_round() -> tuple[float, float, float]:
-        spent = [0.0, 0.0, 0.0]
-        for _ in range(calls):
-            spent[0] += timed(forward, device)[0]
-            seconds, out = timed(graph, device)
-            spent[1] += seconds
-            spent[2] += timed(lambda: backward(out), device)[0]
-            del out
-        return spent[0], spent[1], spent[2]
+        return tuple(map(sum, zip(*(one_call() for _ in range(calls)))))
 
     one_round()  # warm-up
     rows = [one_round() for _ in range(rounds)]

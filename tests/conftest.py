@@ -80,6 +80,19 @@ def tiny_problem(wrt: str, steps: int, **options) -> Problem:
     return Problem(chain, latent, cond, wrt)
 
 
+def directional_fd(problem, loss, direction: list[torch.Tensor], h: float = 1e-6) -> float:
+    """Central difference of the loss of the problem's sample along `direction` in its parameters."""
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for p, v in zip(problem.params, direction):
+                p.add_(sign * h * v)
+            values.append(float(loss(problem.chain.sample(problem.latent, problem.cond, graph_from=None))))
+            for p, v in zip(problem.params, direction):
+                p.sub_(sign * h * v)
+    return (values[0] - values[1]) / (2 * h)
+
+
 def relative_error(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     difference = sum(float(((g - r) ** 2).sum()) for g, r in zip(grads, reference))
     return (difference / sum(float((r**2).sum()) for r in reference)) ** 0.5

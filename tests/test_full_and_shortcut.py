@@ -6,32 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import FLOW_SCHEDULE, SAMPLERS, TINY_CONFIG, smooth_loss, tiny_problem_parts
+from conftest import FLOW_SCHEDULE, SAMPLERS, TINY_CONFIG, directional_fd, smooth_loss, tiny_problem_parts
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from sdo import Problem, make_estimator
 from sdo.memory import saved_bytes
 from sdo.samplers import make_chain
-
-
-def _loss_at(chain, latent, cond, loss):
-    with torch.no_grad():
-        return float(loss(chain.sample(latent, cond, graph_from=None)))
-
-
-def _directional_fd(problem: Problem, loss, direction: list[torch.Tensor], h: float = 1e-6) -> float:
-    """Central difference of the loss along `direction` in the problem's parameters."""
-    params = problem.params
-    values = []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for p, v in zip(params, direction):
-                p.add_(sign * h * v)
-        values.append(_loss_at(problem.chain, problem.latent, problem.cond, loss))
-        with torch.no_grad():
-            for p, v in zip(params, direction):
-                p.sub_(sign * h * v)
-    return (values[0] - values[1]) / (2 * h)
 
 
 @pytest.mark.parametrize("wrt", ["latent", "cond", "weights"])
@@ -46,7 +26,7 @@ def test_full_matches_finite_differences(wrt, sampler, eta):
     for _ in range(3):
         direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in problem.params]
         analytic = sum(float((g * v).sum()) for g, v in zip(estimate.grads, direction))
-        numeric = _directional_fd(problem, loss, direction)
+        numeric = directional_fd(problem, loss, direction)
         assert abs(analytic - numeric) <= 1e-5 * abs(numeric), (analytic, numeric)
     assert estimate.nfe_forward == 3 and estimate.nfe_backward == 3
 

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
-from conftest import wavy
+from conftest import directional_fd, wavy
 from hf_cache import cache_as
 from tiny_pipelines import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
 
 from sdo import NotApplicable, Problem, make_estimator
 from sdo.estimators import ESTIMATORS
 from sdo.models import load_model, resolve
-from sdo.models.flux import pack
 from sdo.tasks import TASKS, Settings
 from sdo.tasks.loop import image_loss
 
@@ -114,17 +113,6 @@ def test_the_chain_samples_what_the_pipeline_samples(saved, family):
         assert (sample - expected).abs().max() <= 1e-5, (family, cfg_scale, float((sample - expected).abs().max()))
 
 
-def _loss_along(problem, loss, direction, h):
-    params = problem.params
-    with torch.no_grad():
-        for p, v in zip(params, direction):
-            p.add_(h * v)
-        value = float(loss(problem.chain.sample(problem.latent, problem.cond, graph_from=None)))
-        for p, v in zip(params, direction):
-            p.sub_(h * v)
-    return value
-
-
 def _rotary_in_the_input_dtype(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
     """diffusers' apply_rotary_emb as FLUX calls it, without its cast to float32 (which would make
     a float64 finite-difference check measure float32 round-off, not the gradient)."""
@@ -157,7 +145,7 @@ def test_full_through_the_decode_matches_finite_differences(saved, family, wrt, 
         direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in problem.params]
         analytic = sum(float((g * v).sum()) for g, v in zip(estimate.grads, direction))
         # h = 1e-5: FLUX's position ids go through float32 (a round-off floor near 1e-11 in the loss)
-        numeric = (_loss_along(problem, loss, direction, 1e-5) - _loss_along(problem, loss, direction, -1e-5)) / 2e-5
+        numeric = directional_fd(problem, loss, direction, h=1e-5)
         assert abs(analytic - numeric) <= 1e-5 * abs(numeric), (analytic, numeric)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
-from conftest import wavy
+from conftest import directional_fd, wavy
 from safetensors.torch import save_file
 from tiny_pipelines import TINY_TEXT
 from tiny_pipelines import build_tiny_sd as build_tiny
@@ -128,18 +128,6 @@ def test_every_estimator_runs_every_task(model, task, method):
     assert result.samples.shape == (1, 3, 16, 16)
 
 
-def _loss_along(problem, loss, direction, h):
-    """The loss with the problem's parameters moved by h * direction."""
-    params = problem.params
-    with torch.no_grad():
-        for p, v in zip(params, direction):
-            p.add_(h * v)
-        value = float(loss(problem.chain.sample(problem.latent, problem.cond, graph_from=None)))
-        for p, v in zip(params, direction):
-            p.sub_(h * v)
-    return value
-
-
 def _problem(model, wrt, steps=2):
     generator = torch.Generator().manual_seed(2)
     chain = model.make_chain(steps, cfg_scale=2.0)
@@ -163,7 +151,7 @@ def test_full_gradient_matches_finite_differences(model64, wrt):
     for _ in range(2):
         direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in problem.params]
         analytic = sum(float((g * v).sum()) for g, v in zip(estimate.grads, direction))
-        numeric = (_loss_along(problem, loss, direction, 1e-6) - _loss_along(problem, loss, direction, -1e-6)) / 2e-6
+        numeric = directional_fd(problem, loss, direction, h=1e-6)
         assert abs(analytic - numeric) <= 1e-5 * abs(numeric), (analytic, numeric)
 
 
