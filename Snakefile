@@ -1,5 +1,6 @@
-# The SDO benchmark: models x tasks x methods x step counts x seeds -> results/tables and
+# The SDO benchmark: models x tasks x methods x chains x seeds -> results/tables and
 # results/figures, with verdicts first (results/tables/verdicts.csv).
+import logging
 import os
 import sys
 
@@ -18,20 +19,26 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 # working directory) and scripts (workflow/scripts/checkout.py), in any environment.
 sys.path.insert(0, workflow.basedir)
 
-from evals.config import check_config, layered, typed
-from evals.sweep import verdicts_rst
+from evals.config import check_config, layered, layering_note, typed
+from evals.report import verdicts_rst
+from evals.sweep import sweep_outcome
 
 # Snakemake merges a --configfile into the defaults key by key; a plug-in's options block (a
 # task's reward_options, a variant) is replaced whole instead, so no run mixes two files' options.
 settings = workflow.config_settings
-defaults = [] if settings.replace_workflow_config else [
-    os.path.join(workflow.basedir, "config", name) for name in ("config.yaml", "sd_cost.yaml")
-]
+defaults = (
+    []
+    if settings.replace_workflow_config
+    else [os.path.join(workflow.basedir, "config", name) for name in ("config.yaml", "profile.yaml")]
+)
+user_layers = [layered([path]) for path in settings.configfiles]
 rebuilt = layered([*defaults, *settings.configfiles, typed(dict(settings.config))])
 rebuilt["weights"] = os.path.join(workflow.basedir, rebuilt["weights"])  # relative to the checkout; absolute stays
 config.clear()
 config.update(rebuilt)
 check_config(config, base=".")  # files a config names are read from the working directory
+if note := layering_note(user_layers, config):
+    logging.getLogger("sdo").warning(note)
 
 
 rule all:
@@ -59,7 +66,16 @@ include: "workflow/rules/runs.smk"
 include: "workflow/rules/guidance.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
-include: "workflow/rules/sd_cost.smk"
+include: "workflow/rules/profile.smk"
 
 
-config["report_verdicts"] = verdicts_rst("results/tables/verdicts.csv")  # the report's first page
+config["report_verdicts"] = verdicts_rst("results/tables/verdicts.csv")  # the report's verdicts table
+
+
+onsuccess:
+    # one console line when the sweep's runs did not all end ok; non-zero when none did
+    if (outcome := sweep_outcome("results/tables/summary.csv")) is not None:
+        message, failed = outcome
+        print(f"sdo: {message}", file=sys.stderr)
+        if failed:
+            sys.exit(1)

@@ -1,174 +1,170 @@
-"""Fidelity and cost of one estimator on one problem, measured side by side with a plain
-sampling pass in the same process."""
+"""Benchmark rows as functions: one estimator variant measured on the benchmark problem
+(`bench`), many variants x parameter types x T in one process at a model's true shapes
+(`profile`), and the cost of a backward pass and of the loss against a forward pass
+(`backward_cost`). The measuring itself is `evals.measure`."""
 
 from __future__ import annotations
 
-import statistics
-from functools import partial
+import contextlib
+import gc
 
 import torch
 
-from evals.plain_loop import plain_gradient
-from sdo.estimators import Estimator, Problem, fidelity
-from sdo.memory import peak_bytes, reset_peak, saved_bytes, used_bytes
-from sdo.models.base import DiffusionModel
-from sdo.timing import timed
+from evals import records
+from evals.domains import domain_of
+from evals.flags import option
+from evals.measure import backward_cost as measure_backward_cost
+from evals.measure import bench_problem, measure, sampling_seconds
+from evals.outcomes import new_record, recorded_failures, resolve_device, write_record
+from evals.plain_loop import plain_rule_for
+from evals.rewards import build_reward
+from evals.specs import BackwardCostSpec, BenchSpec, ProfileSpec
+from sdo.estimators import ESTIMATORS, make_estimator
+from sdo.memory import budget_bytes, enforce_budget
+from sdo.models import load_model
 
 
-def bench_problem(
-    model: DiffusionModel, reward, wrt: str, steps: int, batch: int, seed: int, cfg_scale: float = 1.0, lora_rank: int = 0
-):
-    """The benchmark's problem: latents from `seed`, prompts cycling through the model's, loss
-    minus the mean reward of the decoded samples; the weights are the trainable ones of
-    `model.with_lora(lora_rank)` (rank 0: every weight of the noise network)."""
-    if wrt == "weights":
-        model = model.with_lora(lora_rank)
-    latent = model.latent_batch(batch, torch.Generator().manual_seed(seed))
-    prompts = [model.prompts[i % len(model.prompts)] for i in range(batch)] if model.prompts else [""] * batch
-    problem = Problem(model.make_chain(steps, cfg_scale), latent, model.encode(prompts), wrt)
-    return problem, lambda x: -reward(model.decode(x)).mean()
+def bench(spec: BenchSpec) -> dict:
+    """Seconds, network evaluations, depth, autograd bytes, peak memory and (given the exact
+    gradient) fidelity of one estimator variant on the benchmark problem, after a warm-up call
+    of the same estimator. Random-weight rows (`random:<architecture>`) are `cost_only`: only
+    time and memory mean anything."""
+    record = _record(spec)
+    with recorded_failures(record):
+        device = resolve_device(spec.device)
+        with enforce_budget(budget_bytes(spec.mem_mb, device), device):
+            model, reward, rank, facts = _model(spec, device)
+            record.update(facts)
+            problem, loss = _problem(spec, model, reward, rank)
+            _measure_row(spec, problem, loss, record, warmup=True)
+    return write_record(record, spec.out)
 
 
-def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([g.detach().double().flatten().cpu() for g in grads])
+def variant(text: str) -> tuple[str, str, dict]:
+    """`name=method[:key=value,...]` as (name, method, options); ValueError naming what is allowed."""
+    name, sep, rest = text.partition("=")
+    method, _, options = rest.partition(":")
+    if not sep or not name or method not in ESTIMATORS:
+        raise ValueError(f"a variant must look like NAME=METHOD[:KEY=VALUE,...] with METHOD one of "
+                         f"{', '.join(sorted(ESTIMATORS))}, got {text!r}")
+    return name, method, dict(option(item) for item in options.split(",") if item)
 
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return q1, median, q3
+def profile_rows(spec: ProfileSpec) -> list[BenchSpec]:
+    """The bench rows of a profile: every variant x parameter type x T."""
+    shared = {name: getattr(spec, name) for name in ("model", "model_options", "device", "mem_mb", "sampler",
+                                                     "sampler_options", "cfg_scale", "batch", "seed", "reward",
+                                                     "reward_options", "lora_rank", "rounds", "plain_loop")}
+    return [
+        BenchSpec(**shared, wrt=wrt, steps=steps, method=method, options=options, variant=name,
+                  out=spec.out_dir / wrt / f"T{steps}" / f"{name}.json")
+        for wrt in spec.wrt for steps in spec.steps for name, method, options in map(variant, spec.variants)
+    ]
 
 
-def sampling_seconds(problem: Problem) -> float:
-    """Seconds of one no-graph sampling pass of the problem's chain."""
-    return timed(lambda: problem.chain.trajectory(problem.latent, problem.cond), problem.latent.device)[0]
+def profile(spec: ProfileSpec) -> list[dict]:
+    """`bench` of many rows in one process, for a model that is slow to build: the model and the
+    reward are built once, each (wrt, T) problem once, warmed up once by a `shortcut` gradient
+    (every network once forward and backward) and its sampling pass timed once; each row then
+    times its gradient alone, its peak memory reset before it, all under the spec's memory
+    budget. A row that fails, runs out of memory or does not apply is written with that status
+    and the others go on."""
+    rows = profile_rows(spec)
+    loading, device, loaded = {"status": "ok"}, None, None
+    with contextlib.ExitStack() as budget:
+        with recorded_failures(loading):
+            device = resolve_device(spec.device)
+            budget.enter_context(enforce_budget(budget_bytes(spec.mem_mb, device), device))
+            loaded = _model(rows[0], device)
+        return [record for group in _groups(rows) for record in _rows(group, loading, loaded, device)]
 
 
-def measure(
-    estimator: Estimator,
-    problem: Problem,
-    loss,
-    reference: list[torch.Tensor] | None,
-    rounds: int = 5,
-    warmup: bool = True,
-    sampled: float | None = None,
-    plain: str | None = None,
-) -> dict:
-    """After one warm-up call (`warmup=False`: the caller warmed the problem up), `rounds`
-    rounds each timing a no-graph sampling pass, then (given `plain`, 'full' or 'shortcut') the
-    plain diffusers loop of that rule (`evals.plain_loop`), then the gradient, interleaved so
-    all see the same machine state. Seconds are medians with their interquartile range;
-    `seconds_vs_sampling` and `seconds_vs_plain` are medians of the per-round ratios (what
-    holds still across reruns). Given `sampled`, the seconds of a sampling pass timed once for
-    many rows, the rounds time the gradient only. Also network evaluations, sequential depth,
-    peak memory (of the estimator's calls alone) and what of it the gradient added to what was
-    resident before (`working_bytes`: comparable between rows whose resident weights differ,
-    such as a LoRA copy of the network), gradient norm, cosine and relative error against `reference`, and autograd's
-    bytes, counted on a call of their own after the timed rounds."""
-    device = problem.latent.device
-    if warmup:
-        estimator(problem, loss)
-        if plain:
-            plain_gradient(plain, problem, loss)
-    reset_peak(device)
-    resident = used_bytes(device)
-    sampling, gradient, plain_seconds, estimate = [], [], [], None
-    for _ in range(rounds):
-        sampling.append(sampling_seconds(problem) if sampled is None else sampled)
-        if plain:
-            plain_seconds.append(timed(lambda: plain_gradient(plain, problem, loss), device)[0])
-        seconds, estimate = timed(lambda: estimator(problem, loss), device)
-        gradient.append(seconds)
-    if plain:  # the plain loop's own peak is not the estimator's: one untimed call alone
-        estimate = None
-        reset_peak(device)
-        estimate = estimator(problem, loss)
-    peak = peak_bytes(device)
-    grad = _flat(estimate.grads)
-    q1, median, q3 = _quartiles(gradient)
-    r1, ratio, r3 = _quartiles([g / s for g, s in zip(gradient, sampling)])
-    row = {
-        "seconds": median,
-        "seconds_iqr": q3 - q1,
-        "sample_seconds": statistics.median(sampling),
-        "seconds_vs_sampling": ratio,
-        "seconds_vs_sampling_iqr": r3 - r1,
-        "rounds": rounds,
-        "nfe_forward": estimate.nfe_forward,
-        "nfe_backward": estimate.nfe_backward,
-        "depth": estimator.depth(estimate, problem.chain.steps),
-        "saved_bytes": saved_bytes(estimator, problem, loss),
-        "peak_bytes": peak,
-        "resident_bytes": resident,
-        "working_bytes": max(peak - resident, 0),
-        "grad_norm": float(grad.norm()),
-        "loss": estimate.loss,
-    }
-    if plain:
-        p1, versus, p3 = _quartiles([g / p for g, p in zip(gradient, plain_seconds)])
-        plain_grad = _flat(plain_gradient(plain, problem, loss))
-        row.update(
-            plain=plain,
-            plain_seconds=statistics.median(plain_seconds),
-            seconds_vs_plain=versus,
-            seconds_vs_plain_iqr=p3 - p1,
-            plain_rel_error=float((grad - plain_grad).norm() / plain_grad.norm()),
-        )
-    if reference is not None:
-        row.update(fidelity(estimate.grads, reference))
-    return row
+def _groups(specs: list[BenchSpec]) -> list[list[BenchSpec]]:
+    """The rows of each (wrt, T) problem, in the order given."""
+    problems: dict[tuple[str, int], list[BenchSpec]] = {}
+    for spec in specs:
+        problems.setdefault((spec.wrt, spec.steps), []).append(spec)
+    return list(problems.values())
 
 
-def backward_cost(problem: Problem, rounds: int = 15, calls: int = 8) -> dict:
-    """The cost of one backward pass of the (guided) network against one forward pass, at the
-    middle step's state. Each round times, `calls` times over and interleaved, a forward without
-    a graph (t_f), a forward with a graph to the problem's parameters (t_g) and, alone, the
-    backward of that graph (t_b). `backward_vs_forward` is the median over rounds of t_b / t_f:
-    the weight w that makes network evaluations a cost machine load cannot move, nfe_forward +
-    w nfe_backward, in forward passes (a forward with a graph counts as a forward;
-    `graph_vs_forward` says how much more it costs). `backward_vs_forward_low` and `_high` are
-    the distribution-free 95% interval of that median (order statistics of the rounds), which
-    the verdicts carry into their intervals. Cost: rounds x calls x (two forwards + one backward)."""
-    from scipy import stats
+def _rows(group: list[BenchSpec], loading: dict, loaded, device) -> list[dict]:
+    """The records of one problem's rows (see `profile`)."""
+    first, setup, rows = group[0], dict(loading), []
+    if setup["status"] == "ok":
+        model, reward, rank, facts = loaded
+        with recorded_failures(setup):
+            problem, loss = _problem(first, model, reward, rank)
+            make_estimator("shortcut")(problem, loss)
+            sampled = sampling_seconds(problem)
+    for spec in group:
+        record = _record(spec)
+        if setup["status"] != "ok":
+            record.update(status=setup["status"], reason=setup["reason"])
+        else:
+            record.update(facts)
+            with recorded_failures(record):
+                _measure_row(spec, problem, loss, record, warmup=False, sampled=sampled)
+        rows.append(write_record(record, spec.out))
+        _release(device, emptied=record["status"] != "ok")
+    return rows
 
-    chain, device = problem.chain, problem.latent.device
-    k = chain.steps // 2
-    with torch.no_grad():
-        state = chain.trajectory(problem.latent, problem.cond, keep=[k])[1][k]
-    z = state.detach().requires_grad_() if problem.wrt == "latent" else state
-    params = [z] if problem.wrt == "latent" else problem.params
 
-    def forward():
-        with torch.no_grad():
-            return chain.predict(state, k, problem.cond)
+def _record(spec: BenchSpec) -> dict:
+    record = new_record(spec)
+    record.update(method=spec.method, wrt=spec.wrt, steps=spec.steps, batch=spec.batch, seed=spec.seed)
+    return record
 
-    def graph():
-        return chain.predict(z, k, problem.cond)
 
-    def backward(out):
-        return torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
+def _model(spec, device: torch.device):
+    """The model, the reward, the LoRA rank of the weights rows and the facts a row records."""
+    model = load_model(spec.model, device, seed=spec.seed, **spec.model_options)
+    domain = domain_of(model)
+    name, options = (spec.reward, spec.reward_options) if spec.reward else domain.bench_reward
+    reward = build_reward(name, model.domain, options, domain.context(model, device))
+    rank = spec.lora_rank if spec.lora_rank is not None else (0 if model.domain == "digits" else 4)
+    facts = {"model_options": model.options, "cost_only": spec.model.startswith("random:"),
+             "sampler": spec.sampler or model.default_sampler()}
+    return model, reward, rank, facts
 
-    def one_call() -> tuple[float, float, float]:
-        forward_seconds = timed(forward, device)[0]
-        graph_seconds, out = timed(graph, device)
-        return forward_seconds, graph_seconds, timed(partial(backward, out), device)[0]
 
-    def one_round() -> tuple[float, float, float]:
-        return tuple(map(sum, zip(*(one_call() for _ in range(calls)))))
+def _problem(spec, model, reward, rank):
+    return bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.cfg_scale, rank,
+                         spec.sampler, spec.sampler_options)
 
-    one_round()  # warm-up
-    rows = [one_round() for _ in range(rounds)]
-    ratios = sorted(b / f for f, _, b in rows)
-    q1, median, q3 = _quartiles(ratios)
-    # the median lies between the j-th and (n+1-j)-th order statistics with >= 95% probability
-    j = max(1, int(stats.binom.ppf(0.025, rounds, 0.5)))
-    return {
-        "backward_vs_forward": median,
-        "backward_vs_forward_low": ratios[j - 1],
-        "backward_vs_forward_high": ratios[rounds - j],
-        "backward_vs_forward_iqr": q3 - q1,
-        "graph_vs_forward": statistics.median(g / f for f, g, _ in rows),
-        "forward_seconds": statistics.median(f / calls for f, _, _ in rows),
-        "rounds": rounds,
-        "calls": calls,
-        "step": k,
-    }
+
+def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sampled: float | None = None) -> None:
+    from safetensors.torch import load_file
+
+    estimator = make_estimator(spec.method, **spec.options)
+    exact = None
+    if spec.exact_gradient is not None:
+        stored = load_file(spec.exact_gradient)
+        exact = [stored[str(i)].to(problem.latent.device) for i in range(len(stored))]
+    plain = plain_rule_for(spec.method, spec.options) if spec.plain_loop and problem.chain.order == 1 else None
+    record.update(measure(estimator, problem, loss, exact, spec.rounds, warmup, sampled, plain))
+    if spec.save_gradient is not None:
+        grads = estimator(problem, loss).grads
+        records.save_tensors(spec.save_gradient, **{str(i): g for i, g in enumerate(grads)})
+
+
+def _release(device, emptied: bool) -> None:
+    """Drop what a finished row left behind; after a row that did not end `ok` (a failed row's
+    graph included) also hand the CUDA allocator's cache back, which an `ok` row's successor
+    reuses instead of paying its allocations inside its timed window."""
+    gc.collect()
+    if emptied and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def backward_cost(spec: BackwardCostSpec) -> dict:
+    """The record of `evals.measure.backward_cost` on the bench problem of `spec` (its reward:
+    the model's domain's bench reward unless the spec names one)."""
+    record = new_record(spec)
+    record.update(wrt=spec.wrt, model=spec.model, batch=spec.batch)
+    with recorded_failures(record):
+        device = resolve_device(spec.device)
+        with enforce_budget(budget_bytes(spec.mem_mb, device), device):
+            model, reward, rank, _ = _model(spec, device)
+            problem, loss = _problem(spec, model, reward, rank)
+            record.update(measure_backward_cost(problem, loss, spec.rounds))
+    return write_record(record, spec.out)

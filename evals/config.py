@@ -1,28 +1,28 @@
-"""The workflow's configuration: checked before any job runs, and turned into `sdo` arguments.
+"""The workflow's configuration: layered from its files, and checked before any job runs.
 
-`check_config` validates the structure against `config/schema.yaml`, then what a schema cannot
-say, from the code itself: each variant's estimator options (by building the estimator), each
-task's and reward's and metrics' options (by their options dataclasses), that every model's
-weights are on this machine and take their options, that every reward is offered for its
-models' images, that names in selections and tasks are defined, and that reward and metric
-files exist. It raises `ConfigError` with one message naming the key, the bad value and what is
-allowed. The `*_arguments` functions build each job's command line from only the values that
-job uses, so a job reruns only when one of those changes.
+`layered` merges config files as Snakemake does, except that a plug-in's options block is
+replaced whole. `check_config` validates the structure against `config/schema.yaml`, then
+builds every job's spec (`evals.jobs`) and checks what a schema cannot say, from the code
+itself: run settings by the spec's own fields and checks, each variant's estimator options,
+each task's, sampler's, reward's and metrics' options by their options dataclasses, that every
+model's weights are on this machine (and readable) and take their options, that each sampler
+fits its model and the estimators that run on it and can run T steps, that every reward is
+offered for its models' images, that user callables import and define their function, that
+plug-in files load, and that names in selections and tasks are defined. It raises
+`ConfigError` with one message naming the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from evals import jobs
+from evals.specs import SettingError
+
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
-EMBEDDED_PREFIX = "embedded"
-RUN_SETTINGS = ("iters", "batch", "lr", "betas", "eval_every", "cfg_scale", "eta", "reward_tolerance", "audit_every",
-                "fallback_below", "audit_checkpoint")
-PLUGIN_OPTIONS = ("model_options", "task_options", "reward_options", "metric_options")
 
 
 class ConfigError(ValueError):
@@ -97,101 +97,117 @@ def _message(error: jsonschema.ValidationError) -> str:
     return f"{text}; allowed: {description}" if description else text
 
 
-def slug(source: str) -> str:
-    """A model source as one path segment and wildcard value: `sdxl:/data/sdxl` -> `sdxl-data-sdxl`."""
-    return re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9._]+", "-", source)).strip("-") or "model"
-
-
-def selected(config: dict, kind: str, listed) -> list:
-    """The names of `listed` that the top-level selection `kind` (tasks, models, variants) keeps."""
-    chosen = config.get(kind)
-    return [name for name in listed if chosen is None or name in chosen]
-
-
-def active_tasks(config: dict) -> dict[str, dict]:
-    """The tasks that run, each with only its selected models and variants (tasks left with
-    none are dropped)."""
-    tasks = {}
-    for name in selected(config, "tasks", config["runs"]["tasks"]):
-        block = dict(config["runs"]["tasks"][name])
-        block["models"] = selected(config, "models", block["models"])
-        block["variants"] = selected(config, "variants", block["variants"])
-        if block["models"] and block["variants"]:
-            tasks[name] = block
-    return tasks
-
-
-def import_plugins(config: dict, base: Path | str = ".") -> None:
-    from evals.cli import import_plugin
-
-    for path in config.get("plugins") or []:
-        import_plugin(Path(base) / path)
-
-
 def _fail(key: str, error: Exception) -> ConfigError:
     return ConfigError(f"config key {key}: {error}")
-
-
-def _check_file(key: str, callable_name: str, base: Path | str) -> None:
-    source = callable_name.rpartition(":")[0]
-    if source.endswith(".py") and not (Path(base) / source).is_file():
-        raise ConfigError(
-            f"config key {key}: file {source!r} of {callable_name!r} does not exist; "
-            "allowed: an existing file.py:function or package.module:function"
-        )
 
 
 def _check_variants(key: str, variants: dict) -> None:
     from sdo.estimators import make_estimator
 
     for name, variant in variants.items():
-        options = {k: v for k, v in variant.items() if k != "method"}
+        if not isinstance(variant.get("whole_chain", False), bool):
+            raise ConfigError(f"config key {key}.{name}.whole_chain: {variant['whole_chain']!r} is not true or false")
         try:
-            make_estimator(variant["method"], **options)
+            make_estimator(variant["method"], **jobs.estimator_options(variant))
         except ValueError as error:
             raise _fail(f"{key}.{name}", error) from None
 
 
+def _check_block_keys(task: str, block: dict) -> None:
+    """A task block holds the sweep's axes and run settings (a RunSpec's fields) only."""
+    allowed = (*jobs.AXES, *jobs.RUN_SETTINGS)
+    for key in block:
+        if key not in allowed:
+            raise ConfigError(f"config key runs.tasks.{task}.{key}: not a run setting; allowed keys: "
+                              f"{', '.join(sorted(allowed))}")
+    if not block.get("steps") and not block.get("chains"):
+        raise ConfigError(f"config key runs.tasks.{task}: no chain to run; give steps: [T, ...] or chains: [...]")
+    for index, chain in enumerate(block.get("chains") or []):
+        for key in chain:
+            if key not in jobs.CHAIN_KEYS:
+                raise ConfigError(f"config key runs.tasks.{task}.chains[{index}].{key}: not a chain key; allowed keys: "
+                                  f"{', '.join(jobs.CHAIN_KEYS)}")
+
+
 def check_models(config: dict) -> dict:
     """Every model source under model_options: resolved, its options checked, its weights found
-    (FileNotFoundError's message names where it looked). Returns source -> model class."""
-    from sdo.models import check_model
+    and readable (the message names where it looked). Returns source -> (class, schedule)."""
+    from sdo.models import planned_schedule
 
-    classes = {}
-    for source, options in config["model_options"].items():
+    found = {}
+    for source in config["model_options"]:
         try:
-            classes[source] = check_model(source, _embedded_options(config, source, options or {})).cls
+            found[source] = planned_schedule(source, jobs.model_options(config, source))
         except (ValueError, FileNotFoundError) as error:
             raise _fail(f"model_options.{source}", error) from None
-    return classes
+    return found
 
 
-def _check_cost(block: dict) -> None:
-    from sdo.models import check_model
+def preflight(spec, cls, schedule: dict, base: Path | str = ".") -> None:
+    """ValueError naming what a run of `spec` on a model of class `cls` (with `schedule`) cannot
+    do, found without loading the model: its task's options, its sampler (registered, fitting the
+    model's process and the estimator's needs, able to run T steps and an inversion where asked),
+    its reward and metrics (offered for the model's images, their options, user callables that
+    import). The same checks a run makes before it starts."""
+    from evals.domains import DOMAINS
+    from evals.plugins import load_callable
+    from evals.rewards import is_callable_name, reward_options
+    from evals.run import task_options_of
+    from sdo.estimators import make_estimator
+    from sdo.samplers import SAMPLERS, capabilities, refusal
+    from sdo.tasks import TASKS
 
-    _check_variants("sd_cost.variants", block["variants"])
-    for source, settings in block["models"].items():
-        for name in (settings or {}).get("variants", []):
-            if name not in block["variants"]:
-                raise ConfigError(f"config key sd_cost.models.{source}.variants: {name!r} is not defined under sd_cost.variants")
-        options = {**(block.get("model_options") or {}), **((settings or {}).get("model_options") or {})}
-        try:
-            check_model(source, options)
-        except (ValueError, FileNotFoundError) as error:
-            raise _fail(f"sd_cost.models.{source}", error) from None
+    options = TASKS.lookup(spec.task).make_options(task_options_of(spec))
+    estimator = make_estimator(spec.method, **spec.options)
+    sampler = spec.sampler or cls.sampler_for(schedule)
+    kind = SAMPLERS.lookup(sampler)
+    if kind.process != cls.process:
+        fitting = sorted(name for name, other in SAMPLERS.items() if other.process == cls.process)
+        raise ValueError(f"sampler {sampler!r} is for {kind.process} models; {spec.model} is a {cls.process} model: "
+                         f"use one of {', '.join(fitting)}")
+    can = capabilities(sampler, spec.sampler_options, schedule)
+    if spec.steps > can.max_steps:
+        raise ValueError(f"T = {spec.steps} is more than {sampler} can run on {spec.model}: at most {can.max_steps} "
+                         "steps (num_train_timesteps)")
+    reason = refusal(estimator.name, estimator.needs, sampler, can)
+    if reason:
+        raise ValueError(reason)
+    start = getattr(options, "start_step", 0)
+    if start >= spec.steps:
+        raise ValueError(f"start_step {start} must be below T = {spec.steps}")
+    if getattr(options, "init", "sample") == "invert" and not can.inversion:
+        raise ValueError(f"init=invert runs the sampler backwards; {sampler} has no inversion (ddim and flow_euler do)")
+    if TASKS[spec.task].wrt == "cond" and not cls.conditional:
+        raise ValueError(f"{spec.model} is unconditional: it has no conditioning to optimise")
+    if is_callable_name(spec.reward):
+        load_callable(spec.reward, base)
+    else:
+        reward_options(spec.reward, cls.domain, spec.reward_options)
+    named = {name for name in spec.metrics if not is_callable_name(name)}
+    for name in spec.metrics:
+        if name in named:
+            block = spec.metric_options.get(name) or {}
+            if not isinstance(block, dict):
+                raise ValueError(f"metric_options.{name} must be a mapping of the {name} reward's options")
+            reward_options(name, cls.domain, block)
+        else:
+            load_callable(name, base)
+    DOMAINS.lookup(cls.domain).make_options({k: v for k, v in spec.metric_options.items() if k not in named})
 
 
 def check_config(config: dict, schema: dict | None = None, base: Path | str = ".") -> None:
     """Raise ConfigError for the first problem found; `base` resolves relative files."""
+    from evals.plugins import PluginError, import_plugin
+
     schema = schema or load_schema()
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         raise ConfigError(_message(error))
-    import_plugins(config, base)
-    from evals.domains import DOMAINS
-    from evals.rewards import reward_options
-    from sdo.tasks import TASKS
-
+    for path in config.get("plugins") or []:
+        try:
+            import_plugin(Path(base) / path)
+        except (PluginError, ValueError, TypeError) as error:
+            raise _fail("plugins", error) from None
     for kind, names in (("tasks", config["runs"]["tasks"]), ("models", config["model_options"]),
                         ("variants", config["runs"]["variants"])):
         for name in config.get(kind) or []:
@@ -199,178 +215,70 @@ def check_config(config: dict, schema: dict | None = None, base: Path | str = ".
                 raise ConfigError(f"config key {kind}: {name!r} is not defined; allowed: {', '.join(names)}")
     _check_variants("runs.variants", config["runs"]["variants"])
     _check_variants("bench.variants", config["bench"]["variants"])
-    if "sd_cost" in config:
-        _check_cost(config["sd_cost"])
-    classes = check_models(config)
+    if "profile" in config:
+        _check_profile(config["profile"])
+    models = check_models(config)
     for source in config["quality"]["models"] + config["bench"]["models"]:
-        if source not in classes:
+        if source not in models:
             raise ConfigError(f"config key quality/bench models: {source!r} has no entry under model_options")
+    from sdo.tasks import TASKS
+
     defined = config["runs"]["variants"]
     for task, block in config["runs"]["tasks"].items():
         key = f"runs.tasks.{task}"
         if task not in TASKS:
             raise ConfigError(f"config key runs.tasks: task {task!r} is not registered; allowed: {', '.join(sorted(TASKS))}")
-        for name in block["variants"]:
-            if name not in defined:
-                raise ConfigError(
-                    f"config key {key}.variants: variant {name!r} is not defined; "
-                    f"allowed: the names under runs.variants ({', '.join(defined)})"
-                )
-        try:
-            TASKS[task].make_options(block.get("task_options") or {})
-        except ValueError as error:
-            raise _fail(f"{key}.task_options", error) from None
-        _check_file(f"{key}.reward", block["reward"], base)
-        for metric in block.get("metrics", []):
-            _check_file(f"{key}.metrics", metric, base)
+        _check_block_keys(task, block)
+        for chain in jobs.chains(block):
+            for name in chain.variants or block["variants"]:
+                if name not in defined:
+                    raise ConfigError(f"config key {key}.variants: variant {name!r} is not defined; allowed: the names "
+                                      f"under runs.variants ({', '.join(defined)})")
         for source in block["models"]:
-            if source not in classes:
-                raise ConfigError(
-                    f"config key {key}.models: {source!r} is not listed under model_options; "
-                    f"allowed: {', '.join(classes)}"
-                )
-            domain = classes[source].domain
-            try:
-                reward_options(block["reward"], domain, block.get("reward_options") or {})
-                DOMAINS[domain].make_options(block.get("metric_options") or {})
-            except ValueError as error:
-                raise _fail(f"{key} (model {source}, {domain} images)", error) from None
+            if source not in models:
+                raise ConfigError(f"config key {key}.models: {source!r} is not listed under model_options; "
+                                  f"allowed: {', '.join(models)}")
+    for job in jobs.run_jobs(config):
+        key = f"runs.tasks.{job.task} ({job.model}, {job.variant}, {job.chain.label})"
+        try:
+            spec = jobs.run_spec(config, job)
+            preflight(spec, *models[job.model], base)
+        except SettingError as error:
+            block = config["runs"]["tasks"][job.task]
+            raise _fail(f"runs.tasks.{job.task}.{error.field}" if error.field in block else key, error) from None
+        except (ValueError, TypeError) as error:
+            raise _fail(key, error) from None
+    try:
+        jobs.guide_specs(config)
+    except (ValueError, TypeError) as error:
+        raise _fail("guidance", error) from None
 
 
-def _flag_words(key: str, value) -> list[str]:
-    """`--key value`; a boolean is a bare flag when true and nothing when false; a list gives
-    its values after one flag; None gives nothing."""
-    flag = "--" + key.replace("_", "-")
-    if value is None:
-        return []
-    if isinstance(value, bool):
-        return [flag] if value else []
-    if isinstance(value, list):
-        return [flag, *map(str, value)]
-    return [flag, str(value)]
+def _check_profile(block: dict) -> None:
+    from sdo.models import check_model
+
+    _check_variants("profile.variants", block["variants"])
+    for source, settings in block["models"].items():
+        for name in (settings or {}).get("variants", []):
+            if name not in block["variants"]:
+                raise ConfigError(f"config key profile.models.{source}.variants: {name!r} is not defined under "
+                                  "profile.variants")
+        options = {**(block.get("model_options") or {}), **((settings or {}).get("model_options") or {})}
+        try:
+            check_model(source, options)
+        except (ValueError, FileNotFoundError) as error:
+            raise _fail(f"profile.models.{source}", error) from None
 
 
-def _value(value) -> str:
-    """An option's value as `sdo`'s KEY=VALUE reads it back (JSON for booleans, lists, None)."""
-    import json
-
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _option_words(flag: str, options: dict) -> list[str]:
-    words = []
-    for key, value in sorted((options or {}).items()):
-        words += [flag, f"{key}={_value(value)}"]
-    return words
-
-
-def _estimator_options(variant: dict) -> dict:
-    return {key: value for key, value in variant.items() if key != "method"}
-
-
-def estimator_arguments(variants: dict, variant: str) -> list[str]:
-    """`--method M --variant NAME --option key=value ...` of one named variant."""
-    return ["--method", variants[variant]["method"], "--variant", variant,
-            *_option_words("--option", _estimator_options(variants[variant]))]
-
-
-def _embedded_options(config: dict, source: str, options: dict) -> dict:
-    """An embedded model's options with the config's weights directory."""
-    if source.split(":", 1)[0] in (EMBEDDED_PREFIX, f"{EMBEDDED_PREFIX}-flow") and "weights" not in options:
-        return {**options, "weights": config["weights"]}
-    return options
-
-
-def model_arguments(config: dict, source: str) -> list[str]:
-    """`--model SOURCE --model-option key=value ...` with the model's configured options."""
-    options = _embedded_options(config, source, config["model_options"].get(source) or {})
-    return ["--model", source, *_option_words("--model-option", options)]
-
-
-def run_arguments(config: dict, task: str, source: str, variant: str) -> list[str]:
-    """The `sdo run` flags of one model, task and variant, apart from steps, seeds and paths."""
-    block = config["runs"]["tasks"][task]
-    words = ["--task", task, *model_arguments(config, source), *estimator_arguments(config["runs"]["variants"], variant)]
-    words += ["--reward", block["reward"], *_option_words("--reward-option", block.get("reward_options"))]
-    words += _option_words("--task-option", block.get("task_options"))
-    words += _option_words("--metric-option", block.get("metric_options"))
-    words += _flag_words("metrics", block.get("metrics"))
-    words += _flag_words("mem_mb", config.get("mem_mb_per_run"))
-    words += _flag_words("start_tolerance", config["statistics"].get("start_tolerance"))
-    for key in RUN_SETTINGS:
-        words += _flag_words(key, block.get(key))
-    return words
-
-
-def guide_arguments(config: dict, source: str) -> list[str]:
-    """The `sdo guide` flags: the guidance block's scale and schedule, and the latent task's
-    values that say what is sampled and how it is scored (so guidance meets the same reward)."""
-    block = config["runs"]["tasks"]["latent"]
-    words = [*model_arguments(config, source), "--scale", str(config["guidance"]["scale"]),
-             "--schedule", config["guidance"]["schedule"], "--reward", block["reward"]]
-    words += _option_words("--reward-option", block.get("reward_options"))
-    words += _option_words("--task-option", block.get("task_options"))
-    words += _option_words("--metric-option", block.get("metric_options"))
-    for key in ("batch", "cfg_scale", "reward_tolerance", "metrics"):
-        words += _flag_words(key, block.get(key))
-    return words
-
-
-def bench_arguments(config: dict, source: str, variant: str) -> list[str]:
-    """The `sdo bench` flags of one model and variant, apart from wrt, steps and paths."""
-    bench = config["bench"]
-    words = [*model_arguments(config, source), *estimator_arguments(bench["variants"], variant)]
-    for key in ("batch", "seed", "rounds", "mem_mb"):
-        words += _flag_words(key, bench.get(key))
-    return words
-
-
-COST_KEYS = ("wrt", "batch", "device", "seed", "rounds", "mem_mb")
-COST_ROW = "results/sd_cost/{model}/{denoiser}/{wrt}/T{steps}/{variant}.json"
-
-
-def _cost_variants(block: dict, source: str) -> list[str]:
-    return (block["models"][source] or {}).get("variants", list(block["variants"]))
-
-
-def cost_rows(block: dict, source: str, denoiser: str = "{denoiser}") -> list[str]:
-    """The rows one `sdo cost` job of a model source writes (`denoiser`: plain, checkpointed,
-    or the wildcard)."""
-    steps = (block["models"][source] or {}).get("steps", block["steps"])
-    return [
-        COST_ROW.format(model=slug(source), denoiser=denoiser, wrt=wrt, steps=t, variant=variant)
-        for wrt in block["wrt"] for t in steps for variant in _cost_variants(block, source)
-    ]
-
-
-def cost_arguments(block: dict, source: str) -> list[str]:
-    """The `sdo cost` flags of one model of an `sd_cost` block: every variant as `--variant
-    name=method:key=value,...`, its parameter types, step counts, guidance and load options;
-    not the denoiser's checkpointing or paths."""
-    model = block["models"][source] or {}
-    words = ["--model", source]
-    words += _option_words("--model-option", {**(block.get("model_options") or {}), **(model.get("model_options") or {})})
-    for name in _cost_variants(block, source):
-        variant = block["variants"][name]
-        options = ",".join(f"{k}={_value(v)}" for k, v in sorted(_estimator_options(variant).items()))
-        words += ["--variant", f"{name}={variant['method']}" + (f":{options}" if options else "")]
-    words += _flag_words("steps", model.get("steps", block["steps"]))
-    words += _flag_words("cfg_scale", model.get("cfg_scale", block.get("cfg_scale")))
-    for key in COST_KEYS:
-        words += _flag_words(key, block.get(key))
-    if model.get("plain_loop", block.get("plain_loop", True)) is False:
-        words.append("--no-plain-loop")
-    return words
-
-
-def backward_cost_arguments(config: dict, task: str, source: str) -> list[str]:
-    """The `sdo backward-cost` flags of one model and task: the task's parameter type, batch,
-    guidance and smallest T, and the statistics' rounds."""
-    from sdo.tasks import TASKS
-
-    block = config["runs"]["tasks"][task]
-    words = [*model_arguments(config, source), "--wrt", TASKS[task].wrt, "--batch", str(block["batch"]),
-             "--steps", str(min(block["steps"])), "--rounds", str(config["statistics"].get("backward_rounds", 15))]
-    words += _flag_words("lora_rank", (block.get("task_options") or {}).get("lora_rank"))
-    words += _flag_words("cfg_scale", block.get("cfg_scale"))
-    return words
+def layering_note(layers: list[dict], config: dict) -> str | None:
+    """What a user's config file that names only some tasks should know: which tasks the
+    layered config still runs (and how to run only theirs), or None."""
+    named = set()
+    for layer in layers:
+        named |= set(((layer.get("runs") or {}).get("tasks") or {}))
+    running = list(jobs.active_tasks(config))
+    extra = [task for task in running if task not in named]
+    if named and extra and config.get("tasks") is None:
+        return (f"the config files name the tasks {', '.join(sorted(named))}, and the layered config also runs "
+                f"{', '.join(extra)} from the defaults; add `tasks: [{', '.join(sorted(named))}]` to run only yours")
+    return None

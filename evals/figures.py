@@ -18,6 +18,16 @@ from evals.records import write_atomic  # noqa: E402
 VERDICT_COLOURS = {"holds": "#2a9d4b", "refuted": "#c0392b", "inconclusive": "#7f8c8d", "invalid_start": "#d4a017"}
 
 
+def _ordered(chains) -> list[str]:
+    """Chain labels in the order T, then start step (T10, T50, T50-from10-invert, T50-from45)."""
+    def key(label: str):
+        parts = label.split("-")
+        start = next((int(p[4:]) for p in parts if p.startswith("from")), 0)
+        return int(parts[0][1:]), start, label
+
+    return sorted(set(map(str, chains)), key=key)
+
+
 def _colours(variants) -> dict:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return {v: cycle[i % len(cycle)] for i, v in enumerate(sorted(map(str, variants)))}
@@ -54,15 +64,15 @@ def _legend(figure, axes) -> None:
 
 
 def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
-    """The answer at a glance: for each model, task and T, the subject's paired cost ratio to
-    each baseline (IQM over seeds, bootstrap interval; log scale, in the load-free cost unit),
+    """The answer at a glance: for each model, task and chain, the subject's paired cost ratio to
+    each peer (IQM over seeds, bootstrap interval; log scale, in the load-free cost unit),
     coloured by the verdict on the paper's claim, with the claim's threshold and parity marked.
     An interval with no lower or upper limit (censored runs) runs off the edge as an arrow."""
     if table.empty or "ratio" not in table:
         return _empty(path, "verdicts")
     claim = table["threshold"].min()
     rows = table[table["threshold"] == claim].reset_index(drop=True)
-    labels = [f"{r.model} · {r.task} · T={r.steps}  vs {r.baseline}" for r in rows.itertuples()]
+    labels = [f"{r.model} · {r.task} · {r.chain}  vs {r.peer} ({r.peer_chain})" for r in rows.itertuples()]
     values = pd.concat([rows["ratio"], rows["ratio_low"], rows["ratio_high"]])
     values = values[np.isfinite(values) & (values > 0)]
     left, right = min([claim / 2, *values]) / 1.3, max([2.0, *values]) * 1.3
@@ -88,7 +98,7 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
     axis.set_xlim(left, right)
     axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     unit = rows["unit"].iloc[0]
-    axis.set_xlabel(f"{rows['subject'].iloc[0]}'s cost to reach the target / the baseline's ({unit}: forward-pass equivalents)"
+    axis.set_xlabel(f"{rows['subject'].iloc[0]}'s cost to reach the target / the peer's ({unit}: forward-pass equivalents)"
                     "\narrows: no limit on that side (runs that never reached the target)", fontsize=9)
     axis.grid(alpha=0.3, which="both", axis="x")
     axis.set_ylim(-0.7, len(rows) - 0.3)
@@ -97,7 +107,7 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
 
 
 def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics) -> None:
-    """Held-out evaluation curves: a row of panels per (model, task), a column per (T, metric),
+    """Held-out evaluation curves: a row of panels per (model, task), a column per (chain, metric),
     a line per variant (mean over seeds against the mean x; band: Student-t 95% interval over
     seeds)."""
     from evals.tables import t_half_width
@@ -109,19 +119,19 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
         return _empty(path, "finished runs")
     groups = sorted(evaluations.groupby(["model", "task"]).groups)
     metrics = [(m, label) for m, label in metrics if m in evaluations and evaluations[m].notna().any()]
-    columns = [(t, metric, label) for t in sorted(evaluations["steps"].unique()) for metric, label in metrics]
+    columns = [(t, metric, label) for t in _ordered(evaluations["chain"]) for metric, label in metrics]
     colours = _colours(evaluations["variant"].unique())
     figure, axes = plt.subplots(len(groups), len(columns), figsize=(3.9 * len(columns), 2.9 * len(groups)), squeeze=False)
     for i, (model, task) in enumerate(groups):
         for j, (t, metric, label) in enumerate(columns):
             axis = axes[i][j]
-            panel = evaluations[(evaluations["model"] == model) & (evaluations["task"] == task) & (evaluations["steps"] == t)]
+            panel = evaluations[(evaluations["model"] == model) & (evaluations["task"] == task) & (evaluations["chain"] == t)]
             for variant, group in panel.groupby("variant"):
                 stats = group.groupby("iter").agg(x=(x, "mean"), y=(metric, "mean"), half=(metric, t_half_width))
                 axis.plot(stats["x"], stats["y"], "o-", ms=2.5, color=colours[str(variant)], label=variant, lw=1.5)
                 axis.fill_between(stats["x"], stats["y"] - stats["half"], stats["y"] + stats["half"],
                                   color=colours[str(variant)], alpha=0.12)
-            axis.set_title(f"{model} · {task} · T = {t}", fontsize=9)
+            axis.set_title(f"{model} · {task} · {t}", fontsize=9)
             axis.set_xlabel(xlabel, fontsize=8)
             axis.set_ylabel(label, fontsize=8)
             axis.grid(alpha=0.3)
@@ -150,16 +160,16 @@ def reward_vs_seconds(evaluations: pd.DataFrame, path: Path | str) -> None:
 def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
     """The online fidelity audit: each estimator's cosine with the exact gradient against the
     iteration (a thin line per run, the mean over seeds bold), one panel per model, task and
-    T; the fallback threshold dashed where one was set, audits below it marked."""
+    chain; the fallback threshold dashed where one was set, audits below it marked."""
     if audits.empty or "cosine" not in audits:
         return _empty(path, "audits (set audit_every to audit a run)")
-    panels = sorted(audits.groupby(["model", "task", "steps"]).groups)
+    panels = sorted(audits.groupby(["model", "task", "chain"]).groups)
     colours = _colours(audits["variant"].unique())
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
-    for axis, (model, task, steps) in zip(axes.flat, panels):
-        panel = audits[(audits["model"] == model) & (audits["task"] == task) & (audits["steps"] == steps)]
+    for axis, (model, task, chain) in zip(axes.flat, panels):
+        panel = audits[(audits["model"] == model) & (audits["task"] == task) & (audits["chain"] == chain)]
         for variant, group in panel.groupby("variant"):
             colour = colours[str(variant)]
             for _, run in group.groupby("seed"):
@@ -171,7 +181,7 @@ def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
             axis.axhline(float(threshold.iloc[0]), color="#c0392b", ls="--", lw=1)
             below = panel[panel["cosine"] < float(threshold.iloc[0])]
             axis.plot(below["iter"], below["cosine"], "x", color="#c0392b", ms=6, label="below threshold")
-        axis.set(title=f"{model} · {task} · T = {steps}", xlabel="iteration", ylabel="cosine with the exact gradient", ylim=(-0.05, 1.05))
+        axis.set(title=f"{model} · {task} · {chain}", xlabel="iteration", ylabel="cosine with the exact gradient", ylim=(-0.05, 1.05))
         axis.title.set_fontsize(9)
         axis.grid(alpha=0.3)
     for axis in axes.flat[len(panels):]:
@@ -182,23 +192,24 @@ def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
 
 def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
     """Final held-out reward, and distance to real data, against seconds per iteration: one
-    point per variant x T (bigger markers for larger T), one panel pair per model and task."""
+    point per variant x chain (bigger markers for later chains in the sweep's order), one panel
+    pair per model and task."""
     done = methods[methods["runs"] > 0] if "runs" in methods else methods.iloc[0:0]
     if done.empty or "final_reward_mean" not in done:
         return _empty(path, "finished runs")
     panels = sorted(done.groupby(["model", "task"]).groups)
     colours = _colours(done["variant"].unique())
     figure, axes = plt.subplots(len(panels), 2, figsize=(9, 3.2 * len(panels)), squeeze=False)
-    sizes = {t: 12 + 10 * i for i, t in enumerate(sorted(done["steps"].unique()))}
+    sizes = {t: 12 + 10 * i for i, t in enumerate(_ordered(done["chain"]))}
     for (reward, realism), (model, task) in zip(axes, panels):
         for variant, group in done[(done["model"] == model) & (done["task"] == task)].groupby("variant"):
-            group = group.sort_values("steps")
+            group = group.sort_values("chain", key=lambda c: c.map(list(sizes).index))
             colour = colours[str(variant)]
             for axis, column in ((reward, "final_reward_mean"), (realism, "final_nn_distance")):
                 if column not in group:
                     continue
                 axis.plot(group["seconds_per_iter"], group[column], "-", color=colour, alpha=0.4, lw=1)
-                axis.scatter(group["seconds_per_iter"], group[column], s=group["steps"].map(sizes), color=colour, label=variant)
+                axis.scatter(group["seconds_per_iter"], group[column], s=group["chain"].map(sizes), color=colour, label=variant)
             if "final_reward_ci95_seeds" in group:
                 reward.errorbar(group["seconds_per_iter"], group["final_reward_mean"], yerr=group["final_reward_ci95_seeds"],
                                 fmt="none", ecolor=colour, alpha=0.5, lw=1)
@@ -210,7 +221,7 @@ def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
             axis.xaxis.set_minor_formatter(ticker.NullFormatter())
             axis.grid(alpha=0.3, which="both")
             axis.title.set_fontsize(9)
-    figure.text(0.01, 0.005, "marker size: T (" + ", ".join(map(str, sizes)) + ")", fontsize=7, color="0.4")
+    figure.text(0.01, 0.005, "marker size: chain (" + ", ".join(map(str, sizes)) + ")", fontsize=7, color="0.4")
     _legend(figure, axes)
     _save(figure, path, devices_of(done))
 
@@ -227,10 +238,14 @@ def _log_axes(axis, ticks) -> None:
 
 
 def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path | str, title: str) -> None:
-    """A grid: one row per (column, label, log-y), one column per parameter type, a line per variant."""
+    """A grid: one row per (column, label, log-y), one column per parameter type, a line per
+    variant (and sampler, where rows ran on several)."""
     done = frame[frame["status"] == "ok"] if "status" in frame else frame
     if done.empty:
         return _empty(path, "finished bench rows")
+    if "sampler" in done and done["sampler"].nunique() > 1:
+        done = done.assign(variant=done["variant"] + " · " + done["sampler"].astype(str))
+        frame = done
     kinds = [k for k in ("latent", "cond", "weights") if k in set(frame["wrt"])]
     colours = _colours(frame["variant"].unique())
     ticks = sorted(frame["steps"].unique())
@@ -273,7 +288,7 @@ def _strip(images):
 
 
 def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> None:
-    """Start against end: for each model and task at its largest T and lowest seed, one row per
+    """Start against end: for each model and task at its last chain and lowest seed, one row per
     variant, `per_row` samples from the starting parameters (left) and the optimised ones
     (right), the same noise in both."""
     from safetensors.torch import load_file
@@ -283,16 +298,16 @@ def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> N
     done = summary[(summary["status"] == "ok") & summary["samples_file"].notna()]
     if done.empty:
         return _empty(path, "finished runs with samples")
-    picked = [group[(group["steps"] == group["steps"].max())].sort_values("seed").drop_duplicates("variant")
+    picked = [group[group["chain"] == _ordered(group["chain"])[-1]].sort_values("seed").drop_duplicates("variant")
               for _, group in done.groupby(["model", "task"])]
     rows = pd.concat(picked)
     figure, axes = plt.subplots(len(rows), 2, figsize=(2 * per_row * 0.55, 0.75 * len(rows) + 0.6), squeeze=False)
     for (start, end), row in zip(axes, rows.itertuples()):
         tensors = load_file(row.samples_file)
-        for axis, key in ((start, "baseline"), (end, "final")):
+        for axis, key in ((start, "start"), (end, "final")):
             axis.imshow(_strip(tensors[key][:per_row]), cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([]), axis.set_yticks([])
-        start.set_ylabel(f"{row.model}\n{row.task}\n{row.variant}\nT={row.steps}", rotation=0, ha="right", va="center", fontsize=7)
+        start.set_ylabel(f"{row.model}\n{row.task}\n{row.variant}\n{row.chain}", rotation=0, ha="right", va="center", fontsize=7)
     axes[0][0].set_title("start (same noise)", fontsize=9)
     axes[0][1].set_title("end", fontsize=9)
     _save(figure, path, devices_of(rows), top=0.97)

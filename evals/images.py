@@ -1,5 +1,5 @@
-"""Image helpers any domain uses: loading image files, Inception FID from local weights, and a
-normal 95% interval over per-sample values."""
+"""Image helpers any domain uses: Inception FID from local weights and a normal 95% interval over
+per-sample values (image files are read by `sdo.images`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import torch
+
+from sdo.images import load_image_folder
 
 
 def _rgb01(images: torch.Tensor) -> torch.Tensor:
@@ -25,33 +27,6 @@ def inception_fid(samples: torch.Tensor, reference: torch.Tensor, weights: str |
     metric.update(_rgb01(reference), real=True)
     metric.update(_rgb01(samples), real=False)
     return float(metric.compute())
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def load_image(path: str | Path) -> torch.Tensor:
-    """An image file as RGB (1, 3, H, W) in [-1, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
-    return pixels.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
-
-
-def load_image_folder(directory: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Every image in `directory` (by name) as RGB (N, 3, H, W) in [-1, 1], each resized to
-    `size` (bicubic, antialiased) when given; without it all must share one size."""
-    directory = Path(directory)
-    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
-    if not paths:
-        raise FileNotFoundError(f"no images in {directory}: it should be a folder of {', '.join(IMAGE_SUFFIXES)} files")
-    images = [load_image(p) for p in paths]
-    if size is not None:
-        resize = torch.nn.functional.interpolate
-        images = [resize(x, size=tuple(size), mode="bicubic", antialias=True).clamp(-1, 1) for x in images]
-    return torch.cat(images)
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

@@ -1,17 +1,27 @@
-"""Rerunning only the runs that failed, once their cause is fixed, without touching the others.
+"""Rerunning only the runs that failed, once their cause is fixed, without touching the others,
+and without writing anything while a sweep is only planned.
 
-A run job writes every seed of one model, task, variant and T, and Snakemake deletes a job's
-outputs before it runs it again. So `stage_failed` (the workflow calls it when the config says
-`rerun_failed: true`) moves the records of every job that holds a `failed` record out of the
-way: the failed ones to results/retry/failed/ (kept for reference), the others to
-results/retry/; Snakemake then reruns those jobs, and `reuse` moves each staged record back, the
-same file, where its seed's config is unchanged and its status is not `failed`, instead of
-running that seed again. `ok`, `diverged`, `not_applicable` and `out_of_memory` records are
-results and stay as they are.
+A run job writes every seed of one model, task, variant and chain, and Snakemake deletes a
+job's outputs before it runs it again. With `rerun_failed: true`:
+
+1. while the workflow is parsed, `retry_token` only reads: a job holding a `failed` record gets
+   a new value of its `retry` parameter (the number of its failed attempts staged so far plus
+   the ones failing now), so Snakemake's params trigger reruns exactly those jobs; a dry run
+   shows them and changes nothing;
+2. when the sweep starts (`onstart`, never in a dry run), `stage_failed` moves those jobs'
+   records out of the way: each failed one to results/retry/failed/ under a numbered name (the
+   history that the token counts, so the next plain sweep sees the same token and reruns
+   nothing), the others to results/retry/;
+3. the job runs with `--reuse`: `reuse` moves each staged record back, the same file, where its
+   seed's spec is unchanged and its status is not `failed`, instead of running that seed again.
+
+`ok`, `diverged`, `unstable`, `not_applicable` and `out_of_memory` records are results, not
+failures, and stay as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,45 +53,64 @@ def _status(record: Path) -> str | None:
         return None
 
 
-def stage_failed(jobs: list[list[str]], derived: str | None = None, root: Path | str = ".") -> int:
-    """For every job (its record paths) with a failed record: move its records aside, and then
-    remove `derived`, a table built from every record (Snakemake reruns a job whose outputs are
-    missing only when something it must build needs them). Returns the number of failed
-    records staged for a rerun."""
-    root, failed = Path(root), 0
+def _attempts(record: Path, root: Path) -> list[Path]:
+    """The failed attempts of `record` staged so far."""
+    relative = record.relative_to(root / "results")
+    folder = root / RETRY / "failed" / relative.parent
+    return sorted(folder.glob(f"{relative.stem}.attempt*.json")) if folder.is_dir() else []
+
+
+def failing(records: list[str], root: Path | str = ".") -> list[Path]:
+    """The job's records (paths) whose status is failed now."""
+    return [Path(root) / r for r in records if _status(Path(root) / r) in RERUN_STATUSES]
+
+
+def retry_token(records: list[str], rerun_failed: bool, root: Path | str = ".") -> str:
+    """The job's `retry` parameter: its failed attempts staged so far, plus those failing now
+    when `rerun_failed` (read only: nothing is written)."""
+    root = Path(root)
+    staged = sum(len(_attempts(root / r, root)) for r in records)
+    now = len(failing(records, root)) if rerun_failed else 0
+    return str(staged + now)
+
+
+def stage_failed(jobs: list[list[str]], root: Path | str = ".") -> int:
+    """For every job (its record paths) holding a failed record, move its records aside (see
+    the module docstring). Returns the number of failed records staged."""
+    root, staged = Path(root), 0
     for records in jobs:
         paths = [root / record for record in records]
-        statuses = {path: _status(path) for path in paths if path.exists()}
-        if not any(status in RERUN_STATUSES for status in statuses.values()):
+        if not failing(records, root):
             continue
-        for path, status in statuses.items():
+        for path in paths:
+            if not path.exists():
+                continue
             relative = path.relative_to(root / "results")
-            if status in RERUN_STATUSES:
-                failed += 1
-                _move(path, root / RETRY / "failed" / relative)
+            if _status(path) in RERUN_STATUSES:
+                staged += 1
+                attempt = len(_attempts(path, root)) + 1
+                _move(path, root / RETRY / "failed" / relative.parent / f"{relative.stem}.attempt{attempt}.json")
             else:
                 _move(path, root / RETRY / relative)
-    if failed:
-        log.warning("rerunning %d failed runs; their jobs' other records are kept under %s and reused", failed, RETRY)
-        if derived is not None and (root / derived).exists():
-            (root / derived).unlink()
-    return failed
+    if staged:
+        log.warning("rerunning %d failed runs; their jobs' other records are kept under %s and reused", staged, RETRY)
+    return staged
 
 
-def reuse(config: dict, out: Path, directory: Path | str | None) -> dict | None:
-    """The staged record of this seed, moved back to `out`, when its config equals `config`
-    (the path aside) and it did not fail; else None (the seed runs)."""
-    if directory is None:
+def reuse(spec, directory: Path | str | None) -> dict | None:
+    """The staged record of this seed, moved back to `spec.out`, when its spec equals this one
+    (the output path aside) and it did not fail; else None (the seed runs)."""
+    if directory is None or spec.out is None:
         return None
+    out = Path(spec.out)
     staged = Path(directory) / out.name
     if not staged.exists():
         return None
     record = json.loads(staged.read_text())
-    same = {k: v for k, v in strict(record["config"]).items() if k != "out"} == {
-        k: v for k, v in strict(config).items() if k != "out"
-    }
-    if not same or record["status"] in RERUN_STATUSES:
+    ours = strict({k: v for k, v in dataclasses.asdict(spec).items() if k != "out"})
+    theirs = {k: v for k, v in record["config"].items() if k not in ("out", "variant")}
+    if ours != {k: v for k, v in theirs.items() if k in ours} or record["status"] in RERUN_STATUSES:
         return None
     _move(staged, out)
-    log.info("reused %s (status %s): its config is unchanged", out, record["status"])
+    log.info("reused %s (status %s): its spec is unchanged", out, record["status"])
     return record

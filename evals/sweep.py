@@ -1,5 +1,13 @@
 """A sweep's records turned into its tables: what `snakemake` writes to results/tables, as one
-function a notebook can call too. Whatever the runs' statuses, every table comes out."""
+function a notebook can call too. Whatever the runs' statuses, every table comes out.
+
+The load-free cost of an iteration, in forward passes of the denoiser as measured on the same
+device (`sdo backward-cost`): every forward call (1 each), the extra cost of keeping a graph
+(g - 1 per forward with a graph), every backward (w each) and the loss's own work, decode and
+reward forward and backward (l per evaluation). What it leaves out: the optimiser's update
+(a few element-wise passes over the parameters, against millions of multiply-adds per network
+call) and the memory traffic of autograd's bookkeeping.
+"""
 
 from __future__ import annotations
 
@@ -11,46 +19,56 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evals import statistics
-from evals.guide import guidance_table
-from evals.tables import audits_table, evaluations_table, methods_table, pooled_quality, read_records, runs_table, status_counts
+from evals import analysis
+from evals.tables import (
+    audits_table, evaluations_table, guidance_table, methods_table, pooled_quality, read_records, runs_table,
+    status_counts,
+)
 
 log = logging.getLogger(__name__)
-NOMINAL_BACKWARD = 2.0  # a backward pass in forward passes, where no measurement finished
+NOMINAL = {"w": 2.0, "low": 2.0, "high": 2.0, "graph": 1.0, "loss": 0.0}  # where no measurement finished
 
 
-def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], tuple[float, float, float]]:
-    """(model, task) -> the measured backward / forward cost and its 95% interval (w, low,
-    high), from `sdo backward-cost` records named results/backward_cost/<model slug>/<task>.json."""
+def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], dict]:
+    """(model, task) -> the measured costs against a forward pass: the backward's (w, its 95%
+    interval low and high), a forward with a graph's (graph) and the loss's (loss), from
+    `sdo backward-cost` records named results/backward_cost/<model slug>/<task>.json."""
     weights = {}
     for path in map(Path, paths):
         record = json.loads(path.read_text())
         if record["status"] == "ok":
             w = float(record["backward_vs_forward"])
-            weights[record["config"]["model"], path.stem] = (
-                w, float(record.get("backward_vs_forward_low", w)), float(record.get("backward_vs_forward_high", w)))
+            weights[record["config"]["model"], path.stem] = {
+                "w": w, "low": float(record.get("backward_vs_forward_low", w)),
+                "high": float(record.get("backward_vs_forward_high", w)),
+                "graph": float(record.get("graph_vs_forward", 1.0)), "loss": float(record.get("loss_vs_forward", 0.0)),
+            }
     return weights
 
 
-def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], tuple[float, float, float]]) -> pd.DataFrame:
+def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], dict]) -> pd.DataFrame:
     """The iterations (or evaluations, whose counts are cumulative) with `backward_weight` and
-    `cost` = nfe_forward + w nfe_backward, in forward passes, and the same cost at both ends of
-    w's interval (`cost_w_low`, `cost_w_high`), which the verdicts' intervals cover."""
+    `cost` in forward passes (see the module docstring), and the same cost at both ends of the
+    backward weight's interval (`cost_w_low`, `cost_w_high`), which the verdicts' intervals
+    cover."""
     frame = iterations.copy()
     if frame.empty or "nfe_forward" not in frame:
-        return frame.assign(**{column: pd.Series(dtype=float) for column in ("backward_weight", *statistics.COST_UNITS)})
-    nominal = (NOMINAL_BACKWARD,) * 3
-    found = np.array([weights.get((m, t), nominal) for m, t in zip(frame["model"], frame["task"])], dtype=float).reshape(-1, 3)
-    frame["backward_weight"] = found[:, 0]
-    for column, w in zip(statistics.COST_UNITS, found.T):
-        frame[column] = frame["nfe_forward"] + w * frame["nfe_backward"]
+        return frame.assign(**{column: pd.Series(dtype=float) for column in ("backward_weight", *analysis.COST_UNITS)})
+    found = [weights.get((m, t), NOMINAL) for m, t in zip(frame["model"], frame["task"])]
+    column = {key: np.array([f[key] for f in found], dtype=float) for key in NOMINAL}
+    graph = frame["nfe_graph"].fillna(0) if "nfe_graph" in frame else 0
+    losses = frame["losses"].fillna(0) if "losses" in frame else 0
+    fixed = frame["nfe_forward"] + (column["graph"] - 1) * graph + column["loss"] * losses
+    frame["backward_weight"] = column["w"]
+    for name, w in zip(analysis.COST_UNITS, (column["w"], column["low"], column["high"])):
+        frame[name] = fixed + w * frame["nfe_backward"]
     return frame
 
 
-def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, reference: str, chosen: dict | None = None) -> pd.DataFrame:
+def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, full: str, chosen: dict | None = None) -> pd.DataFrame:
     """The quality guard per model: the `chosen` final metric ({metric, lower_is_better}: a
     user's `metric:<module:function>`), else its domain's (distance to real digits, or Inception
-    FID), compared with the reference's interval."""
+    FID), compared with full backpropagation's interval."""
     from evals.domains import DOMAINS
     from sdo.models import resolve
 
@@ -58,20 +76,20 @@ def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, reference: str, ch
     for model, runs in summary.groupby("model"):
         guard = (chosen["metric"], chosen.get("lower_is_better", True)) if chosen else DOMAINS[resolve(str(model)).cls.domain].guard
         if guard is not None and len(per_run):
-            frames.append(statistics.quality_guard(runs, per_run[per_run["model"] == model], *guard, reference=reference))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*statistics.KEYS, "variant", "reward_hacked"])
+            frames.append(analysis.quality_guard(runs, per_run[per_run["model"] == model], *guard, full=full))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*analysis.KEYS, "variant", "reward_hacked"])
 
 
-def invalid_baselines(summary: pd.DataFrame, per_run: pd.DataFrame, subject: str) -> pd.DataFrame:
-    """A verdict row `invalid_start` for each baseline whose runs all stopped because its own
+def invalid_peers(summary: pd.DataFrame, subject: str) -> pd.DataFrame:
+    """A verdict row `invalid_start` for each peer whose runs all stopped because its own
     sampler did not start where the base sampler does (it never optimised: no ratio)."""
     if summary.empty or "invalid_start" not in set(summary["status"]):
         return pd.DataFrame()
     rows = []
-    for key, runs in summary.groupby([*statistics.KEYS, "variant"]):
+    for key, runs in summary.groupby([*analysis.KEYS, "variant"]):
         if (runs["status"] == "invalid_start").all() and key[-1] != subject:
             deviation = pd.to_numeric(runs["start_deviation"], errors="coerce").max()
-            rows.append({**dict(zip(statistics.KEYS, key[:-1])), "subject": subject, "baseline": key[-1],
+            rows.append({**dict(zip(analysis.KEYS, key[:-1])), "subject": subject, "peer": key[-1],
                          "claim": f"{subject} vs {key[-1]}", "verdict": "invalid_start", "start_deviation": deviation})
     return pd.DataFrame(rows)
 
@@ -79,12 +97,12 @@ def invalid_baselines(summary: pd.DataFrame, per_run: pd.DataFrame, subject: str
 def build_tables(records: list, guided: list, backward: list, settings: dict, weights_dir: str | Path | None = None) -> dict:
     """Every table of a sweep from its run records, guided records and backward-cost records,
     with the config's `statistics` block as `settings`."""
-    options = statistics.Options(
+    options = analysis.Options(
         target_fraction=settings.get("target_fraction", 0.9), confidence=settings.get("confidence", 0.95),
         resamples=settings.get("resamples", 4000), seed=settings.get("seed", 0),
         start_tolerance=settings.get("start_tolerance", 0.2),
     )
-    reference, subject = settings.get("reference", "full"), settings.get("subject", "shortcut")
+    full, subject = settings.get("full", "full"), settings.get("subject", "shortcut")
     loaded = read_records(records)
     iterations, summary = runs_table(loaded)
     weights = backward_weights(backward)
@@ -96,19 +114,20 @@ def build_tables(records: list, guided: list, backward: list, settings: dict, we
 
         pooled = pooled_quality(summary, store.load("classifier", weights_dir), load_split("held_out")[0])
         if len(pooled):
-            methods = methods.merge(pooled, on=["model", "task", "wrt", "variant", "steps"], how="left")
+            methods = methods.merge(pooled, on=["model", "task", "wrt", "variant", "chain"], how="left")
     evaluations = with_cost(evaluations_table(loaded), weights)
     finished = evaluations[evaluations["status"] == "ok"] if len(evaluations) else evaluations
-    per_run = statistics.runs_to_target(finished, iterations, summary, options, reference) if len(finished) else pd.DataFrame()
-    cost = statistics.cost_to_quality(per_run, options, reference) if len(per_run) else pd.DataFrame(columns=statistics.KEYS)
-    guard = guard_table(summary, per_run, reference, settings.get("guard")) if len(summary) else pd.DataFrame()
-    verdicts = (statistics.verdicts(per_run, guard, options, subject, reference, settings.get("claim", 0.1))
-                if len(per_run) else pd.DataFrame(columns=[*statistics.KEYS, "claim", "verdict"]))
-    verdicts = pd.concat([verdicts, invalid_baselines(summary, per_run, subject)], ignore_index=True)
+    per_run = analysis.runs_to_target(finished, iterations, summary, options, full) if len(finished) else pd.DataFrame()
+    cost = analysis.cost_to_quality(per_run, options, full) if len(per_run) else pd.DataFrame(columns=analysis.KEYS)
+    guard = guard_table(summary, per_run, full, settings.get("guard")) if len(summary) else pd.DataFrame()
+    verdicts = (analysis.verdicts(per_run, guard, options, subject, full, settings.get("claim", 0.1))
+                if len(per_run) else pd.DataFrame(columns=[*analysis.KEYS, "claim", "verdict"]))
+    verdicts = pd.concat([verdicts, invalid_peers(summary, subject)], ignore_index=True)
     if len(verdicts):
-        found = [weights.get((m, t), (math.nan,) * 3) for m, t in zip(verdicts["model"], verdicts["task"])]
-        for index, column in enumerate(("backward_weight", "backward_weight_low", "backward_weight_high")):
-            verdicts[column] = [w[index] for w in found]
+        found = [weights.get((m, t), {}) for m, t in zip(verdicts["model"], verdicts["task"])]
+        for column, key in (("backward_weight", "w"), ("backward_weight_low", "low"), ("backward_weight_high", "high"),
+                            ("graph_weight", "graph"), ("loss_weight", "loss")):
+            verdicts[column] = [w.get(key, math.nan) for w in found]
         verdicts["runs_per_status"] = json.dumps(status_counts(summary))
     counts = status_counts(summary)
     log.info("runs by status: %s", ", ".join(f"{status} {n}" for status, n in counts.items()))
@@ -119,32 +138,19 @@ def build_tables(records: list, guided: list, backward: list, settings: dict, we
     }
 
 
-def verdicts_rst(path: Path | str) -> str:
-    """The verdicts table as an RST table for the report's first page (the subject against each
-    baseline on the paper's claim), or a sentence saying there are none yet."""
-    from tabulate import tabulate
-
+def sweep_outcome(path: Path | str) -> tuple[str, bool] | None:
+    """After a sweep: (one line counting the runs that did not end ok and pointing at the
+    summary, whether none ended ok), or None when every run ended ok or there is no summary."""
     path = Path(path)
-    if not path.exists():
-        return "(no verdicts yet: run the sweep first)"
     try:
-        table = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        table = pd.DataFrame()
-    if table.empty or "verdict" not in table:
-        return "(no verdicts: no run finished; see the tables' status counts)"
-    shown = table[(table["threshold"] == table["threshold"].min()) | (table["verdict"] == "invalid_start")]
-
-    def number(value) -> str:
-        return "" if pd.isna(value) else f"{value:.3g}"
-
-    rows = [
-        [r.model, r.task, r.steps, r.claim, number(r.ratio), f"[{number(r.ratio_low)}, {number(r.ratio_high)}]"
-         if not pd.isna(r.ratio_low) else "", r.verdict, number(r.seconds_ratio), getattr(r, "subject_reached", ""),
-         getattr(r, "baseline_reached", ""), "yes" if getattr(r, "reward_hacked", False) is True else "no",
-         getattr(r, "scale", "")]
-        for r in shown.fillna({"subject_reached": "", "baseline_reached": "", "scale": ""}).itertuples()
-    ]
-    headers = ["model", "task", "T", "claim", "cost ratio", "95% interval", "verdict", "seconds ratio", "subject reached",
-               "baseline reached", "reward hacked", "scale"]
-    return tabulate(rows, headers=headers, tablefmt="grid")
+        summary = pd.read_csv(path)
+    except (OSError, pd.errors.EmptyDataError):
+        return None
+    if summary.empty or "status" not in summary:
+        return None
+    counts = summary["status"].value_counts()
+    ok = int(counts.get("ok", 0))
+    if ok == len(summary):
+        return None
+    others = ", ".join(f"{n} {status}" for status, n in counts.items() if status != "ok")
+    return f"{len(summary) - ok} of {len(summary)} runs did not end ok ({others}); see {path}", ok == 0

@@ -1,7 +1,8 @@
 """Tidy tables from run records: one row per run x iteration, per run, per run x held-out
-evaluation and per run x audit; one per model x task x variant x T over seeds. Every table comes
-out whatever the runs' statuses: a run that failed, diverged or ran out of memory is a row with
-its status and reason, and an empty table keeps its columns."""
+evaluation and per run x audit; one per model x task x variant x chain over seeds; guided passes
+beside the latent runs at equal seconds. Every table comes out whatever the runs' statuses: a
+run that failed, diverged or ran out of memory is a row with its status and reason, and an empty
+table keeps its columns."""
 
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from evals.chains import chain_of
+from evals.outcomes import STATUSES
 from evals.records import write_atomic
 from sdo.tasks import TASKS
 
-RUN_KEYS = ("model", "task", "variant", "method", "steps", "seed", "batch", "cfg_scale", "eta", "reward")
-KEYS = ["model", "task", "wrt", "variant", "steps"]
-STATUSES = ("ok", "not_applicable", "invalid_start", "diverged", "out_of_memory", "failed")
+RUN_KEYS = ("model", "task", "variant", "method", "steps", "seed", "batch", "cfg_scale", "reward", "precision")
+KEYS = ["model", "task", "wrt", "variant", "chain"]
+CHAIN_COLUMNS = ("chain", "ran_chain", "start_step", "init")
 
 
 def _run_columns(record: dict, path: Path) -> dict:
     config = record["config"]
     columns = {key: config.get(key) for key in RUN_KEYS}
+    columns.update(chain_of(config))
+    columns.update({key: record[key] for key in CHAIN_COLUMNS if key in record})
+    columns["sampler"] = record.get("sampler") or config.get("sampler")
     columns["variant"] = record.get("variant") or config.get("variant")
     columns["wrt"] = TASKS[config["task"]].wrt if config.get("task") in TASKS else None
     columns["options"] = json.dumps(config.get("options") or {}, sort_keys=True)
@@ -55,11 +61,14 @@ def runs_table(records: list[tuple[Path, dict]]) -> tuple[pd.DataFrame, pd.DataF
             "nfe_forward": iterations[0]["nfe_forward"] if iterations else None,
             "nfe_backward": iterations[0]["nfe_backward"] if iterations else None,
             "start_deviation": record.get("start_deviation", 0.0),
+            "warmup_cost": record.get("warmup_nfe_forward", 0),
+            "warmup_seconds": record.get("warmup_seconds", 0.0),
+            "skipped_steps": record.get("skipped_steps", 0),
             "audits": len(audits),
             "audit_min_cosine": min((a["cosine"] for a in audits), default=None),
             "fallbacks": sum(bool(a.get("fallback")) for a in audits),
             **{f"final_{k}": v for k, v in (record.get("final") or {}).items()},
-            **{f"baseline_{k}": v for k, v in (record.get("baseline") or {}).items()},
+            **{f"start_{k}": v for k, v in (record.get("start") or {}).items()},
         })
     return pd.DataFrame(iteration_rows), pd.DataFrame(summary_rows, columns=None if summary_rows else [*KEYS, "seed", "status"])
 
@@ -71,8 +80,9 @@ def evaluations_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
     for _, record in records:
         config = record["config"]
         run = {"model": config.get("model"), "task": config.get("task"), "steps": config.get("steps"),
-               "variant": record.get("variant"), "seed": config.get("seed"), "status": record["status"],
-               "wrt": TASKS[config["task"]].wrt if config.get("task") in TASKS else None, "device": record.get("device")}
+               **chain_of(config), "variant": record.get("variant"), "seed": config.get("seed"),
+               "status": record["status"], "wrt": TASKS[config["task"]].wrt if config.get("task") in TASKS else None,
+               "device": record.get("device")}
         rows += [{**run, **row} for row in record.get("evaluations") or []]
     return pd.DataFrame(rows, columns=None if rows else [*KEYS, "seed", "status", "iter", "reward", "seconds", "nfe"])
 
@@ -84,11 +94,12 @@ def audits_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
     for _, record in records:
         config = record["config"]
         run = {"model": config.get("model"), "task": config.get("task"), "steps": config.get("steps"),
-               "variant": record.get("variant"), "seed": config.get("seed"), "status": record["status"],
-               "fallback_below": config.get("fallback_below"), "device": record.get("device")}
+               **chain_of(config), "variant": record.get("variant"), "seed": config.get("seed"),
+               "status": record["status"], "fallback_below": config.get("fallback_below"),
+               "device": record.get("device")}
         rows += [{**run, **row} for row in record.get("audits") or []]
-    return pd.DataFrame(rows, columns=None if rows else ["model", "task", "steps", "variant", "seed", "iter", "cosine",
-                                                           "rel_error", "norm_ratio", "fallback"])
+    return pd.DataFrame(rows, columns=None if rows else ["model", "task", "steps", "chain", "variant", "seed", "iter",
+                                                           "cosine", "rel_error", "norm_ratio", "fallback"])
 
 
 def status_counts(summary: pd.DataFrame) -> dict[str, int]:
@@ -120,7 +131,8 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
     finished = summary[summary["status"] == "ok"]
     if finished.empty:
         return counts.reset_index()
-    metrics = [c for c in finished.columns if c.startswith(("final_", "baseline_")) and pd.api.types.is_numeric_dtype(finished[c])]
+    metrics = [c for c in finished.columns if c.startswith(("final_", "start_")) and c not in ("start_step",)
+               and pd.api.types.is_numeric_dtype(finished[c])]
     averages = finished.groupby(KEYS, dropna=False).agg(
         device=("device", lambda d: "; ".join(sorted(set(map(str, d))))),
         seconds_per_iter=("seconds_per_iter", "median"),
@@ -150,7 +162,7 @@ def pooled_quality(summary: pd.DataFrame, classifier, reference) -> pd.DataFrame
     for key, group in done.groupby(KEYS):
         files = [load_file(path) for path in group["samples_file"]]
         row = dict(zip(KEYS, key))
-        for part in ("final", "baseline"):
+        for part in ("final", "start"):
             samples = torch.cat([f[part] for f in files])
             distances = distribution_distances(samples, reference, classifier)
             row.update({f"{part}_pooled_{k}": v for k, v in distances.items() if not k.endswith("_note")})
@@ -169,3 +181,35 @@ def fidelity_table(paths: list[Path | str]) -> pd.DataFrame:
     if "config.model" in frame:
         frame.insert(0, "model", frame["config.model"])
     return frame.sort_values([c for c in ("model", "wrt", "steps", "variant") if c in frame], kind="stable").reset_index(drop=True)
+
+
+def guidance_table(guided: list[Path | str], evaluations: pd.DataFrame) -> pd.DataFrame:
+    """One row per guided record and latent-task variant on the same chain and seed: the
+    guidance's seconds and final reward (and the domain's distance to real data where it has
+    one), beside the variant's held-out evaluation at the most training seconds that fit the
+    same budget (`optimised_*`; empty when not even the first update fits)."""
+    latent = (evaluations[(evaluations["task"] == "latent") & (evaluations["status"] == "ok")]
+              if len(evaluations) else evaluations)
+    shown = ("seconds", "reward", "target_accuracy", "nn_distance")
+    rows = []
+    for path in map(Path, guided):
+        record = json.loads(path.read_text())
+        if record["status"] != "ok":
+            continue
+        config, final = record["config"], record["final"]
+        base = {"model": config["model"], "chain": chain_of(config)["chain"], "steps": config["steps"],
+                "seed": config["seed"], "guided_pass": record["variant"], "repeats": config["repeats"],
+                "scale": config["scale"], "seconds": record["seconds"],
+                "nfe": record["nfe_forward"] + record["nfe_backward"], "reward": final.get("reward_mean"),
+                "target_accuracy": final.get("target_accuracy"), "nn_distance": final.get("nn_distance"),
+                "device": record["device"]}
+        same = latent[(latent["model"] == base["model"]) & (latent["chain"] == base["chain"])
+                      & (latent["seed"] == base["seed"])] if len(latent) else latent
+        for variant, run in (same.groupby("variant") if len(same) else []):
+            within = run[run["seconds"] <= base["seconds"]].sort_values("seconds")
+            best = within.iloc[-1] if len(within) else None
+            rows.append({**base, "variant": variant, "optimised_iter": None if best is None else best["iter"],
+                         **{f"optimised_{k}": (None if best is None else best.get(k)) for k in shown}})
+        if not len(same):
+            rows.append(base)
+    return pd.DataFrame(rows)

@@ -10,7 +10,7 @@ mixing p is
 and every line can be solved for its input, so the inputs of a step follow from its outputs
 with two more network evaluations; the inversion is exact for any a != 0, so the coupling is
 as exact for flow matching's Euler step (a = 1) as for DDIM's. The sample is x after the last
-step. Deterministic steps only (eta = 0).
+step. Deterministic single-step samplers only: the coupling pairs one state with one prediction.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def invert(chain: Chain, x: torch.Tensor, y: torch.Tensor, k: int, cond: Cond, p
 
 def sample(chain: Chain, latent: torch.Tensor, cond: Cond, p: float = DEFAULT_MIX):
     """Both final sequences (x_T, y_T) of a run from `latent`; differentiable if grad is on."""
-    x = y = latent
+    x = y = chain.start(latent)
     for k in range(chain.steps):
         x, y = step(chain, x, y, k, cond, p)
     return x, y

@@ -16,7 +16,8 @@ level k with fresh noise n from `generator`,
 z_k = (alpha_k / alpha_{k+1}) z_{k+1} + sqrt(n_k^2 - (alpha_k / alpha_{k+1})^2 n_{k+1}^2) n,
 and the step is redone, r times in all; the last one is kept.
 `loss` maps x0_hat (B, ...) to a scalar; with a sum of per-sample losses each sample moves
-along its own gradient, with a mean every step is divided by B. Works on every sampler.
+along its own gradient, with a mean every step is divided by B. Works on every sampler (a
+multistep solver's earlier pairs are the guided states and their predictions).
 Cost: per step r forward + r backward network evaluations with a graph, T r of each per
 guided sample, counted in `chain.meter`; autograd holds one step's graph.
 """
@@ -32,7 +33,6 @@ from sdo.conditioning import Cond
 from sdo.samplers import Chain, Meter
 
 SCHEDULES = ("constant", "increase", "decrease")
-SAMPLERS = ("ddim", "flow_euler")
 
 
 def _renoise_ratio(chain: Chain, k: int) -> float:
@@ -74,16 +74,14 @@ def guided_sample(
     """The guided sample z_T from `latent` and stats: network evaluations forward and backward
     (`chain.meter` is reset), and per step the loss on x0_hat and the norm of rho_k g_k, both
     from the step's last repeat."""
-    if chain.name not in SAMPLERS:
-        raise ValueError(f"training-free guidance is written for the samplers {SAMPLERS}, not {chain.name}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if repeats > 1 and generator is None:
         raise ValueError("time travel (repeats > 1) draws fresh noise: pass a torch.Generator")
     rho = [scale * w for w in schedule_weights(chain, schedule)]
     meter = chain.meter = Meter()
-    losses, moves = [], []
-    z = latent.detach()
+    losses, moves, earlier = [], [], chain.past
+    z = chain.start(latent.detach())
     for k in range(chain.steps):
         keep = _renoise_ratio(chain, k)
         fresh = math.sqrt(max(chain.levels[k][1] ** 2 - keep * chain.levels[k + 1][1] ** 2, 0.0))
@@ -92,8 +90,9 @@ def guided_sample(
                 noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
                 z = math.sqrt(keep) * z_next + fresh * noise
             out, value, g = guidance_gradient(chain, z, k, cond, loss)
-            z_next = chain.update(z, k, out) - rho[k] * g
+            z_next, following = chain.advance(z, k, out, earlier)
+            z_next = z_next - rho[k] * g
         losses.append(float(value))
         moves.append(float((rho[k] * g).norm()))
-        z = z_next
+        z, earlier = z_next, following
     return z, {"nfe_forward": meter.forward, "nfe_backward": meter.backward, "loss": losses, "move_norm": moves}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import functools
+import os
 import resource
 import sys
 import weakref
@@ -84,6 +86,27 @@ def saved_bytes(estimator, problem, loss) -> int:
 def hooks_active() -> bool:
     """Whether saved-tensor hooks are installed right now (what a timed region must not have)."""
     return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
+@functools.lru_cache(maxsize=1)
+def default_budget_mb() -> int:
+    """Half the memory available when first asked in this process (MemAvailable on Linux, else
+    half the physical memory), in MiB: the budget a command takes when given none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024 // 2
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
+
+
+def budget_bytes(mem_mb: int | None, device: torch.device | str = "cpu") -> int | None:
+    """The budget in bytes: `mem_mb`, or where none is given the default budget on a CPU (the
+    process's resident memory) and none on a GPU (whose allocator refuses past the card)."""
+    if mem_mb is not None:
+        return int(mem_mb) * 2**20
+    return default_budget_mb() * 2**20 if torch.device(device).type == "cpu" else None
 
 
 class OverBudget(MemoryError):

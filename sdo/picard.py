@@ -7,7 +7,8 @@ doubles that batch), then rebuilds the states from the current z_0 by the chain'
 
     z'_0 = z_0,   z'_{k+1} = a_k z'_k + b_k out_k (+ s_k noise_k),
 
-the Picard iteration of the fixed-point form of the chain. After sweep j the states z_0..z_j
+the Picard iteration of the fixed-point form of the chain (a multistep solver's earlier
+states and predictions enter its updates as they do in sampling). After sweep j the states z_0..z_j
 are those of the sequential pass, so T sweeps reproduce it exactly (up to round-off of the
 batched call). Before that the later states need not improve: a sweep integrates the new
 out along the old states without the flow's own feedback, and on the embedded digits model
@@ -32,7 +33,7 @@ def batched_predictions(chain: Chain, states: list[torch.Tensor], cond: Cond) ->
     """out_k at the states z_0..z_{T-1} (the first T of `states`) in one network call, counted
     as T forward evaluations in `chain.meter`."""
     steps, batch = chain.steps, states[0].shape[0]
-    z = torch.cat(states[:steps])
+    z = torch.cat([chain.network_input(state, k) for k, state in enumerate(states[:steps])])
     t = torch.tensor(chain.timesteps[:steps], dtype=timestep_dtype(z), device=z.device).repeat_interleave(batch)
     cond = conditioning.repeat(conditioning.expand(cond, batch), steps)
     chain.meter.forward += steps
@@ -42,9 +43,10 @@ def batched_predictions(chain: Chain, states: list[torch.Tensor], cond: Cond) ->
 def sweep(chain: Chain, states: list[torch.Tensor], cond: Cond) -> list[torch.Tensor]:
     """One Picard sweep: the states rebuilt from states[0] with out taken at the old states."""
     outs = batched_predictions(chain, states, cond)
-    new = [states[0]]
+    new, earlier = [states[0]], chain.past
     for k in range(chain.steps):
-        new.append(chain.update(new[k], k, outs[k]))
+        z, earlier = chain.advance(new[k], k, outs[k], earlier)
+        new.append(z)
     return new
 
 

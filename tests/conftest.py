@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdo import Problem
-from sdo.samplers import make_chain
+from sdo.samplers import SAMPLERS as SAMPLER_CLASSES, make_chain
 from sdo.models.denoiser import DEFAULT_CONFIG, DigitDenoiser
 
 TINY_CONFIG = copy.deepcopy(DEFAULT_CONFIG)
@@ -30,19 +30,22 @@ def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
 
 def tiny_problem_parts(
     steps: int, eta: float = 0.0, cfg_scale: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3,
-    sampler: str = "ddim",
+    sampler: str = "ddim", options: dict | None = None, schedule: dict | None = None,
 ):
-    """A guided float64 chain of `sampler` (DDIM on the digits' schedule, or flow matching's
-    Euler step with SD3's shift) over a tiny random network on 8x8 images, with its latent and
-    conditioning. Exactness does not depend on what the network was trained to predict."""
+    """A guided float64 chain of any registered `sampler` (a diffusion sampler on the digits'
+    schedule, a flow one on SD3's shift, or `schedule`; ddim's `eta` or the sampler's `options`)
+    over a tiny random network on 8x8 images, with its latent and conditioning; a stochastic
+    chain's noise is drawn after the latent from the same generator. Exactness does not depend
+    on what the network was trained to predict."""
     net = tiny_net(seed, perturb)
-    schedule = TINY_CONFIG["scheduler"] if sampler == "ddim" else FLOW_SCHEDULE
-    options = {"eta": eta} if eta else {}
-    chain = make_chain(sampler, net, steps, schedule, cfg_scale=cfg_scale, null_cond=net.null(1).clone(), **options)
+    if schedule is None:
+        schedule = TINY_CONFIG["scheduler"] if SAMPLER_CLASSES.lookup(sampler).process == "diffusion" else FLOW_SCHEDULE
+    options = {**({"eta": eta} if eta else {}), **(options or {})}
+    chain = make_chain(sampler, net, steps, schedule, cfg_scale=cfg_scale, null_cond=net.null(1).clone(), options=options)
     generator = torch.Generator().manual_seed(seed + 1)
     latent = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
     cond = net.embed(torch.arange(batch) % 10).detach().clone()
-    if eta:
+    if not chain.deterministic:
         chain.fix_noise(latent, generator)
     return chain, latent, cond
 

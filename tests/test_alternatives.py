@@ -29,7 +29,7 @@ def _x0_hat(chain, z, k, cond):
     out = _net_eps(chain, z, k, cond)
     if chain.name == "flow_euler":
         return z - chain.sigmas[k] * out
-    a = chain.alphas[k]
+    a = chain.alphas_cumprod[k]
     return (z - math.sqrt(1 - a) * out) / math.sqrt(a)
 
 
@@ -163,14 +163,14 @@ def test_guided_step_moves_the_output_by_the_scheduled_gradient():
     chain, latent, cond = tiny_problem_parts(steps=2)
     loss = smooth_loss()
     sample, _ = guided_sample(chain, latent, cond, loss, scale=0.3, schedule="increase")
-    ratios = [chain.alphas[k] / chain.alphas[k + 1] for k in range(2)]
+    ratios = [chain.alphas_cumprod[k] / chain.alphas_cumprod[k + 1] for k in range(2)]
     assert schedule_weights(chain, "increase") == pytest.approx([2 * r / sum(ratios) for r in ratios])
     assert ratios[1] > ratios[0]
     z = latent
     for k in range(2):
         z_in = z.detach().requires_grad_()
         eps = _net_eps(chain, z_in, k, cond)
-        (g,) = torch.autograd.grad(loss((z_in - math.sqrt(1 - chain.alphas[k]) * eps) / math.sqrt(chain.alphas[k])), z_in)
+        (g,) = torch.autograd.grad(loss((z_in - math.sqrt(1 - chain.alphas_cumprod[k]) * eps) / math.sqrt(chain.alphas_cumprod[k])), z_in)
         with torch.no_grad():
             z = chain.update(z, k, eps) - 0.3 * 2 * ratios[k] / sum(ratios) * g
     torch.testing.assert_close(sample, z, rtol=1e-12, atol=1e-12)
@@ -185,7 +185,7 @@ def test_time_travel_renoises_with_the_generator_and_counts_every_call():
     ]
     assert torch.equal(runs[0][0], runs[1][0])
     assert runs[0][1]["nfe_forward"] == 3 and runs[0][1]["nfe_backward"] == 3
-    generator, back = torch.Generator().manual_seed(9), chain.alphas[0] / chain.alphas[1]
+    generator, back = torch.Generator().manual_seed(9), chain.alphas_cumprod[0] / chain.alphas_cumprod[1]
     z = latent
     for r in range(3):
         if r:
@@ -209,7 +209,7 @@ def test_batched_sweep_equals_per_step_calls_and_diffusers_update():
         assert chain.meter.forward == 4
         for k in range(4):
             torch.testing.assert_close(batched[k], chain.predict(states[k], k, cond), rtol=1e-12, atol=1e-12)
-    scheduler = DDIMParallelScheduler(**TINY_CONFIG["scheduler"], clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMParallelScheduler(**TINY_CONFIG["scheduler"])
     scheduler.set_timesteps(4)
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()  # the chain's schedule in float64
     assert scheduler.timesteps.tolist() == chain.timesteps[:4]

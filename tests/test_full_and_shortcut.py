@@ -48,7 +48,7 @@ def _sample_grad(chain, latent, cond, loss):
 def _abar(chain, sampler: str) -> tuple[float, float]:
     """(abar_0, abar_T) of the closed forms below: DDIM's alphas; flow matching's Euler step
     has a_k = 1, so both are 1 there."""
-    return (chain.alphas[0], chain.alphas[-1]) if sampler == "ddim" else (1.0, 1.0)
+    return (chain.alphas_cumprod[0], chain.alphas_cumprod[-1]) if sampler == "ddim" else (1.0, 1.0)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -105,7 +105,7 @@ def test_flow_update_is_diffusers_flow_match_euler_step(name):
     steps = len(options.get("sigmas", [])) or 5
     _, latent, cond = tiny_problem_parts(steps=steps, sampler="flow_euler")
     net = tiny_problem_parts(steps=steps, sampler="flow_euler")[0].net
-    chain = make_chain("flow_euler", net, steps, schedule, **options)
+    chain = make_chain("flow_euler", net, steps, schedule, schedule=options)
     scheduler = FlowMatchEulerDiscreteScheduler(**schedule)
     scheduler.set_timesteps(steps if "sigmas" not in options else None, **options)
     assert chain.timesteps == scheduler.timesteps.tolist() and chain.sigmas[-1] == 0
@@ -119,7 +119,7 @@ def test_flow_update_is_diffusers_flow_match_euler_step(name):
 
 
 def test_flow_sampler_refuses_what_it_does_not_do():
-    with pytest.raises(ValueError, match="flow_euler is deterministic"):
+    with pytest.raises(ValueError, match="unknown option .eta. for sampler .flow_euler."):
         tiny_problem_parts(steps=2, eta=0.3, sampler="flow_euler")
     with pytest.raises(ValueError, match="stochastic_sampling"):
         make_chain("flow_euler", None, 2, {"stochastic_sampling": True})
@@ -131,7 +131,7 @@ def test_flow_sampler_refuses_what_it_does_not_do():
 def test_chain_update_is_diffusers_ddim_step(eta):
     """Every step's update equals DDIMScheduler.step with the same eps and noise."""
     chain, latent, cond = tiny_problem_parts(steps=6, eta=eta)
-    scheduler = DDIMScheduler(**TINY_CONFIG["scheduler"], clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(**TINY_CONFIG["scheduler"])
     scheduler.set_timesteps(6)
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
     scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.double()

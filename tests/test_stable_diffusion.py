@@ -18,7 +18,8 @@ from tiny_pipelines import build_tiny_sd as build_tiny
 from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from evals.images import inception_fid_folder, load_image_folder
+from evals.images import inception_fid_folder
+from sdo.images import load_image_folder
 from evals.rewards.checks import check_differentiable
 from evals.rewards.clip import AestheticScore, ClipSimilarity, ClipStyle, clip_score
 from sdo import NotApplicable, Problem, make_estimator
@@ -181,7 +182,7 @@ def test_shortcut_latent_matches_closed_form_through_the_decoder(model64):
         return uncond + chain.cfg_scale * (model64.net(z, t, cond) - uncond)
 
     _, vjp = torch.autograd.functional.vjp(guided_eps, latent, g)
-    a, sigma = chain.alphas, chain.sigmas
+    a, sigma = chain.alphas_cumprod, chain.sigmas
     expected = math.sqrt(a[-1] / a[0]) * (g + math.sqrt(a[0]) * (sigma[1] - sigma[0]) * vjp)
     torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
 

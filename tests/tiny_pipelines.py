@@ -308,3 +308,28 @@ def build_tiny_sd(directory: Path, seed: int = 0, prediction_type: str = "epsilo
     )
     pipeline.save_pretrained(directory)
     return Path(directory)
+
+
+# ----------------------------------------------------------------------------- pixel DDPM
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+
+TINY_PIXEL_UNET = dict(
+    sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=4, norm_num_groups=4,
+)
+
+
+def build_tiny_ddpm(directory: Path, seed: int = 0, prediction_type: str = "epsilon", ddim: bool = False) -> Path:
+    """An unconditional UNet2DModel on 16x16 RGB images (one attention block each way) with
+    DDPMScheduler's defaults (google/ddpm-*'s linear schedule, `clip_sample` on), written by
+    `DDPMPipeline.save_pretrained`; `ddim`: a `DDIMPipeline` with a DDIMScheduler on the same
+    betas (`set_alpha_to_one` off and `steps_offset` 1, as SD ships it) instead."""
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**TINY_PIXEL_UNET)
+    if ddim:
+        scheduler = DDIMScheduler(prediction_type=prediction_type, set_alpha_to_one=False, steps_offset=1)
+        DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory)
+    else:
+        DDPMPipeline(unet=unet, scheduler=DDPMScheduler(prediction_type=prediction_type)).save_pretrained(directory)
+    return Path(directory)

@@ -11,10 +11,12 @@ from typing import Callable
 
 import torch
 
-from evals.rewards import build_reward
-from evals.rewards.checks import load_callable, per_sample
+from evals.rewards import build_reward, is_callable_name
+from evals.plugins import load_callable
+from evals.rewards.checks import per_sample
 from sdo.models.base import DiffusionModel
 from sdo.options import make_options
+from sdo.registry import Registry, source_file
 
 
 @dataclass
@@ -42,16 +44,19 @@ class Domain:
     bench_reward: tuple[str, dict]
     guard: tuple[str, bool] | None = None
 
+    @property
+    def source(self) -> str:
+        return source_file(self.setup)
+
     def make_options(self, values: dict):
         return make_options(self.options, values, f"the metrics of {self.name} images")
 
 
-DOMAINS: dict[str, Domain] = {}
+DOMAINS = Registry("image domain", Domain)
 
 
 def register_domain(domain: Domain) -> Domain:
-    DOMAINS[domain.name] = domain
-    return domain
+    return DOMAINS.register(domain.name, domain)
 
 
 def domain_of(model: DiffusionModel) -> Domain:
@@ -64,14 +69,26 @@ def setup_for(
     model: DiffusionModel, reward: str, reward_options: dict, metrics: list[str], metric_options: dict, device
 ) -> Setup:
     """The setup of a run on `model`: its domain's context, the reward `reward` with its
-    options, and the monitor and final metrics (with each evaluation-only `metrics` callable)."""
+    options, and the monitor and final metrics (with each evaluation-only metric: a callable, or
+    a registered reward whose options are the block `metric_options[name]`)."""
     domain = domain_of(model)
-    options = domain.make_options(metric_options)
+    named = {name for name in metrics if not is_callable_name(name)}
+    options = domain.make_options({key: value for key, value in metric_options.items() if key not in named})
     context = domain.context(model, device)
     built = build_reward(reward, model.domain, reward_options, context)
-    extra = {name: per_sample(load_callable(name)) for name in metrics}
+    extra = {name: metric(name, model.domain, metric_options.get(name, {}), context) for name in metrics}
     monitor, summarize = domain.setup(model, built, context, extra, options)
     return Setup(model, built, monitor, summarize)
+
+
+def metric(name: str, domain: str, options, context) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An evaluation-only metric: a user's callable, or the reward `name` registered for `domain`
+    built with `options` (its own block under the metric options, e.g. `pickscore: {model: DIR}`)."""
+    if is_callable_name(name):
+        return per_sample(load_callable(name))
+    if not isinstance(options, dict):
+        raise ValueError(f"metric_options.{name} must be a mapping of the {name} reward's options, got {options!r}")
+    return build_reward(name, domain, options, context)
 
 
 def probe_images(model: DiffusionModel, count: int = 4, seed: int = 0) -> torch.Tensor:

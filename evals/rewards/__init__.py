@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from evals.rewards.checks import Reward, load_callable, per_sample
+from evals.plugins import load_callable
+from evals.rewards.checks import Reward, per_sample
 from sdo.options import make_options
+from sdo.registry import Registry, source_file
 
 
 @dataclass(frozen=True)
@@ -23,18 +25,19 @@ class RewardEntry:
     domain: str
     options: type
     build: Callable
+    source: str = ""
 
 
-REWARDS: dict[tuple[str, str], RewardEntry] = {}
+REWARDS = Registry("reward", RewardEntry)
 
 
 def register_reward(name: str, domain: str, options: type):
     """Decorator: `build(context, options) -> reward` is the reward `name` on `domain` images."""
 
     def decorate(build: Callable) -> Callable:
-        if (name, domain) in REWARDS and REWARDS[name, domain].build is not build:
-            raise ValueError(f"reward {name!r} on {domain} is registered twice")
-        REWARDS[name, domain] = RewardEntry(name, domain, options, build)
+        existing = REWARDS.get((name, domain))
+        if existing is None or existing.build is not build:
+            REWARDS.register((name, domain), RewardEntry(name, domain, options, build, source_file(build)))
         return build
 
     return decorate
@@ -80,6 +83,6 @@ def build_reward(name: str, domain: str, options: dict, context) -> Reward:
     return entry.build(context, reward_options(name, domain, options))
 
 
-from evals.rewards import clip, digits  # noqa: E402,F401  (each registers its rewards)
+from evals.rewards import clip, digits, hpsv2, imagereward, pickscore, protocols  # noqa: E402,F401  (each registers)
 
 __all__ = ["REWARDS", "Reward", "build_reward", "is_callable_name", "register_reward", "reward_options", "rewards_for"]

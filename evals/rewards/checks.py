@@ -1,13 +1,9 @@
 """What every reward must satisfy: one torch score per image, and a gradient autograd computes
-correctly, checked against finite differences before any optimisation; and how a user's own
-callable is found by name."""
+correctly, checked against finite differences before any optimisation (a user's own callable
+is found by `evals.plugins.load_callable`)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,30 +17,6 @@ class NotDifferentiable(ValueError):
 
 class RewardShapeError(ValueError):
     """The reward did not return one differentiable torch score per image."""
-
-
-def load_callable(name: str) -> Callable:
-    """`package.module:function` or `path/to/file.py:function`."""
-    source, sep, attribute = name.rpartition(":")
-    if not sep or not source or not attribute:
-        raise ValueError(f"a custom callable is named as 'package.module:function' or 'file.py:function', got {name!r}")
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"reward file {path} does not exist")
-        module_name = f"_sdo_user_{path.stem}"
-        loader = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[module_name] = module
-        loader.loader.exec_module(module)
-    else:
-        module = importlib.import_module(source)
-    if not hasattr(module, attribute):
-        raise AttributeError(f"{source} has no attribute {attribute!r}")
-    function = getattr(module, attribute)
-    if not callable(function):
-        raise TypeError(f"{name} is not callable")
-    return function
 
 
 def per_sample(reward: Reward) -> Reward:

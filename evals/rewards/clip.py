@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPModel, CLIPProcessor
 
-from evals.images import load_image
+from sdo.images import load_image
 from evals.rewards import register_reward
 from evals.rewards.base import ModelReward, gram
 

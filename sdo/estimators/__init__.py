@@ -11,9 +11,7 @@ from sdo.options import make_options
 
 def make_estimator(name: str, **options) -> Estimator:
     """The estimator `name` configured with `options` (its dataclass fields)."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
-    return make_options(ESTIMATORS[name], options, f"estimator {name!r}")
+    return make_options(ESTIMATORS.lookup(name), options, f"estimator {name!r}")
 
 
 __all__ = [

@@ -14,7 +14,9 @@ fixed-point iterations, then differentiated:
 For DDIM this is DDIM inversion in y = z / sqrt(abar); for flow matching's Euler step (a = 1)
 it is z_k = z_{k+1} - (sigma_{k+1} - sigma_k) v. It is the discrete adjoint of the sampler, so
 it equals `full` up to the error of the rebuilt states, which vanishes as the grid is refined.
-Only for deterministic steps (eta = 0).
+It needs an invertible sampler: deterministic (no fresh noise) and single-step. A multistep
+solver's state is rebuilt only from the earlier states and predictions as well, which would
+have to be stored (O(T) memory, what the adjoint exists to avoid): there it is not applicable.
 Cost: T forward, then 2T forward + T backward; autograd holds one step's graph: O(1) in T.
 """
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdo.estimators.base import Estimator, NotApplicable, Problem, accumulate
+from sdo.estimators.base import Estimator, Problem, accumulate
 from sdo.estimators.registry import register_estimator
 
 
@@ -46,18 +48,17 @@ def backward_solve(problem: Problem, sample: torch.Tensor, cotangent: torch.Tens
             lam = step.a * lam + (0 if parts[0] is None else parts[0])
         z = (z - step.b * out.detach()) / step.a
     if problem.wrt == "latent" and lam is not None:
-        grads[0] += lam
-    return z, grads
+        grads[0] += lam * chain.initial_scale
+    return z / chain.initial_scale, grads
 
 
 @register_estimator
 @dataclass
 class Adjoint(Estimator):
     name = "adjoint"
+    needs = ("deterministic", "invertible")
 
     def gradient(self, problem, loss):
-        if not problem.chain.deterministic:
-            raise NotApplicable("the adjoint solves the probability-flow ODE; it needs a deterministic sampler (eta = 0)")
         final, _ = problem.chain.trajectory(problem.latent, problem.cond)
         sample = final.requires_grad_()
         value = loss(sample)

@@ -10,7 +10,7 @@ import torch
 
 from sdo import conditioning
 from sdo.conditioning import Cond
-from sdo.samplers import Chain, Meter
+from sdo.samplers import Chain, Meter, refusal
 
 PARAMETER_KINDS = ("latent", "cond", "weights")
 Loss = Callable[[torch.Tensor], torch.Tensor]
@@ -52,19 +52,21 @@ class Problem:
         chain = copy.copy(self.chain)
         if chain.noise is not None:
             chain.noise = [noise[:batch] for noise in chain.noise]
+        chain.past = tuple((z[:batch], out[:batch]) for z, out in chain.past)
         return Problem(chain, self.latent[:batch], conditioning.select(self.cond, slice(0, batch)), self.wrt)
 
     def input_at(self, k: int, state: torch.Tensor) -> torch.Tensor:
-        """The network's input at step k when only the parameter keeps a graph: the latent
-        itself at step 0 when it is differentiated, else the state held fixed."""
-        return self.latent if self.wrt == "latent" and k == 0 else state
+        """The state step k's network call sees when only the parameter keeps a graph: z_0 from
+        the latent, with its graph, at step 0 when the latent is differentiated, else the state
+        held fixed."""
+        return self.chain.start(self.latent) if self.wrt == "latent" and k == 0 else state
 
 
 @dataclass
 class Estimate:
     """The sample z_T, the loss on it, one gradient per parameter, and what they cost:
-    network calls forward and backward and the steps that ran with a graph (autograd's
-    bytes are measured apart, untimed: `sdo.memory.saved_bytes`)."""
+    network calls forward (`nfe_graph` of them with a graph) and backward, and the steps that
+    ran with a graph (autograd's bytes are measured apart, untimed: `sdo.memory.saved_bytes`)."""
 
     sample: torch.Tensor
     loss: float
@@ -72,15 +74,17 @@ class Estimate:
     nfe_forward: int
     nfe_backward: int
     graph_steps: list[int] = field(default_factory=list)
+    nfe_graph: int = 0  # the forward calls that kept a graph (part of nfe_forward)
 
 
 class Estimator:
-    """Subclasses implement `gradient(problem, loss) -> (sample, loss, grads)` and declare the
-    samplers their rule is proven for (`samplers`); calling the estimator checks the sampler,
+    """Subclasses implement `gradient(problem, loss) -> (sample, loss, grads)` and declare what
+    their rule needs of the sampler (`needs`: names in `sdo.samplers.base.NEEDS`, such as
+    "deterministic" or "single_step"); calling the estimator checks the sampler's capabilities,
     runs the rule and counts its network evaluations."""
 
     name: ClassVar[str]
-    samplers: ClassVar[tuple[str, ...]] = ("ddim", "flow_euler")
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def gradient(self, problem: Problem, loss: Loss) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
@@ -97,8 +101,9 @@ class Estimator:
         return estimate.nfe_forward + estimate.nfe_backward
 
     def __call__(self, problem: Problem, loss: Loss) -> Estimate:
-        if problem.chain.name not in self.samplers:
-            raise NotApplicable(f"{self.name} is proven for the samplers {self.samplers}, not {problem.chain.name}")
+        reason = refusal(self.name, self.needs, problem.chain.name, problem.chain.capabilities)
+        if reason:
+            raise NotApplicable(reason)
         meter = problem.chain.meter = Meter()
         sample, value, grads = self.gradient(problem, loss)
         return Estimate(
@@ -108,6 +113,7 @@ class Estimator:
             nfe_forward=meter.forward,
             nfe_backward=meter.backward,
             graph_steps=sorted(set(meter.graph_steps)),
+            nfe_graph=len(meter.graph_steps),
         )
 
 

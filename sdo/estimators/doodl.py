@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from sdo import edict
-from sdo.estimators.base import Estimator, NotApplicable, accumulate
+from sdo.estimators.base import Estimator, accumulate
 from sdo.estimators.registry import register_estimator
 
 
@@ -27,6 +27,7 @@ from sdo.estimators.registry import register_estimator
 @dataclass
 class Doodl(Estimator):
     name = "doodl"
+    needs = ("deterministic", "single_step")
     mix: float = edict.DEFAULT_MIX
 
     def __post_init__(self):
@@ -41,8 +42,6 @@ class Doodl(Estimator):
 
     def gradient(self, problem, loss):
         chain, params, cond = problem.chain, problem.params, problem.cond
-        if not chain.deterministic:
-            raise NotApplicable("EDICT inverts deterministic steps; it needs eta = 0")
         with torch.no_grad():
             x, y = edict.sample(chain, problem.latent, cond, self.mix)
         sample = x.requires_grad_()
@@ -60,5 +59,5 @@ class Doodl(Estimator):
             accumulate(grads, parts)
             x, y = x.detach(), y.detach()
         if problem.wrt == "latent":
-            grads[0] += gx + gy
+            grads[0] += (gx + gy) * chain.initial_scale
         return sample, value, grads

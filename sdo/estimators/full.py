@@ -16,11 +16,7 @@ from sdo.estimators.registry import register_estimator
 
 def backprop_through_tail(problem: Problem, loss: Loss, graph_from: int, checkpoint: bool):
     """Sample with a graph from step `graph_from` on, then backpropagate the loss."""
-    z = problem.latent
-    if checkpoint and not z.requires_grad:
-        # Reentrant checkpointing passes gradients only through inputs that require them.
-        z = z.detach().requires_grad_()
-    sample = problem.chain.sample(z, problem.cond, graph_from=graph_from, checkpoint=checkpoint)
+    sample = problem.chain.sample(problem.latent, problem.cond, graph_from=graph_from, checkpoint=checkpoint)
     value = loss(sample)
     return sample, value, backprop(value, problem.params)
 

@@ -40,10 +40,7 @@ class ReFL(Estimator):
                 "refl detaches every state before its one graph step: the initial latent does not reach the loss"
             )
         k = self._rng.randrange(chain.steps - min(self.last, chain.steps), chain.steps)
-        z = problem.latent.detach()
-        with torch.no_grad():
-            for j in range(k):
-                z = chain.step(z, j, cond)
+        z, _ = chain.warm_up(problem.latent, cond, k)
         sample = chain.predicted_sample(z, k, chain.predict(z, k, cond))
         value = loss(sample)
         return sample, value, backprop(value, problem.params)

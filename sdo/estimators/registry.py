@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-ESTIMATORS: dict[str, type] = {}
+from sdo.registry import Registry
+
+ESTIMATORS = Registry("estimator")
 
 
 def register_estimator(cls):
     """Class decorator: make the estimator `cls.name` known to `make_estimator`, the command
     line and the config checks (its options are its dataclass fields)."""
-    if cls.name in ESTIMATORS and ESTIMATORS[cls.name] is not cls:
-        raise ValueError(f"estimator {cls.name!r} is registered twice")
-    ESTIMATORS[cls.name] = cls
-    return cls
+    from sdo.estimators.base import Estimator
+
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise TypeError(f"estimator {cls!r} must be an Estimator subclass")
+    return ESTIMATORS.register(cls.name, cls)

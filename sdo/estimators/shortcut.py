@@ -1,19 +1,22 @@
 """Shortcut Diffusion Optimization (SDO): the gradient takes a shortcut past all but chosen steps.
 
-Rule: unrolled, the chain is z_T = (prod_k a_k) z_0 + sum_k (prod_{j>k} a_j) b_k out(z_k, t_k, c)
-(plus the fixed noise terms), one fixed-point system over the states (in DDIM's exponential-
-integrator form, z_T / sqrt(abar_T) = z_0 / sqrt(abar_0) + sum_k (sigma_{k+1} - sigma_k) eps_k).
-SDO differentiates it with every z_k inside out(.) held constant, except where that input is
-the parameter, so the affine path of every update stays in the gradient while the network
-calls off the chosen steps are detached:
+Rule: along its affine path the chain is linear: z_T = r_0 z_0 + sum_k w_k out(z_k, t_k, c)
+(plus the fixed noise terms), with scalars r_0 = d z_T / d z_0 and w_k = d z_T / d out_k from the
+steps' coefficients alone (`Chain.influence`; for a single-step sampler r_0 = prod_k a_k and
+w_k = b_k prod_{j>k} a_j; for a multistep one the same backward recursion also runs through the
+earlier states' and predictions' coefficients e_kj, b_kj). In DDIM's exponential-integrator form
+this is z_T / sqrt(abar_T) = z_0 / sqrt(abar_0) + sum_k (sigma_{k+1} - sigma_k) eps_k, one
+fixed-point system over the states. SDO differentiates it with every z_k inside out(.) held
+constant, except where that input is the parameter, so the affine path of every update stays in
+the gradient while the network calls off the chosen steps are detached:
 
-    dL/dp = g * prod_k a_k * [p is the latent]  +  w * sum_{k in S} vjp(out_k, g * b_k * prod_{j>k} a_j)
+    dL/dp = g * r_0 * r * [p is the latent]  +  w * sum_{k in S} vjp(out_k, g * w_k)
 
-with g = dL/dz_T. The identity stands in for the product of the other steps' network
-Jacobians, which is close to it when steps are small: the claim the harness tests, for any
-affine-step sampler. Steps S, chosen by `at`: `first` (the released rule; for the latent the
-only step whose input is the parameter), `last`, `random` (one step drawn per call, w = T, an
-unbiased estimate of `all`) or `all` (the whole sum).
+with g = dL/dz_T and r the chain's initial scale (z_0 = r * latent). The identity stands in for
+the product of the other steps' network Jacobians, which is close to it when steps are small:
+the claim the harness tests, for any affine-step sampler of any order. Steps S, chosen by `at`:
+`first` (the released rule; for the latent the only step whose input is the parameter), `last`,
+`random` (one step drawn per call, w = T, an unbiased estimate of `all`) or `all` (the whole sum).
 Cost: one sampling pass without a graph (T forward) in which a single chosen step keeps its
 graph, then 1 backward; with several chosen steps, |S| replays of 1 forward + 1 backward after
 the pass, one step's graph at a time: O(1) autograd memory in T either way.
@@ -71,10 +74,11 @@ class Replay(Estimator):
         value = loss(sample)
         (g,) = torch.autograd.grad(value, sample)
         grads = [torch.zeros_like(p) for p in params]
+        through_state, through_out = chain.influence()
         if problem.wrt == "latent":
-            grads[0] += g * chain.skip_factor(0)
+            grads[0] += g * (through_state * chain.initial_scale)
         for k in chosen:
-            cotangent = g * (weight * chain.coefficients[k].b * chain.skip_factor(k + 1))
+            cotangent = g * (weight * through_out[k])
             accumulate(grads, torch.autograd.grad(prediction(k), params, cotangent, allow_unused=True))
         return sample, value, grads
 
@@ -82,15 +86,16 @@ class Replay(Estimator):
 def _pass_holding(problem: Problem, held_step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One sampling pass without a graph, except that step `held_step`'s network call keeps its
     graph to the parameters: the sample z_T and that call's output."""
-    chain, z, held = problem.chain, problem.latent.detach(), None
+    chain, held, earlier = problem.chain, None, problem.chain.past
     with torch.no_grad():
+        z = chain.start(problem.latent.detach())
         for k in range(chain.steps):
             if k != held_step:
-                z = chain.step(z, k, problem.cond)
+                z, earlier = chain.proceed(z, k, problem.cond, earlier)
                 continue
             with torch.enable_grad():
                 held = chain.predict(problem.input_at(k, z), k, problem.cond)
-            z = chain.update(z, k, held.detach())
+            z, earlier = chain.advance(z, k, held.detach(), earlier)
     return z, held
 
 

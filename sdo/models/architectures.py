@@ -61,8 +61,13 @@ SD15 = {  # runwayml/stable-diffusion-v1-5
         "eos_token_id": 2,
         "pad_token_id": 1,
     },
-    "scheduler": {
+    "scheduler": {  # PNDMScheduler, with the DDIM settings its config gives
+        "_class_name": "PNDMScheduler",
         "num_train_timesteps": 1000,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "skip_prk_steps": True,
         "beta_start": 0.00085,
         "beta_end": 0.012,
         "beta_schedule": "scaled_linear",
@@ -198,7 +203,8 @@ SDXL_BASE_1_0 = dict(
     ),
     text_encoder=dict(CLIP_L_TEXT),  # CLIPTextModel
     text_encoder_2=dict(CLIP_BIGG_TEXT),  # CLIPTextModelWithProjection
-    scheduler=dict(  # EulerDiscreteScheduler
+    scheduler=dict(
+        _class_name="EulerDiscreteScheduler",
         beta_end=0.012,
         beta_schedule="scaled_linear",
         beta_start=0.00085,
@@ -238,7 +244,7 @@ SD3_5_MEDIUM = dict(
     text_encoder=dict(CLIP_L_TEXT),  # CLIPTextModelWithProjection (SD3 uses the projected pooled output)
     text_encoder_2=dict(CLIP_BIGG_TEXT),  # CLIPTextModelWithProjection
     text_encoder_3=dict(T5_XXL_ENCODER),  # T5EncoderModel
-    scheduler=dict(num_train_timesteps=1000, shift=3.0),  # FlowMatchEulerDiscreteScheduler
+    scheduler=dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=3.0),
 )
 
 # ----------------------------------------------------------------------------- FLUX.1
@@ -258,7 +264,8 @@ FLUX_1_DEV = dict(
     vae=dict(VAE_16CH, scaling_factor=0.3611, shift_factor=0.1159),
     text_encoder=dict(CLIP_L_TEXT),  # CLIPTextModel (pooler_output only)
     text_encoder_2=dict(T5_XXL_ENCODER),  # T5EncoderModel
-    scheduler=dict(  # FlowMatchEulerDiscreteScheduler
+    scheduler=dict(
+        _class_name="FlowMatchEulerDiscreteScheduler",
         base_image_seq_len=256,
         base_shift=0.5,
         max_image_seq_len=4096,
@@ -267,13 +274,14 @@ FLUX_1_DEV = dict(
         shift=3.0,
         use_dynamic_shifting=True,
     ),
-    pipeline_defaults=dict(guidance_scale=3.5, num_inference_steps=28, max_sequence_length=512),
+    pipeline=dict(guidance_scale=3.5, num_inference_steps=28, max_sequence_length=512),
 )
 # FLUX.1-schnell: same VAE / text encoders / transformer shape, but no guidance embedder and a
 # static (shift 1.0 = unshifted) schedule; used with guidance_scale=0.0, 4 steps, max_sequence_length=256.
 FLUX_1_SCHNELL = copy.deepcopy(FLUX_1_DEV)
 FLUX_1_SCHNELL["transformer"]["guidance_embeds"] = False
 FLUX_1_SCHNELL["scheduler"] = dict(
+    _class_name="FlowMatchEulerDiscreteScheduler",
     base_image_seq_len=256,
     base_shift=0.5,
     max_image_seq_len=4096,
@@ -282,7 +290,7 @@ FLUX_1_SCHNELL["scheduler"] = dict(
     shift=1.0,
     use_dynamic_shifting=False,
 )
-FLUX_1_SCHNELL["pipeline_defaults"] = dict(guidance_scale=0.0, num_inference_steps=4, max_sequence_length=256)
+FLUX_1_SCHNELL["pipeline"] = dict(guidance_scale=0.0, num_inference_steps=4, max_sequence_length=256)
 
 ARCHITECTURES = {
     "sd1.5": SD15,

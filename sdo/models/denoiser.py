@@ -14,6 +14,7 @@ from torch import nn
 
 from sdo.models.data import IMAGE_SIZE, NUM_CLASSES
 
+DDIM_SETTINGS = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}  # how the digits are sampled
 DEFAULT_CONFIG = {
     "unet": {
         "sample_size": IMAGE_SIZE,
@@ -33,6 +34,7 @@ DEFAULT_CONFIG = {
         "beta_schedule": "linear",
         "beta_start": 0.0001,
         "beta_end": 0.02,
+        **DDIM_SETTINGS,
     },
 }
 

@@ -18,4 +18,6 @@ class EmbeddedFlowDigits(EmbeddedDigits):
 
     prefix: ClassVar[str] = "embedded-flow"
     kind: ClassVar[str] = "flow_denoiser"
+    weight_files: ClassVar[tuple[str, ...]] = ("flow_denoiser", "classifier")
     sampler: ClassVar[str] = "flow_euler"
+    process: ClassVar[str] = "flow"

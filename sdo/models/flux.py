@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
+import numpy as np
+
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from torch import nn
@@ -33,10 +35,11 @@ from sdo.models.sd3 import calculate_shift
 @dataclass
 class FluxOptions(PipelineOptions):
     """`PipelineOptions`, `distilled_guidance`: FLUX.1-dev's guidance embedding (the pipeline's
-    guidance_scale; ignored by schnell, which has none), and `max_sequence_length`: T5's tokens."""
+    guidance_scale; ignored by schnell, which has none), and `max_sequence_length`: T5's tokens;
+    None takes the pipeline's defaults (dev 3.5 and 512, schnell 256), else 3.5 and 512."""
 
-    distilled_guidance: float = 3.5
-    max_sequence_length: int = 512
+    distilled_guidance: float | None = None
+    max_sequence_length: int | None = None
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -83,6 +86,7 @@ class Flux(PipelineModel):
     prefix: ClassVar[str] = "flux"
     family: ClassVar[str] = "FLUX.1"
     sampler: ClassVar[str] = "flow_euler"
+    process: ClassVar[str] = "flow"
     pipelines: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev", "flux-schnell")
     Options = FluxOptions
@@ -98,6 +102,11 @@ class Flux(PipelineModel):
     )
 
     def __init__(self, parts, scheduler_config, options: FluxOptions, device="cpu", name="", pipeline_config=None):
+        defaults = pipeline_config or {}
+        if options.max_sequence_length is None:
+            options.max_sequence_length = int(defaults.get("max_sequence_length", 512))
+        if options.distilled_guidance is None:
+            options.distilled_guidance = float(defaults.get("guidance_scale", 3.5))
         self.max_sequence_length, self.distilled_guidance = options.max_sequence_length, options.distilled_guidance
         super().__init__(parts, scheduler_config, options, device, name, pipeline_config)
 
@@ -110,13 +119,13 @@ class Flux(PipelineModel):
     def make_net(self, parts: dict) -> nn.Module:
         return FluxVelocity(parts["transformer"], self.latent_size, self.max_sequence_length, self.distilled_guidance)
 
-    def sampler_options(self) -> dict:
-        """The pipeline's sigmas linspace(1, 1/T, T), built by the sampler for any T, and mu
-        from the packed token count (used where the schedule shifts dynamically)."""
+    def schedule_for(self, steps: int) -> dict:
+        """The pipeline's sigmas linspace(1, 1/T, T) and mu from the packed token count (used
+        where the schedule shifts dynamically)."""
         keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
         defaults = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
         values = [self.scheduler_config.get(k, defaults[k]) for k in keys]
-        return {"mu": calculate_shift(self.state_shape[0], *values), "linear_sigmas": True}
+        return {"mu": calculate_shift(self.state_shape[0], *values), "sigmas": np.linspace(1.0, 1 / steps, steps).tolist()}
 
     def encode(self, prompts: Sequence[str]) -> dict:
         pooled = self.parts["text_encoder"](self.tokens("tokenizer", prompts)).pooler_output
@@ -125,3 +134,6 @@ class Flux(PipelineModel):
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         return vae_decode(self.vae, unpack(state, self.latent_size))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return pack(super().encode_images(images))

@@ -260,6 +260,16 @@ class PipelineModel(DiffusionModel):
         """The scheduler configuration the sampler takes (all of it, unless a family filters)."""
         return config
 
+    @classmethod
+    def planned_schedule(cls, location: str | None, architecture: str | None = None, allow_download: bool = False,
+                         **options) -> dict:
+        if architecture is not None:
+            return dict(ARCHITECTURES[architecture]["scheduler"])
+        try:
+            return dict(cls.scheduler_class.load_config(location, subfolder="scheduler", local_files_only=True))
+        except (OSError, ValueError, TypeError):
+            return {}
+
     def make_net(self, parts: dict) -> nn.Module:
         """`net(x, t, cond) -> out` over the denoiser."""
         raise NotImplementedError
@@ -271,6 +281,17 @@ class PipelineModel(DiffusionModel):
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), roughly in [-1, 1]: one VAE decoder pass, differentiable."""
         return vae_decode(self.vae, state)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of images: the mean of the VAE encoder's distribution (deterministic),
+        shifted and scaled as `decode` undoes."""
+        config = self.vae.config
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
+        return ((latents - (config.get("shift_factor") or 0.0)) * config.scaling_factor).to(images.dtype)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.resolution, self.resolution)
 
     @classmethod
     def check(cls, location: str | None, allow_download: bool = False, **options) -> None:

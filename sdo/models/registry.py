@@ -18,18 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdo.options import make_options
+from sdo.registry import Registry
 
-MODELS: dict[str, type] = {}
-ARCHITECTURES: dict[str, type] = {}
+MODELS = Registry("model prefix")
+ARCHITECTURES = Registry("architecture")
 
 
 def register_model(cls):
     """Class decorator: make a model family known by its prefix, pipelines and architectures."""
-    if cls.prefix in MODELS and MODELS[cls.prefix] is not cls:
-        raise ValueError(f"model prefix {cls.prefix!r} is registered twice")
-    MODELS[cls.prefix] = cls
+    from sdo.models.base import DiffusionModel
+
+    if not (isinstance(cls, type) and issubclass(cls, DiffusionModel)):
+        raise TypeError(f"model {cls!r} must be a DiffusionModel subclass")
+    MODELS.register(cls.prefix, cls)
     for name in getattr(cls, "architectures", {}):
-        ARCHITECTURES[name] = cls
+        ARCHITECTURES.register(name, cls)
     return cls
 
 
@@ -57,9 +60,15 @@ def pipeline_class(location: str) -> str | None:
             return None
         index = Path(cached)
     try:
-        return json.loads(index.read_text()).get("_class_name")
-    except (OSError, json.JSONDecodeError):
+        index_json = json.loads(index.read_text())
+    except OSError:
         return None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index} is not valid JSON ({error}): a diffusers model_index.json names the pipeline "
+                         "class and its components") from None
+    if not isinstance(index_json, dict) or "_class_name" not in index_json:
+        raise ValueError(f"{index} names no pipeline class (_class_name): not a diffusers model_index.json")
+    return index_json["_class_name"]
 
 
 def _known() -> str:
@@ -76,6 +85,9 @@ def resolve(source: str) -> Source:
             raise ValueError(f"unknown architecture {rest!r} in model {source!r}; known: {sorted(ARCHITECTURES)}")
         return Source(ARCHITECTURES[rest], architecture=rest)
     if prefix in MODELS and (sep or prefix == source):
+        if sep and not rest:
+            raise ValueError(f"model {source!r} names no location after the colon; give {prefix}:<directory or "
+                             f"model id>, or {prefix} alone where the family has a default")
         return Source(MODELS[prefix], rest or None)
     name = pipeline_class(source)
     for cls in MODELS.values():
@@ -100,6 +112,14 @@ def check_model(source: str, options: dict | None = None) -> Source:
     if resolved.architecture is None:
         resolved.cls.check(resolved.location, **checked)
     return resolved
+
+
+def planned_schedule(source: str, options: dict | None = None) -> tuple[type, dict]:
+    """(the model class, the scheduler configuration a run would sample with), checked and
+    read without loading a network (what the plan checks samplers and T against)."""
+    resolved = check_model(source, options)
+    checked = model_options(resolved.cls, options)
+    return resolved.cls, resolved.cls.planned_schedule(resolved.location, resolved.architecture, **checked)
 
 
 def load_model(source: str, device="cpu", seed: int = 0, **options):

@@ -44,6 +44,9 @@ def calculate_shift(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 40
     return seq_len * slope + base_shift - slope * base_seq_len
 
 
+SD3_SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.16}
+
+
 class VelocityPrediction(nn.Module):
     """v(x, t, cond) of an SD3 transformer: one call on the latents, the scheduler's timestep,
     the prompt embeddings and the pooled ones."""
@@ -62,6 +65,7 @@ class StableDiffusion3(PipelineModel):
     prefix: ClassVar[str] = "sd3"
     family: ClassVar[str] = "SD3"
     sampler: ClassVar[str] = "flow_euler"
+    process: ClassVar[str] = "flow"
     pipelines: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("sd3.5-medium",)
     Options = SD3Options
@@ -88,14 +92,14 @@ class StableDiffusion3(PipelineModel):
     def latent_shape(self, size: int) -> tuple[int, ...]:
         return (self.parts["transformer"].config.in_channels, size, size)
 
-    def sampler_options(self) -> dict:
-        """mu from the image's token count where the schedule shifts dynamically (SD3's pipeline)."""
+    def schedule_for(self, steps: int) -> dict:
+        """mu from the image's token count where the schedule shifts dynamically, with diffusers'
+        defaults for what the configuration leaves out (as SD3's pipeline computes it)."""
         if not self.scheduler_config.get("use_dynamic_shifting"):
             return {}
         patch = self.parts["transformer"].config.patch_size
         tokens = (self.state_shape[-1] // patch) * (self.state_shape[-2] // patch)
-        keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
-        return {"mu": calculate_shift(tokens, *(self.scheduler_config[k] for k in keys if k in self.scheduler_config))}
+        return {"mu": calculate_shift(tokens, *(self.scheduler_config.get(k, v) for k, v in SD3_SHIFT_DEFAULTS.items()))}
 
     def encode(self, prompts: Sequence[str]) -> dict:
         clips, pooled = [], []

@@ -7,15 +7,17 @@ second encoder's projected output (1280), and the micro-conditioning `add_time_i
 `wrt=cond` differentiates the prompt embeddings only, the pooled ones stay as the prompt gives
 them. The unconditional conditioning of classifier-free guidance is zeros where the pipeline
 says `force_zeros_for_empty_prompt` (SDXL base does), as the pipeline's default negative prompt
-is. The pipeline ships an Euler scheduler; on an eps-predicting model DDIM on the same
-timesteps is the same probability-flow ODE's exponential-integrator step, which the harness
-samples with (the equivalence test swaps the pipeline's scheduler for DDIM).
+is. The default sampler is the pipeline's own scheduler where the harness has it (SDXL base
+ships Euler), else DDIM. `decode` does what the pipeline does before its VAE: a float16 VAE whose
+config says `force_upcast` decodes in float32, and latents are denormalised with the VAE's
+`latents_mean` and `latents_std` where its config has them.
 Source: `sdxl:<directory or model id>`, a bare `StableDiffusionXLPipeline` directory, or
 `random:sdxl` (SDXL base 1.0's architecture with random weights, for cost only).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar, Sequence
 
 import torch
@@ -42,10 +44,28 @@ class StableDiffusionXL(StableDiffusion):
     scheduler_class = DDIMScheduler
     default_sample_size: ClassVar[int] = 128
 
+    def decode(self, state: torch.Tensor) -> torch.Tensor:
+        """Images from latents as the SDXL pipeline decodes them, differentiably."""
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, -1, 1, 1)
+            latents = state * torch.tensor(std).view(shape).to(state) / config.scaling_factor
+            latents = latents + torch.tensor(mean).view(shape).to(state)
+        else:
+            latents = state / config.scaling_factor
+        vae = self.vae
+        if vae.dtype == torch.float16 and getattr(config, "force_upcast", False):
+            if getattr(self, "_vae_float32", None) is None:
+                self._vae_float32 = copy.deepcopy(vae).float()
+            vae = self._vae_float32
+        images = vae.decode(latents.to(vae.dtype)).sample
+        return images.to(state.dtype)
+
     def make_net(self, parts: dict) -> nn.Module:
         size = self.resolution
         time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
-        return NoisePrediction(parts["unet"], self.scheduler_config, self.prediction_type, time_ids=time_ids)
+        return NoisePrediction(parts["unet"], time_ids=time_ids)
 
     def encode(self, prompts: Sequence[str]) -> dict:
         first = self.parts["text_encoder"](self.tokens("tokenizer", prompts), output_hidden_states=True)

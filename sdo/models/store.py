@@ -53,6 +53,28 @@ def load(kind: str, directory: Path | str = DEFAULT_DIR, dtype: torch.dtype = to
     return model.to(dtype).eval().requires_grad_(False)
 
 
+def check(kind: str, directory: Path | str = DEFAULT_DIR) -> None:
+    """ValueError naming the file when `kind`'s weights or config are present but unreadable
+    (a truncated or foreign file), without loading the weights: the safetensors header and the
+    JSON config are read. Missing files are not an error (they are retrained)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    weights, meta = directory / f"{kind}.safetensors", directory / f"{kind}.json"
+    retrain = f"retrain it with `sdo train {kind} --out {directory}`"
+    if meta.exists():
+        try:
+            json.loads(meta.read_text())["config"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"model file {meta} is not a valid {kind} config ({error}); {retrain}") from None
+    if weights.exists():
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error type for a bad or truncated header
+            raise ValueError(f"model file {weights} cannot be read as {kind} weights ({error}); {retrain}") from None
+
+
 def metrics(kind: str, directory: Path | str = DEFAULT_DIR) -> dict:
     """The metrics recorded when `kind` was trained."""
     return json.loads((Path(directory) / f"{kind}.json").read_text())["metrics"]

@@ -115,3 +115,21 @@ def train_classifier(epochs: int = 60, batch: int = 64, lr: float = 2e-3, seed: 
         accuracy = (model(held_images).argmax(1) == held_labels).float().mean().item()
     log.info("classifier held-out accuracy %.4f", accuracy)
     return model, accuracy
+
+
+def train_and_save(kind: str, directory, seed: int = 0, train_steps: int = 2500, epochs: int = 60) -> dict:
+    """Train the embedded `kind` (denoiser, flow_denoiser or classifier) and save it to
+    `directory` (safetensors beside its JSON config and metrics); returns the metrics."""
+    import time
+
+    from sdo.models import store
+
+    if kind == "classifier":
+        model, accuracy = train_classifier(epochs=epochs, seed=seed)
+        metrics = {"held_out_accuracy": accuracy}
+    else:
+        start = time.perf_counter()
+        model = train_denoiser(steps=train_steps, seed=seed, kind=kind)
+        metrics = {"train_seconds": time.perf_counter() - start, "train_steps": train_steps}
+    store.save(model, kind, directory, metrics=metrics)
+    return metrics

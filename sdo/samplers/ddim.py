@@ -1,74 +1,133 @@
-"""DDIM (Song et al.): the deterministic (eta = 0) or stochastic sampler of noise-predicting
-models, as diffusers' `DDIMScheduler` runs it.
+"""DDIM (Song et al.): the deterministic (eta = 0) or stochastic sampler, as diffusers'
+`DDIMScheduler` runs it, for noise-, v- and sample-predicting models.
 
 Notation (`sdo.samplers.base`, then the DDIM paper's):
 
-    abar_k       alphas_cumprod[t_k]       (alpha-bar_t; after the last step abar_T = alphas_cumprod[0])
-    out_k        eps_theta(z_k, t_k, c)    (the predicted noise)
-    sigma_k      sqrt((1 - abar_k) / abar_k)  (noise-to-signal ratio: the time of the exponential-
-                                            integrator form of the probability-flow ODE)
-    eta          DDIM's stochasticity       (0: deterministic DDIM)
-    s_k          eta * sqrt((1 - abar_{k+1}) / (1 - abar_k) * (1 - abar_k / abar_{k+1}))
-                                           (sigma_t of the DDIM paper: step k's noise)
+    abar_k       alphas_cumprod[t_k], the level the network is called at
+    abar'_k      alphas_cumprod[t_k - N/T] (N = num_train_timesteps), the level step k goes to
+                 (`final_alpha_cumprod` past the start: 1 with `set_alpha_to_one`, else
+                 alphas_cumprod[0])
+    eps_k, x0_k  the predicted noise and clean sample, linear in (z_k, out_k) by the model's
+                 `prediction_type` (`vp_prediction`)
+    eta          DDIM's stochasticity (0: deterministic DDIM)
+    s_k          eta * sqrt((1 - abar'_k) / (1 - abar_k) * (1 - abar_k / abar'_k))
 
-Step k re-noises the predicted clean sample to level k+1:
+Step k re-noises the predicted clean sample to level abar'_k:
 
-    a_k = sqrt(abar_{k+1} / abar_k),   b_k = sqrt(1 - abar_{k+1} - s_k^2) - sqrt(abar_{k+1} (1 - abar_k) / abar_k)
-    p_k = 1 / sqrt(abar_k),            q_k = -sqrt(1 - abar_k) / sqrt(abar_k)
-    alpha_k = sqrt(abar_k),            n_k = sqrt(1 - abar_k)
+    z_{k+1} = sqrt(abar'_k) x0_k + sqrt(1 - abar'_k - s_k^2) eps_k + s_k noise_k
 
-With eta = 0 this is the Euler step of y = z / sqrt(abar) in sigma, y_{k+1} = y_k + (sigma_{k+1} -
-sigma_k) eps, the form the adjoint and the shortcut's fixed-point view use. The coefficients
-are computed in float64 from the scheduler's `alphas_cumprod` (which diffusers keeps in float32).
+so a_k, b_k, p_k, q_k follow from the prediction's coefficients; for a noise prediction
+a_k = sqrt(abar'_k / abar_k), b_k = sqrt(1 - abar'_k - s_k^2) - sqrt(abar'_k (1 - abar_k) / abar_k).
+With eta = 0 this is the Euler step of y = z / sqrt(abar) in sigma = sqrt((1 - abar) / abar),
+y_{k+1} = y_k + (sigma'_k - sigma_k) eps, the form the adjoint and the shortcut's fixed-point
+view use. The schedule is read from the model's scheduler configuration (betas, spacing,
+`steps_offset`, `set_alpha_to_one`, `rescale_betas_zero_snr`, `prediction_type`); clipping or
+thresholding the predicted sample is refused, since it is not affine. The coefficients are
+computed in float64 from the scheduler's `alphas_cumprod` (which diffusers keeps in float32).
+Inversion (`inversion`) runs the steps backwards as `DDIMInverseScheduler` does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 from diffusers import DDIMScheduler
 
-from sdo.samplers.base import Chain, Step
+from sdo.samplers.base import Capabilities, Chain, Step, check_steps, scheduler_from, vp_prediction
 from sdo.samplers.registry import register_sampler
+
+
+def ddim_step(now: float, after: float, prediction_type: str, eta: float = 0.0) -> Step:
+    """The step from level abar = `now` to abar' = `after`."""
+    s = eta * math.sqrt((1 - after) / (1 - now) * (1 - now / after)) if eta else 0.0
+    (eps_z, eps_out), (x0_z, x0_out) = vp_prediction(prediction_type, math.sqrt(now), math.sqrt(1 - now))
+    direction = math.sqrt(max(1 - after - s**2, 0.0))
+    signal = math.sqrt(after)
+    return Step(a=signal * x0_z + direction * eps_z, b=signal * x0_out + direction * eps_out, p=x0_z, q=x0_out, s=s)
 
 
 @register_sampler
 class DDIM(Chain):
     name = "ddim"
-    stochastic = True
+    scheduler_class = "DDIMScheduler"
+    process = "diffusion"
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None, eta: float = 0.0):
-        if steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.scheduler_config, self.eta = dict(scheduler_config), eta
+    @dataclass
+    class Options:
+        """`eta`: DDIM's stochasticity in [0, 1] (0: deterministic)."""
+
+        eta: float = 0.0
+
+        def __post_init__(self):
+            if not 0 <= self.eta <= 1:
+                raise ValueError(f"ddim eta must lie in [0, 1], got {self.eta}")
+
+    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
+                 options: Options | None = None, schedule: dict | None = None):
+        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
+        for key in ("clip_sample", "thresholding"):
+            if self.scheduler_config.get(key):
+                raise ValueError(f"ddim refuses {key}=true: clipping the predicted sample is not affine, so no "
+                                 "estimator's rule holds; sample without it")
+        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
         scheduler = self.diffusers_scheduler()
-        timesteps = scheduler.timesteps.tolist()
-        cumprod = scheduler.alphas_cumprod.double()
-        abar = [float(cumprod[t]) for t in timesteps + [0]]
-        coefficients = []
-        for k in range(steps):
-            now, after = abar[k], abar[k + 1]
-            s = eta * math.sqrt((1 - after) / (1 - now) * (1 - now / after))
-            coefficients.append(Step(
-                a=math.sqrt(after / now),
-                b=math.sqrt(1 - after - s**2) - math.sqrt(after * (1 - now) / now),
-                s=s,
-                p=1 / math.sqrt(now),
-                q=-math.sqrt(1 - now) / math.sqrt(now),
-            ))
-        levels = [(math.sqrt(x), math.sqrt(1 - x)) for x in abar]
+        prediction = scheduler.config.prediction_type
+        cumprod, stride = scheduler.alphas_cumprod.double(), scheduler.config.num_train_timesteps // steps
+        final = float(scheduler.final_alpha_cumprod)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        now = [float(cumprod[t]) for t in timesteps]
+        after = [float(cumprod[t - stride]) if t - stride >= 0 else final for t in timesteps]
+        coefficients = [ddim_step(n, a, prediction, self.options.eta) for n, a in zip(now, after)]
+        levels = [(math.sqrt(x), math.sqrt(1 - x)) for x in [*now, after[-1]]]
         super().__init__(net, timesteps, coefficients, levels, cfg_scale, null_cond)
-        self.alphas = abar
+        self.alphas_cumprod = [*now, after[-1]]
+
+    @classmethod
+    def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
+        deterministic = not (options and options.eta)
+        return Capabilities(deterministic=deterministic, order=1, invertible=deterministic, inversion=True,
+                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
 
     def diffusers_scheduler(self) -> DDIMScheduler:
-        scheduler = DDIMScheduler(**self.scheduler_config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        scheduler = scheduler_from(DDIMScheduler, self.scheduler_config)
         scheduler.set_timesteps(self._steps)
         return scheduler
 
+    def inversion(self, steps: int) -> Chain:
+        """The first `steps` steps of DDIM inversion over this chain's T, as diffusers'
+        `DDIMInverseScheduler.step` runs them: from a clean image's latent (at the inverse
+        scheduler's `initial_alpha_cumprod`) up the levels of the reversed timesteps, each step
+        calling the network at the level it goes to, conditioned and without guidance. The states end at the level of inverse timestep
+        `steps` - 1, not at this chain's level at `steps`: the SDO authors' editing script
+        denoises from the latter all the same."""
+        from diffusers import DDIMInverseScheduler
+
+        inverse = scheduler_from(DDIMInverseScheduler, self.scheduler_config)
+        inverse.set_timesteps(self._steps)
+        prediction, cumprod = inverse.config.prediction_type, inverse.alphas_cumprod.double()
+        stride = inverse.config.num_train_timesteps // self._steps
+        coefficients, levels, timesteps = [], [], []
+        for t in [int(t) for t in inverse.timesteps[:steps]]:
+            source = t - stride
+            now = float(cumprod[source]) if source >= 0 else float(inverse.initial_alpha_cumprod)
+            after = float(cumprod[t])
+            # the network is called at the target level t on the source state
+            (eps_z, eps_out), (x0_z, x0_out) = vp_prediction(prediction, math.sqrt(now), math.sqrt(1 - now))
+            signal, direction = math.sqrt(after), math.sqrt(1 - after)
+            coefficients.append(Step(a=signal * x0_z + direction * eps_z, b=signal * x0_out + direction * eps_out,
+                                     p=x0_z, q=x0_out))
+            levels.append((math.sqrt(now), math.sqrt(1 - now)))
+            timesteps.append(t)
+        levels.append((math.sqrt(after), math.sqrt(1 - after)))
+        chain = Chain(self.net, timesteps, coefficients, levels)  # inverted as conditioned, without guidance
+        chain.options, chain.scheduler_config = dataclasses.replace(self.options, eta=0.0), self.scheduler_config
+        chain.name = f"{self.name} inversion"
+        return chain
+
     @property
     def sigmas(self) -> list[float]:
-        """sigma_k at each state k = 0..T."""
-        return [math.sqrt((1 - x) / x) for x in self.alphas]
+        """sigma_k = sqrt((1 - abar_k) / abar_k) at each state k = 0..T."""
+        return [math.sqrt((1 - x) / x) for x in self.alphas_cumprod]

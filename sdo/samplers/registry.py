@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-SAMPLERS: dict[str, type] = {}
+from sdo.registry import Registry
+
+SAMPLERS = Registry("sampler")
 
 
 def register_sampler(cls):
-    """Class decorator: make the sampler `cls.name` known to `make_chain` and the models."""
-    if cls.name in SAMPLERS and SAMPLERS[cls.name] is not cls:
-        raise ValueError(f"sampler {cls.name!r} is registered twice")
-    SAMPLERS[cls.name] = cls
-    return cls
+    """Class decorator: make the sampler `cls.name` known to `make_chain`, the models, the command
+    line and the config checks (its options are its `Options` dataclass)."""
+    from sdo.samplers.base import Chain
+
+    if not (isinstance(cls, type) and issubclass(cls, Chain)):
+        raise TypeError(f"sampler {cls!r} must be a Chain subclass")
+    return SAMPLERS.register(cls.name, cls)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from sdo import conditioning
-from sdo.estimators import Estimator, Problem
+from sdo.estimators import Estimator, NotApplicable, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
     Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, held_out, image_loss, optimise, reward_monitor,
 )
-from sdo.tasks.registry import null_prompt, register_task
+from sdo.tasks.registry import null_prompt, refuse_partial_chain, register_task
 
 
 @dataclass
@@ -23,9 +23,11 @@ class ConditioningOptions:
     prompt: str = ""
     eval_samples: int = 100
     monitor_samples: int = 32
+    start_step: int = 0
 
     def __post_init__(self):
         self.prompt = null_prompt(self.prompt)
+        refuse_partial_chain("conditioning", self.start_step)
 
 
 @register_task("conditioning", wrt="cond", options=ConditioningOptions)
@@ -39,6 +41,8 @@ def optimise_conditioning(
     Each iteration draws fresh latents, so the conditioning must work for any noise; progress
     is monitored on fixed held-out latents, and the final samples come from other latents never
     used in training."""
+    if not model.conditional:
+        raise NotApplicable(f"{model.options.get('model')!r} is unconditional: it has no conditioning to optimise")
     generator = torch.Generator().manual_seed(settings.seed)
     encoded = conditioning.detach(model.encode([options.prompt]))
     embeddings = conditioning.primary(encoded).clone().requires_grad_()
@@ -51,7 +55,7 @@ def optimise_conditioning(
 
     def problem_at(i: int) -> Problem:
         latent = model.latent_batch(settings.batch, generator)
-        if settings.eta:
+        if not chain.deterministic:
             chain.fix_noise(latent, generator)
         return Problem(chain, latent, cond, "cond")
 
@@ -64,9 +68,10 @@ def optimise_conditioning(
     )
     trace = optimise(
         estimator, problem_at, [embeddings], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate,
-        audit=settings.audit, budget_bytes=settings.budget_bytes,
+        audit=settings.audit, budget_bytes=settings.budget_bytes, precision=settings.precision,
+        on_iteration=getattr(reward, "at_iteration", None),
     )
     with torch.no_grad():
         final = model.decode(estimator.sample(final_chain, latent, cond))
-        baseline = model.decode(estimator.sample(final_chain, latent, start))
-    return TaskResult(trace, final, None, baseline, evaluate.rows, deviation)
+        initial = model.decode(estimator.sample(final_chain, latent, start))
+    return TaskResult(trace, final, None, initial, evaluate.rows, deviation)

@@ -12,7 +12,7 @@ from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
     Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, held_out, image_loss, optimise, reward_monitor,
 )
-from sdo.tasks.registry import register_task
+from sdo.tasks.registry import refuse_partial_chain, register_task
 
 
 @dataclass
@@ -25,6 +25,10 @@ class FinetuneOptions:
     prompts: list[str] | None = None
     eval_samples: int = 100
     monitor_samples: int = 32
+    start_step: int = 0
+
+    def __post_init__(self):
+        refuse_partial_chain("finetune", self.start_step)
 
 
 @register_task("finetune", wrt="weights", options=FinetuneOptions)
@@ -58,7 +62,7 @@ def finetune(
     def problem_at(i: int) -> Problem:
         latent = model.latent_batch(settings.batch, generator)
         drawn = torch.randint(0, len(prompts), (settings.batch,), generator=generator).tolist()
-        if settings.eta:
+        if not chain.deterministic:
             chain.fix_noise(latent, generator)
         return Problem(chain, latent, model.encode([prompts[j] for j in drawn]), "weights")
 
@@ -72,9 +76,10 @@ def finetune(
     )
     trace = optimise(
         estimator, problem_at, params, image_loss(tuned, reward), optimizer, settings.iters, evaluate=evaluate,
-        audit=settings.audit, budget_bytes=settings.budget_bytes,
+        audit=settings.audit, budget_bytes=settings.budget_bytes, precision=settings.precision,
+        on_iteration=getattr(reward, "at_iteration", None),
     )
     with torch.no_grad():
         final = tuned.decode(estimator.sample(final_chain, latent, cond))
-        baseline = model.decode(estimator.sample(base, latent, cond))
-    return TaskResult(trace, final, shown, baseline, evaluate.rows, deviation)
+        initial = model.decode(estimator.sample(base, latent, cond))
+    return TaskResult(trace, final, shown, initial, evaluate.rows, deviation)

@@ -1,4 +1,12 @@
-"""The optimisation loop every task shares: estimate, audit, step, record; stop on divergence."""
+"""The optimisation loop every task shares: estimate, audit, step, record; stop on divergence or
+instability.
+
+Precision: `fp32`, or the estimate under `torch.autocast` in float16 with a gradient scaler
+(`fp16-autocast`, as the SDO authors' scripts run on CUDA: the loss is scaled, the update
+unscales, and a step whose gradient is not finite is skipped and counted, not a divergence) or
+in bfloat16 (`bf16-autocast`, no scaler). Instability: a run whose held-out reward falls more
+than `UNSTABLE_SPREADS` times its starting spread over samples below its start is stopped as
+`Unstable` (the update has left any sane range; like a divergence, it gets no verdict)."""
 
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ from sdo.timing import timed
 log = logging.getLogger(__name__)
 Reward = Callable[[torch.Tensor], torch.Tensor]
 Monitor = Callable[[torch.Tensor], dict]
+PRECISIONS = {"fp32": None, "fp16-autocast": torch.float16, "bf16-autocast": torch.bfloat16}
+UNSTABLE_SPREADS = 100
 
 
 @dataclass(frozen=True)
@@ -40,55 +50,63 @@ class Audit:
             raise ValueError(f"fallback_below is a cosine threshold in [-1, 1], got {self.fallback_below}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    """What every task shares: the chain (steps, classifier-free guidance scale `cfg_scale`,
-    eta), the loop (iterations, batch, learning rate, None taking the task's own; Adam's betas),
-    the seed of all its noise, how often the parameters are evaluated on held-out noise
-    (`eval_every` iterations, 0: only at the start and the end), the online fidelity `audit`,
-    the memory budget in bytes (None: none) a gradient must fit, and how far an estimator's
-    own sampler may start from the chain's (`start_tolerance`, None: any distance)."""
+    """What every task shares: the chain (steps T, classifier-free guidance scale `cfg_scale`,
+    the `sampler` (None: the model's own) and its `sampler_options`), the loop (iterations,
+    batch, learning rate, None taking the task's own; Adam's betas), the seed of all its noise,
+    how often the parameters are evaluated on held-out noise (`eval_every` iterations, 0: only at
+    the start and the end), the online fidelity `audit` (None: off), the memory budget in bytes
+    (None: none) a gradient must fit, how far an estimator's own sampler may start from the
+    chain's (`start_tolerance`, None: any distance) and the arithmetic (`precision`). Every value
+    is given: the experiment's spec states the defaults."""
 
     steps: int
     iters: int
-    batch: int = 8
-    cfg_scale: float = 1.0
-    eta: float = 0.0
-    lr: float | None = None
-    seed: int = 0
-    eval_every: int = 0
-    betas: tuple[float, float] = (0.9, 0.999)
-    audit: Audit | None = None
-    budget_bytes: int | None = None
-    start_tolerance: float | None = None
+    batch: int
+    cfg_scale: float
+    sampler: str | None
+    sampler_options: dict
+    lr: float | None
+    seed: int
+    eval_every: int
+    betas: tuple[float, float]
+    audit: Audit | None
+    budget_bytes: int | None
+    start_tolerance: float | None
+    precision: str
 
     def chain(self, model: DiffusionModel) -> Chain:
-        return model.make_chain(self.steps, self.cfg_scale, self.eta)
+        return model.make_chain(self.steps, self.cfg_scale, self.sampler, **self.sampler_options)
 
 
 @dataclass
 class Trace:
-    """What an optimisation recorded: one row per iteration, one per audit, and the peak bytes
-    autograd held during one gradient (measured once, untimed, before the first iteration)."""
+    """What an optimisation recorded: one row per iteration, one per audit, the peak bytes
+    autograd held during one gradient (measured once, untimed, before the first iteration) and
+    the updates a gradient scaler skipped."""
 
     rows: list[dict] = field(default_factory=list)
     audits: list[dict] = field(default_factory=list)
     saved_bytes: int | None = None
+    skipped_steps: int = 0
 
 
 @dataclass
 class TaskResult:
     """The optimisation's trace, the images of the optimised parameters, the prompt of each
     image (None: the null prompt throughout), for comparison the images the starting
-    parameters give from the same noise, the held-out evaluations, and how far the estimator's
-    own sampler starts from the chain's (`start_deviation`)."""
+    parameters give from the same noise (`start`), the held-out evaluations, how far the
+    estimator's own sampler starts from the chain's (`start_deviation`), and what was paid once
+    before the first iteration (`warmup`: a partial chain's warm-up steps or inversion)."""
 
     trace: Trace
     samples: torch.Tensor
     prompts: list[str] | None = None
-    baseline: torch.Tensor | None = None
+    start: torch.Tensor | None = None
     evaluations: list[dict] = field(default_factory=list)
     start_deviation: float = 0.0
+    warmup: dict = field(default_factory=dict)
 
 
 class InvalidStart(RuntimeError):
@@ -109,6 +127,10 @@ class Diverged(RuntimeError):
         self.trace, self.evaluations = trace, evaluations
 
 
+class Unstable(Diverged):
+    """The held-out reward fell out of any sane range (see the module docstring)."""
+
+
 def image_loss(model: DiffusionModel, reward: Reward) -> Callable[[torch.Tensor], torch.Tensor]:
     """Minus the mean reward of the decoded states: the decode stays inside the gradient path."""
     return lambda state: -reward(model.decode(state)).mean()
@@ -124,7 +146,7 @@ def held_out(model: DiffusionModel, settings: Settings, count: int, offset: int)
     generator = torch.Generator().manual_seed(settings.seed + offset)
     latent = model.latent_batch(count, generator)
     chain = settings.chain(model)
-    if settings.eta:
+    if not chain.deterministic:
         chain.fix_noise(latent, generator)
     return latent, chain
 
@@ -153,8 +175,13 @@ def checked_start(estimator: Estimator, chain: Chain, latent: torch.Tensor, cond
 
 
 def reward_monitor(reward: Reward) -> Monitor:
-    """The default monitor: the mean reward of the evaluation images."""
-    return lambda images: {"reward": float(reward(images).mean())}
+    """The default monitor: the mean reward of the evaluation images and its spread."""
+
+    def monitor(images: torch.Tensor) -> dict:
+        scores = reward(images).double()
+        return {"reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0}
+
+    return monitor
 
 
 class Evaluator:
@@ -173,6 +200,17 @@ class Evaluator:
                 scores = self.monitor(self.images())
             self.rows.append({"iter": done, **cost, **scores})
 
+    def unstable(self) -> str | None:
+        """Why the last evaluation is out of any sane range, or None."""
+        if len(self.rows) < 2 or "reward" not in self.rows[0]:
+            return None
+        start, last = self.rows[0], self.rows[-1]
+        spread = max(float(start.get("reward_std") or 0.0), 1e-6 * max(abs(start["reward"]), 1.0))
+        if math.isfinite(last["reward"]) and last["reward"] < start["reward"] - UNSTABLE_SPREADS * spread:
+            return (f"the held-out reward fell from {start['reward']:.4g} to {last['reward']:.4g}, more than "
+                    f"{UNSTABLE_SPREADS} times its starting spread ({spread:.3g}) below its start")
+        return None
+
 
 def optimise(
     estimator: Estimator,
@@ -185,69 +223,116 @@ def optimise(
     evaluate: Evaluator | None = None,
     audit: Audit | None = None,
     budget_bytes: int | None = None,
+    precision: str = "fp32",
+    on_iteration: Callable[[int], None] | None = None,
 ) -> Trace:
     """Minimise `loss` for `iters` iterations; `problem_at(i)` builds iteration i's problem and
-    `params` are the tensors the optimizer holds (gradients arrive in order). `evaluate` is
-    called with the updates done and the training cost so far. Only the estimate and the update
-    are timed (and an audit's exact gradient when the update falls back to it). Before the first
-    iteration, untimed: the memory `budget_bytes` is checked against a prediction from batches 1
-    and 2 (`sdo.memory.OverBudget`), and autograd's bytes are measured on a copy of the
-    estimator. Raises `Diverged` with the trace and evaluations so far when the loss, the
-    gradient or the updated parameters are not finite."""
-    trace, cost = Trace(), {"seconds": 0.0, "nfe": 0, "nfe_forward": 0, "nfe_backward": 0}
+    `params` are the tensors the optimizer holds (gradients arrive in order). `on_iteration(i)`
+    is told each iteration before its gradient (a reward whose terms change along a run).
+    `evaluate` is called with the updates done and the training cost so far. Only the estimate
+    and the update are timed (and an audit's exact gradient when the update falls back to it).
+    Before the first iteration, untimed: the memory `budget_bytes` is checked against a
+    prediction from batches 1 and 2 (`sdo.memory.OverBudget`), and autograd's bytes are measured
+    on a copy of the estimator. Raises `Diverged` with the trace and evaluations so far when the
+    loss, the gradient or the updated parameters are not finite (a step the fp16 scaler skips is
+    not), `Unstable` when the held-out reward leaves any sane range."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    trace, cost = Trace(), {"seconds": 0.0, "nfe": 0, "nfe_forward": 0, "nfe_backward": 0, "nfe_graph": 0, "losses": 0}
     exact = make_estimator("full", checkpoint=audit.checkpoint) if audit else None
+    if on_iteration is not None:
+        on_iteration(0)
     problem = problem_at(0)
+    device = problem.latent.device
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16-autocast" else None
+    arithmetic = _autocast(device, PRECISIONS[precision])
+    scaled = loss if scaler is None else (lambda x: scaler.scale(loss(x)))
     if budget_bytes is not None:
-        check_budget(estimator, problem, loss, budget_bytes)
-    trace.saved_bytes = saved_bytes(estimator, problem, loss)
+        with arithmetic():
+            check_budget(estimator, problem, scaled, budget_bytes)
+    with arithmetic():
+        trace.saved_bytes = saved_bytes(estimator, problem, scaled)
     if evaluate is not None:
         evaluate(0, dict(cost))
     progress = tqdm(range(iters), desc=estimator.name, mininterval=2, leave=False)
     for i in progress:
+        if i and on_iteration is not None:
+            on_iteration(i)
         problem = problem if i == 0 else problem_at(i)
-        device = problem.latent.device
-        seconds, estimate = timed(lambda: estimator(problem, loss), device)
-        grads, nfe = estimate.grads, (estimate.nfe_forward, estimate.nfe_backward)
+        scale = 1.0 if scaler is None else float(scaler.get_scale())
+
+        def gradient():
+            with arithmetic():
+                return estimator(problem, scaled)
+
+        seconds, estimate = timed(gradient, device)
+        grads, nfe = estimate.grads, (estimate.nfe_forward, estimate.nfe_backward, estimate.nfe_graph, 1)
         if exact is not None and i % audit.every == 0:
-            audit_seconds, reference = timed(lambda: exact(problem, loss), device)
+            audit_seconds, reference = timed(lambda: exact(problem, scaled), device)
             row = {"iter": i, **fidelity(estimate.grads, reference.grads), "audit_seconds": audit_seconds}
             row["fallback"] = audit.fallback_below is not None and not row["cosine"] >= audit.fallback_below
             trace.audits.append(row)
             if row["fallback"]:
                 grads, seconds = reference.grads, seconds + audit_seconds
-                nfe = (nfe[0] + reference.nfe_forward, nfe[1] + reference.nfe_backward)
-        finite_gradient = math.isfinite(estimate.loss) and _all_finite(grads)
-        step_seconds, _ = timed(lambda: _update(params, grads, optimizer, after_step) if finite_gradient else None, device)
+                nfe = (nfe[0] + reference.nfe_forward, nfe[1] + reference.nfe_backward, nfe[2] + reference.nfe_graph,
+                       nfe[3] + 1)
+        value = estimate.loss / scale
+        finite = math.isfinite(value) and _all_finite(grads)
+        skipped = scaler is not None and not finite
+        step_seconds, _ = timed(lambda: _update(params, grads, optimizer, after_step, scaler) if finite or skipped
+                                else None, device)
         seconds += step_seconds
+        trace.skipped_steps += skipped
         trace.rows.append({
             "iter": i,
-            "loss": estimate.loss,
-            "reward": -estimate.loss,
+            "loss": value,
+            "reward": -value,
             "seconds": seconds,
             "nfe_forward": nfe[0],
             "nfe_backward": nfe[1],
-            "grad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))),
+            "nfe_graph": nfe[2],
+            "losses": nfe[3],
+            "grad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) / scale,
+            "skipped": skipped,
         })
-        progress.set_postfix(reward=f"{-estimate.loss:.3f}", refresh=False)
+        progress.set_postfix(reward=f"{-value:.3f}", refresh=False)
         log.debug("iteration %d: %s", i, trace.rows[-1])
         rows_so_far = evaluate.rows if evaluate is not None else []
-        if not finite_gradient:
-            raise Diverged(f"non-finite loss or gradient at iteration {i} (loss {estimate.loss})", trace, rows_so_far)
+        if not finite and not skipped:
+            raise Diverged(f"non-finite loss or gradient at iteration {i} (loss {value})", trace, rows_so_far)
         if not _all_finite(params):
             raise Diverged(f"non-finite parameters after the update of iteration {i}", trace, rows_so_far)
         cost["seconds"] += seconds
         cost["nfe_forward"] += nfe[0]
         cost["nfe_backward"] += nfe[1]
+        cost["nfe_graph"] += nfe[2]
+        cost["losses"] += nfe[3]
         cost["nfe"] = cost["nfe_forward"] + cost["nfe_backward"]
         if evaluate is not None:
             evaluate(i + 1, dict(cost))
+            reason = evaluate.unstable()
+            if reason:
+                raise Unstable(reason, trace, evaluate.rows)
     return trace
 
 
-def _update(params, grads, optimizer, after_step) -> None:
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """A context factory: autocast to `dtype` on the device (None: no autocast)."""
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _update(params, grads, optimizer, after_step, scaler=None) -> None:
     for p, g in zip(params, grads):
         p.grad = g.to(p.dtype)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:  # unscales, skips the step when the gradient is not finite, and adapts the scale
+        scaler.step(optimizer)
+        scaler.update()
     if after_step is not None:
         with torch.no_grad():
             after_step()

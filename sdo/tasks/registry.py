@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sdo.options import make_options
+from sdo.registry import Registry, source_file
 
 PARAMETER_KINDS = ("latent", "cond", "weights")
 
@@ -20,13 +21,14 @@ class Task:
     wrt: str
     options: type
     run: Callable
+    source: str = ""
 
     def make_options(self, values: dict):
         """The task's options from `values`; ValueError naming what is wrong and what is allowed."""
         return make_options(self.options, values, f"task {self.name!r}")
 
 
-TASKS: dict[str, Task] = {}
+TASKS = Registry("task", Task)
 
 
 def register_task(name: str, wrt: str, options: type):
@@ -36,12 +38,22 @@ def register_task(name: str, wrt: str, options: type):
         raise ValueError(f"task {name!r}: wrt must be one of {PARAMETER_KINDS}, got {wrt!r}")
 
     def decorate(function: Callable) -> Callable:
-        if name in TASKS and TASKS[name].run is not function:
-            raise ValueError(f"task {name!r} is registered twice")
-        TASKS[name] = Task(name, wrt, options, function)
+        existing = TASKS.get(name)
+        if existing is not None and existing.run is function:
+            return function
+        TASKS.register(name, Task(name, wrt, options, function, source=source_file(function)))
         return function
 
     return decorate
+
+
+def refuse_partial_chain(task: str, start_step: int) -> None:
+    """ValueError for `start_step` > 0 on a task whose parameter every step depends on."""
+    if start_step:
+        raise ValueError(
+            f"start_step={start_step} is for the latent task only: {task}'s parameter also shapes the first "
+            f"{start_step} steps, so skipping them is truncation, which the truncated estimator already is"
+        )
 
 
 def null_prompt(prompt) -> str:

@@ -2,7 +2,7 @@
 # (model, parameter type, T, variant), one at a time so timings and peaks are the job's own.
 
 
-rule bench_reference:
+rule bench_full:
     input:
         model_inputs,
     output:
@@ -25,14 +25,14 @@ rule bench_reference:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} {params.flags} "
-        "--save-gradient {output.gradient} --out {output.row} --sweep > {log} 2>&1"
+        "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} bench {params.flags} "
+        "--save-gradient {output.gradient:q} --out {output.row:q} --sweep > {log:q} 2>&1"
 
 
 rule bench_estimator:
     input:
         model_inputs,
-        reference="results/bench/{model}/{wrt}/T{steps}/full.safetensors",
+        exact="results/bench/{model}/{wrt}/T{steps}/full.safetensors",
     output:
         row=BENCH_ROW,
     wildcard_constraints:
@@ -52,8 +52,8 @@ rule bench_estimator:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} bench --wrt {wildcards.wrt} --steps {wildcards.steps} {params.flags} "
-        "--reference {input.reference} --out {output.row} --sweep > {log} 2>&1"
+        "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} bench {params.flags} "
+        "--exact-gradient {input.exact:q} --out {output.row:q} --sweep > {log:q} 2>&1"
 
 
 rule fidelity_table:

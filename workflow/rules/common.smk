@@ -1,24 +1,24 @@
-# Shared values and helpers of the rules.
-
-import shlex
+# Shared values and helpers of the rules. Every job's command is built from its spec
+# (evals.jobs) by one function (evals.flags.to_flags) and joined with shlex: every value a user
+# writes reaches the shell quoted, and every other placeholder in a shell command is `:q`.
 
 import re
+import shlex
+from pathlib import Path
 
-from evals.config import (
-    active_tasks, backward_cost_arguments, bench_arguments, guide_arguments, model_arguments, run_arguments, slug,
-)
+from evals import jobs
+from evals.flags import to_flags
+from evals.jobs import slug
+from sdo.models import resolve
 
-WEIGHTS = config["weights"]  # absolute: the Snakefile resolved it against the checkout
+GIVEN_WEIGHTS = config["weights"]  # absolute: the Snakefile resolved it against the checkout
+RETRAINED = "results/retrained"
 RUNS = config["runs"]
 BENCH = config["bench"]
-TASKS = active_tasks(config)  # the tasks that run, with their selected models and variants
+TASKS = jobs.active_tasks(config)
 SOURCES = {slug(source): source for source in config["model_options"]}  # path segment -> model source
-WEIGHT_FILES = {  # the committed weights each embedded model needs (rules retrain a missing one)
-    "embedded": ["denoiser", "classifier"],
-    "embedded-flow": ["flow_denoiser", "classifier"],
-}
 
-RUN_RECORD = "results/runs/{model}/{task}/{variant}/T{steps}/seed{seed}.json"
+RUN_RECORD = "results/runs/{model}/{task}/{variant}/{chain}/seed{seed}.json"
 GUIDED_RECORD = "results/guidance/{model}/T{steps}/r{repeats}/seed{seed}.json"
 BENCH_ROW = "results/bench/{model}/{wrt}/T{steps}/{variant}.json"
 # a job that measures a ratio of seconds asks for more cores than any machine has: Snakemake
@@ -26,44 +26,54 @@ BENCH_ROW = "results/bench/{model}/{wrt}/T{steps}/{variant}.json"
 EVERY_CORE = 4096
 
 
-def weight_files(source):
-    """The weight and config files a model source reads from the weights directory."""
-    kinds = WEIGHT_FILES.get(source, [])
-    return [f"{WEIGHTS}/{kind}.{suffix}" for kind in kinds for suffix in ("safetensors", "json")]
+def flags(spec, *exclude):
+    """The spec's flags as one shell-quoted string (fields in `exclude` left out)."""
+    return shlex.join(to_flags(spec, exclude=exclude))
+
+
+def weight_kinds(source):
+    """The embedded weights a model source reads (its class says which)."""
+    try:
+        return list(resolve(source).cls.weight_files)
+    except ValueError:
+        return []
+
+
+def weight_files(source, directory=None):
+    kinds = weight_kinds(source)
+    return [f"{directory or WEIGHTS}/{kind}.{suffix}" for kind in kinds for suffix in ("safetensors", "json")]
+
+
+# The given weights when every file the models read is there; else the models read a directory
+# of the results where the missing ones are retrained and the others copied: a rule never
+# writes (or deletes, when it fails) the given, committed files.
+if all(Path(f).exists() for source in config["model_options"] for f in weight_files(source, GIVEN_WEIGHTS)):
+    WEIGHTS = GIVEN_WEIGHTS
+else:
+    WEIGHTS = config["weights"] = RETRAINED
 
 
 def model_inputs(wildcards):
     return weight_files(SOURCES[wildcards.model])
 
 
-def seeds_of(task):
-    """The task's own seeds, else the runs' seeds."""
-    return RUNS["tasks"][task].get("seeds", RUNS["seeds"])
-
-
-RUN_RECORDS = [
-    record
-    for task, block in TASKS.items()
-    for record in expand(
-        RUN_RECORD, model=map(slug, block["models"]), task=task, variant=block["variants"], steps=block["steps"],
-        seed=seeds_of(task),
-    )
+RUN_JOBS = jobs.run_jobs(config)
+RUN_RECORDS = [record for job in RUN_JOBS for record in job.records(RUN_RECORD)]
+GUIDE_SPECS = jobs.guide_specs(config)
+GUIDED_RECORDS = [
+    GUIDED_RECORD.format(model=slug(spec.model), steps=spec.steps, repeats=spec.repeats, seed=seed)
+    for spec, seeds in GUIDE_SPECS
+    for seed in seeds
 ]
-
-LATENT = TASKS.get("latent")
-GUIDED_RECORDS = (
-    expand(GUIDED_RECORD, model=map(slug, LATENT["models"]), steps=LATENT["steps"], repeats=config["guidance"]["repeats"],
-           seed=seeds_of("latent"))
-    if LATENT and config.get("guidance")
-    else []
+BACKWARD_COSTS = [
+    f"results/backward_cost/{slug(source)}/{task}.json" for task, block in TASKS.items() for source in block["models"]
+]
+BENCH_ROWS = expand(
+    BENCH_ROW, model=map(slug, BENCH["models"]), wrt=BENCH["wrt"], steps=BENCH["steps"], variant=list(BENCH["variants"])
 )
-
-BACKWARD_COSTS = [f"results/backward_cost/{slug(source)}/{task}.json" for task, block in TASKS.items() for source in block["models"]]
-
-BENCH_ROWS = expand(BENCH_ROW, model=map(slug, BENCH["models"]), wrt=BENCH["wrt"], steps=BENCH["steps"],
-                    variant=list(BENCH["variants"]))
 
 
 def bench_flags(wildcards):
-    """Only this model's and variant's values and the bench's shared ones."""
-    return shlex.join(bench_arguments(config, SOURCES[wildcards.model], wildcards.variant))
+    """Only this model's, parameter type's, T's and variant's values and the bench's shared ones."""
+    spec = jobs.bench_spec(config, SOURCES[wildcards.model], wildcards.wrt, int(wildcards.steps), wildcards.variant)
+    return flags(spec, "out", "exact_gradient", "save_gradient")

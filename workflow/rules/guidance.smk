@@ -2,21 +2,24 @@
 # the latent task over its latents, judged like the optimisation runs and compared with them
 # at equal seconds.
 
+GUIDES = {(slug(spec.model), str(spec.steps), str(spec.repeats)): (spec, seeds) for spec, seeds in GUIDE_SPECS}
 
-if GUIDED_RECORDS:
+if GUIDES:
 
     rule guide:
         input:
             model_inputs,
         output:
-            records=expand(GUIDED_RECORD, model="{model}", steps="{steps}", repeats="{repeats}", seed=seeds_of("latent")),
+            records=expand(
+                GUIDED_RECORD, model="{model}", steps="{steps}", repeats="{repeats}", seed=next(iter(GUIDES.values()))[1]
+            ),
         wildcard_constraints:
             steps=r"\d+",
             repeats=r"\d+",
             model="|".join(map(re.escape, SOURCES)),
         params:
-            flags=lambda wildcards: shlex.join(guide_arguments(config, SOURCES[wildcards.model])),
-            seeds=" ".join(map(str, seeds_of("latent"))),
+            flags=lambda wildcards: flags(GUIDES[wildcards.model, wildcards.steps, wildcards.repeats][0], "seed", "out"),
+            seeds=lambda wildcards: " ".join(map(str, GUIDES[wildcards.model, wildcards.steps, wildcards.repeats][1])),
             out=lambda wildcards: GUIDED_RECORD.format(
                 model=wildcards.model, steps=wildcards.steps, repeats=wildcards.repeats, seed="{seed}"
             ),
@@ -31,5 +34,5 @@ if GUIDED_RECORDS:
         conda:
             "../envs/sdo.yaml"
         shell:
-            "python -m evals.cli --threads {threads} guide {params.flags} --steps {wildcards.steps} --repeats {wildcards.repeats} "
-            "--seed {params.seeds} --out {params.out:q} --sweep > {log} 2>&1"
+            "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} guide {params.flags} "
+            "--seed {params.seeds} --out {params.out:q} --sweep > {log:q} 2>&1"

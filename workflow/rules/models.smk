@@ -1,13 +1,31 @@
-# The embedded models. Their weights and configs are committed; the training rule runs only
-# when a model file is missing or a run is forced (`snakemake --forcerun train`).
+# The embedded models. Their weights and configs are committed and never an output of a rule:
+# when one is missing, the models read results/retrained instead, where the missing ones are
+# trained and the present ones copied (common.smk).
+
+
+rule copy_weights:
+    input:
+        weights=f"{GIVEN_WEIGHTS}/{{kind}}.safetensors",
+        meta=f"{GIVEN_WEIGHTS}/{{kind}}.json",
+    output:
+        weights=f"{RETRAINED}/{{kind}}.safetensors",
+        meta=f"{RETRAINED}/{{kind}}.json",
+    log:
+        "results/logs/copy_weights/{kind}.log",
+    conda:
+        "../envs/sdo.yaml"
+    shell:
+        "cp {input.weights:q} {output.weights:q} && cp {input.meta:q} {output.meta:q} 2> {log:q}"
 
 
 rule train:
     output:
-        weights=f"{WEIGHTS}/{{kind}}.safetensors",
-        meta=f"{WEIGHTS}/{{kind}}.json",
+        weights=f"{RETRAINED}/{{kind}}.safetensors",
+        meta=f"{RETRAINED}/{{kind}}.json",
     wildcard_constraints:
         kind="denoiser|flow_denoiser|classifier",
+    params:
+        out=RETRAINED,
     log:
         "results/logs/train/{kind}.log",
     benchmark:
@@ -18,7 +36,10 @@ rule train:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} train {wildcards.kind} --out $(dirname {output.weights}) > {log} 2>&1"
+        "python -m evals.cli --threads {threads} train {wildcards.kind:q} --out {params.out:q} > {log:q} 2>&1"
+
+
+ruleorder: copy_weights > train
 
 
 rule model_quality_of:
@@ -28,11 +49,7 @@ rule model_quality_of:
         record="results/quality/{model}.json",
         grid=report("results/quality/{model}.png", caption="../report/model_quality.rst", category="4. Models"),
     params:
-        model=lambda wildcards: shlex.join(
-            model_arguments(config, SOURCES[wildcards.model]) + ["--cfg-scale", *map(str, config["quality"]["cfg_scales"])]
-        ),
-        steps=config["quality"]["steps"],
-        per_label=config["quality"]["per_label"],
+        flags=lambda wildcards: flags(jobs.quality_spec(config, SOURCES[wildcards.model]), "out"),
     log:
         "results/logs/quality/{model}.log",
     benchmark:
@@ -43,8 +60,7 @@ rule model_quality_of:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} quality {params.model} --steps {params.steps} "
-        "--per-label {params.per_label} --out {output.record} > {log} 2>&1"
+        "python -m evals.cli --threads {threads} quality {params.flags} --out {output.record:q} > {log:q} 2>&1"
 
 
 rule model_quality:

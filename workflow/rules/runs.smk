@@ -1,35 +1,54 @@
-# Optimisation runs: one job per (model, task, variant, steps) runs every seed of the task one
+# Optimisation runs: one job per (model, task, variant, chain) runs every seed of the chain one
 # after another in one process (the imports and the model load are paid once, not per seed),
 # each run timing only its own work. A run that cannot apply, diverges, runs past its memory
 # budget or fails still writes its record with a status (`--sweep`), so the sweep is never
-# lost; a killed job reruns its seeds. One rule per task, since tasks may have their own seeds.
-# A job's params hold only its model's, task's and variant's values, so it reruns only when
-# one of those changes. `--config rerun_failed=true` reruns the jobs that hold a failed record
-# (evals/rerun.py), keeping their other seeds' records.
+# lost; a killed job reruns its seeds. One rule per task and chain, since chains may have their
+# own seeds. A job's flags hold only its model's, task's, variant's and chain's values, so it
+# reruns only when one of those changes. `--config rerun_failed=true` reruns the jobs that hold
+# a failed record, keeping their other seeds' records (evals/rerun.py): parsing only reads,
+# the records move aside when the sweep starts.
 
-for task in TASKS:
+from evals.rerun import retry_token, stage_failed
+
+RERUN = bool(config.get("rerun_failed"))
+JOBS_BY_RULE = {}
+for job in RUN_JOBS:
+    JOBS_BY_RULE.setdefault((job.task, job.chain.label), {})[(slug(job.model), job.variant)] = job
+
+
+def run_job(task, label, wildcards):
+    return JOBS_BY_RULE[task, label][wildcards.model, wildcards.variant]
+
+
+for (task, label), by_model in JOBS_BY_RULE.items():
+    seeds = next(iter(by_model.values())).seeds
 
     rule:
         name:
-            f"run_{task}"
+            f"run_{task}_{re.sub('[^A-Za-z0-9]', '_', label)}"
         input:
             model_inputs,
         output:
-            records=expand(RUN_RECORD, model="{model}", task=task, variant="{variant}", steps="{steps}", seed=seeds_of(task)),
+            records=expand(RUN_RECORD, model="{model}", task=task, variant="{variant}", chain=label, seed=seeds),
         wildcard_constraints:
-            steps=r"\d+",
             model="|".join(map(re.escape, SOURCES)),
+            variant="|".join(map(re.escape, RUNS["variants"])),
         params:
-            flags=lambda wildcards, task=task: shlex.join(run_arguments(config, task, SOURCES[wildcards.model], wildcards.variant)),
-            seeds=" ".join(map(str, seeds_of(task))),
-            out=lambda wildcards, task=task: RUN_RECORD.format(
-                model=wildcards.model, task=task, variant=wildcards.variant, steps=wildcards.steps, seed="{seed}"
+            flags=lambda wildcards, task=task, label=label: flags(
+                jobs.run_spec(config, run_job(task, label, wildcards)), "seed", "out"
             ),
-            reuse=lambda wildcards, task=task: f"results/retry/runs/{wildcards.model}/{task}/{wildcards.variant}/T{wildcards.steps}",
+            seeds=" ".join(map(str, seeds)),
+            out=lambda wildcards, task=task, label=label: RUN_RECORD.format(
+                model=wildcards.model, task=task, variant=wildcards.variant, chain=label, seed="{seed}"
+            ),
+            reuse=lambda wildcards, task=task, label=label: f"results/retry/runs/{wildcards.model}/{task}/{wildcards.variant}/{label}",
+            retry=lambda wildcards, task=task, label=label: retry_token(
+                run_job(task, label, wildcards).records(RUN_RECORD), RERUN
+            ),
         log:
-            f"results/logs/runs/{{model}}/{task}/{{variant}}/T{{steps}}.log",
+            f"results/logs/runs/{{model}}/{task}/{{variant}}/{label}.log",
         benchmark:
-            f"results/benchmarks/runs/{{model}}/{task}/{{variant}}/T{{steps}}.tsv"
+            f"results/benchmarks/runs/{{model}}/{task}/{{variant}}/{label}.tsv"
         threads: config["threads_per_run"]
         resources:
             mem_mb=config.get("mem_mb_per_run", 3000),
@@ -37,8 +56,8 @@ for task in TASKS:
         conda:
             "../envs/sdo.yaml"
         shell:
-            "python -m evals.cli --threads {threads} run {params.flags} --steps {wildcards.steps} --seed {params.seeds} "
-            "--reuse {params.reuse:q} --out {params.out:q} --sweep > {log} 2>&1"
+            "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} run {params.flags} "
+            "--seed {params.seeds} --reuse {params.reuse:q} --out {params.out:q} --sweep > {log:q} 2>&1"
 
 
 rule backward_cost:
@@ -47,7 +66,7 @@ rule backward_cost:
     output:
         "results/backward_cost/{model}/{task}.json",
     params:
-        flags=lambda wildcards: shlex.join(backward_cost_arguments(config, wildcards.task, SOURCES[wildcards.model])),
+        flags=lambda wildcards: flags(jobs.backward_cost_spec(config, wildcards.task, SOURCES[wildcards.model]), "out"),
         torch_threads=config["threads_per_run"],
     log:
         "results/logs/backward_cost/{model}/{task}.log",
@@ -59,19 +78,10 @@ rule backward_cost:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {params.torch_threads} backward-cost {params.flags} --out {output} > {log} 2>&1"
+        "python -m evals.cli --threads {params.torch_threads} --gpus-per-job {resources.gpu} backward-cost "
+        "{params.flags} --out {output:q} > {log:q} 2>&1"
 
 
-if config.get("rerun_failed"):  # stage the jobs that hold a failed record (evals.rerun)
-    from evals.rerun import stage_failed
-
-    stage_failed(
-        [
-            expand(RUN_RECORD, model=slug(source), task=task, variant=variant, steps=steps, seed=seeds_of(task))
-            for task, block in TASKS.items()
-            for source in block["models"]
-            for variant in block["variants"]
-            for steps in block["steps"]
-        ],
-        derived="results/tables/summary.csv",
-    )
+onstart:
+    if RERUN:  # the sweep starts (never in a dry run): move the failed jobs' records aside
+        stage_failed([job.records(RUN_RECORD) for job in RUN_JOBS])

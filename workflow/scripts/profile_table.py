@@ -1,7 +1,6 @@
-"""Collect the Stable Diffusion cost rows into results/tables/sd_cost.csv, with each row's
-seconds and peak memory as ratios to `full` at the same parameter type, T and UNet
-checkpointing, and draw results/figures/sd_cost_vs_steps.png (one line per variant and
-checkpointing)."""
+"""Collect the profile rows into results/tables/profile.csv, with each row's seconds and peak
+memory as ratios to `full` at the same model, parameter type, T and denoiser checkpointing, and
+draw results/figures/profile_vs_steps.png (one line per variant and checkpointing)."""
 
 import logging
 
@@ -12,8 +11,8 @@ from evals.tables import fidelity_table, write_csv
 
 log_to(snakemake.log[0])
 table = fidelity_table(snakemake.input)
-table["unet_checkpointing"] = table["config.gradient_checkpointing"]
-keys, costs = ["wrt", "steps", "unet_checkpointing"], ["seconds", "peak_bytes", "working_bytes", "saved_bytes"]
+table["checkpointing"] = table.get("config.model_options.gradient_checkpointing", False).fillna(False).astype(bool)
+keys, costs = ["model", "wrt", "steps", "checkpointing"], ["seconds", "peak_bytes", "working_bytes", "saved_bytes"]
 for column in costs:  # absent where no row finished
     table[column] = table.get(column)
 full = table[(table["variant"] == "full") & (table["status"] == "ok")].set_index(keys)[costs]
@@ -21,6 +20,6 @@ reference = table.join(full, on=keys, rsuffix="_full")
 for column in costs:
     table[f"{column}_vs_full"] = table[column] / reference[f"{column}_full"]
 write_csv(table, snakemake.output.table)
-labelled = table.assign(variant=table["variant"] + table["unet_checkpointing"].map({True: " +unet ckpt", False: ""}))
+labelled = table.assign(variant=table["variant"] + table["checkpointing"].map({True: " +denoiser ckpt", False: ""}))
 bench_cost_vs_steps(labelled, snakemake.output.figure)
 logging.info("%d rows", len(table))
