@@ -18,6 +18,7 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 # The workflow imports the project from this checkout; so do its jobs (`python -m` from the
 # working directory) and scripts (workflow/scripts/checkout.py), in any environment.
 sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from evals.config import check_config, layered, layering_note, typed
 from evals.report import verdicts_rst

@@ -140,7 +140,7 @@ def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sam
     if spec.exact_gradient is not None:
         stored = load_file(spec.exact_gradient)
         exact = [stored[str(i)].to(problem.latent.device) for i in range(len(stored))]
-    plain = plain_rule_for(spec.method, spec.options) if spec.plain_loop and problem.chain.order == 1 else None
+    plain = plain_rule_for(spec.method, spec.options, problem.chain) if spec.plain_loop else None
     record.update(measure(estimator, problem, loss, exact, spec.rounds, warmup, sampled, plain))
     if spec.save_gradient is not None:
         grads = estimator(problem, loss).grads

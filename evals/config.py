@@ -118,7 +118,7 @@ def _check_block_keys(task: str, block: dict) -> None:
     allowed = (*jobs.AXES, *jobs.RUN_SETTINGS)
     for key in block:
         if key not in allowed:
-            raise ConfigError(f"config key runs.tasks.{task}.{key}: not a run setting; allowed keys: "
+            raise ConfigError(f"config key runs.tasks.{task}.{key}: {key!r} is not a run setting; allowed keys: "
                               f"{', '.join(sorted(allowed))}")
     if not block.get("steps") and not block.get("chains"):
         raise ConfigError(f"config key runs.tasks.{task}: no chain to run; give steps: [T, ...] or chains: [...]")
@@ -151,13 +151,16 @@ def preflight(spec, cls, schedule: dict, base: Path | str = ".") -> None:
     import). The same checks a run makes before it starts."""
     from evals.domains import DOMAINS
     from evals.plugins import load_callable
-    from evals.rewards import is_callable_name, reward_options
+    from evals.rewards import is_callable_name, reward_entry, reward_options
     from evals.run import task_options_of
     from sdo.estimators import make_estimator
     from sdo.samplers import SAMPLERS, capabilities, refusal
     from sdo.tasks import TASKS
 
-    options = TASKS.lookup(spec.task).make_options(task_options_of(spec))
+    try:
+        options = TASKS.lookup(spec.task).make_options(task_options_of(spec))
+    except ValueError as error:
+        raise SettingError("task_options", str(error)) from None
     estimator = make_estimator(spec.method, **spec.options)
     sampler = spec.sampler or cls.sampler_for(schedule)
     kind = SAMPLERS.lookup(sampler)
@@ -179,20 +182,33 @@ def preflight(spec, cls, schedule: dict, base: Path | str = ".") -> None:
         raise ValueError(f"init=invert runs the sampler backwards; {sampler} has no inversion (ddim and flow_euler do)")
     if TASKS[spec.task].wrt == "cond" and not cls.conditional:
         raise ValueError(f"{spec.model} is unconditional: it has no conditioning to optimise")
-    if is_callable_name(spec.reward):
-        load_callable(spec.reward, base)
-    else:
-        reward_options(spec.reward, cls.domain, spec.reward_options)
-    named = {name for name in spec.metrics if not is_callable_name(name)}
-    for name in spec.metrics:
-        if name in named:
-            block = spec.metric_options.get(name) or {}
-            if not isinstance(block, dict):
-                raise ValueError(f"metric_options.{name} must be a mapping of the {name} reward's options")
-            reward_options(name, cls.domain, block)
+    try:
+        if is_callable_name(spec.reward):
+            load_callable(spec.reward, base)
         else:
-            load_callable(name, base)
-    DOMAINS.lookup(cls.domain).make_options({k: v for k, v in spec.metric_options.items() if k not in named})
+            reward_entry(spec.reward, cls.domain)
+    except ValueError as error:
+        raise SettingError("reward", f"({spec.model}, {cls.domain} images) {error}") from None
+    try:
+        reward_options(spec.reward, cls.domain, spec.reward_options)
+    except ValueError as error:
+        raise SettingError("reward_options", f"({spec.model}, {cls.domain} images) {error}") from None
+    named = {name for name in spec.metrics if not is_callable_name(name)}
+    try:
+        for name in spec.metrics:
+            if name in named:
+                block = spec.metric_options.get(name) or {}
+                if not isinstance(block, dict):
+                    raise ValueError(f"metric_options.{name} must be a mapping of the {name} reward's options")
+                reward_options(name, cls.domain, block)
+            else:
+                load_callable(name, base)
+    except ValueError as error:
+        raise SettingError("metrics", str(error)) from None
+    try:
+        DOMAINS.lookup(cls.domain).make_options({k: v for k, v in spec.metric_options.items() if k not in named})
+    except ValueError as error:
+        raise SettingError("metric_options", str(error)) from None
 
 
 def check_config(config: dict, schema: dict | None = None, base: Path | str = ".") -> None:

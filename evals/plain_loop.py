@@ -39,20 +39,23 @@ def plain_gradient(rule: str, problem: Problem, loss) -> list[torch.Tensor]:
         raise ValueError(f"plain loop rule must be one of {RULES}, got {rule!r}")
     chain = problem.chain
     scheduler = chain.diffusers_scheduler()
-    z = problem.latent
+    z = problem.latent * float(scheduler.init_noise_sigma)
     for k, t in enumerate(scheduler.timesteps):
         if rule == "full" or k == 0:
-            out = _guided(chain, z, t, problem.cond)
+            out = _guided(chain, scheduler.scale_model_input(z, t), t, problem.cond)
         else:
             with torch.no_grad():
-                out = _guided(chain, z.detach(), t, problem.cond)
+                out = _guided(chain, scheduler.scale_model_input(z.detach(), t), t, problem.cond)
         z = scheduler.step(out, t, z).prev_sample
     return list(torch.autograd.grad(loss(z), problem.params, allow_unused=True, materialize_grads=True))
 
 
-def plain_rule_for(method: str, options: dict) -> str | None:
+def plain_rule_for(method: str, options: dict, chain=None) -> str | None:
     """The plain loop an estimator variant is the project's version of: `full` without
-    checkpointing, and the shortcut at its first step; None for every other variant."""
+    checkpointing, and the shortcut at its first step, on a deterministic single-step chain whose
+    diffusers scheduler steps as it does; None for every other variant or chain."""
+    if chain is not None and (not chain.deterministic or chain.order > 1 or not chain.scheduler_class):
+        return None
     if method == "full" and not options.get("checkpoint", False):
         return "full"
     if method == "shortcut" and options.get("at", "first") == "first":

@@ -131,7 +131,7 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
     finished = summary[summary["status"] == "ok"]
     if finished.empty:
         return counts.reset_index()
-    metrics = [c for c in finished.columns if c.startswith(("final_", "start_")) and c not in ("start_step",)
+    metrics = [c for c in finished.columns if c.startswith(("final_", "start_")) and c not in ("start_step", "start_deviation")
                and pd.api.types.is_numeric_dtype(finished[c])]
     averages = finished.groupby(KEYS, dropna=False).agg(
         device=("device", lambda d: "; ".join(sorted(set(map(str, d))))),

@@ -7,8 +7,9 @@ its gradient g_k = d loss(x0_hat_k(z_k)) / d z_k moves the step's output, as DPS
     z_{k+1} = a_k z_k + b_k out_k (+ s_k noise_k)  -  rho_k g_k,    rho_k = scale * w_k
 
 with w_k from `schedule`, the TFG benchmark's choices normalised to mean 1 over the T steps:
-`constant` (w_k = 1), `increase` (w_k prop. to r_k = (alpha_k / alpha_{k+1})^2, growing as
-sampling proceeds; abar_k / abar_{k+1} for DDIM) or `decrease` (w_k prop. to 1 - r_k). DPS's
+`constant` (w_k = 1), `increase` (w_k prop. to r_k = abar_k / abar_{k+1}, with abar = alpha^2 /
+(alpha^2 + n^2) the signal share of a state's variance, growing as sampling proceeds) or
+`decrease` (w_k prop. to 1 - r_k). DPS's
 step zeta / ||y - A(x0_hat)|| on the squared residual is the constant schedule on the loss
 ||y - A(x0_hat)|| with scale zeta / 2.
 FreeDoM's time travel (`repeats` r > 1): after a guided step, z_{k+1} is re-noised back to
@@ -40,11 +41,18 @@ def _renoise_ratio(chain: Chain, k: int) -> float:
     return (chain.levels[k][0] / chain.levels[k + 1][0]) ** 2
 
 
+def _signal_fraction(chain: Chain, k: int) -> float:
+    """abar_k = alpha_k^2 / (alpha_k^2 + n_k^2): the share of state k's variance that is signal,
+    whatever the sampler's parametrisation (variance-preserving, flow, or Euler's exploding one)."""
+    alpha, noise = chain.levels[k]
+    return alpha**2 / (alpha**2 + noise**2)
+
+
 def schedule_weights(chain: Chain, schedule: str) -> list[float]:
     """w_k for k = 0..T-1, normalised to mean 1."""
     if schedule not in SCHEDULES:
         raise ValueError(f"guidance schedule must be one of {SCHEDULES}, got {schedule!r}")
-    ratios = [_renoise_ratio(chain, k) for k in range(chain.steps)]
+    ratios = [_signal_fraction(chain, k) / _signal_fraction(chain, k + 1) for k in range(chain.steps)]
     raw = {"constant": [1.0] * chain.steps, "increase": ratios, "decrease": [1 - r for r in ratios]}[schedule]
     return [w * len(raw) / sum(raw) for w in raw]
 

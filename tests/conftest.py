@@ -39,7 +39,8 @@ def tiny_problem_parts(
     on what the network was trained to predict."""
     net = tiny_net(seed, perturb)
     if schedule is None:
-        schedule = TINY_CONFIG["scheduler"] if SAMPLER_CLASSES.lookup(sampler).process == "diffusion" else FLOW_SCHEDULE
+        diffusion = SAMPLER_CLASSES.lookup(sampler).process == "diffusion"
+        schedule = TINY_CONFIG["scheduler"] if diffusion else FLOW_SCHEDULE
     options = {**({"eta": eta} if eta else {}), **(options or {})}
     chain = make_chain(sampler, net, steps, schedule, cfg_scale=cfg_scale, null_cond=net.null(1).clone(), options=options)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -99,3 +100,55 @@ def directional_fd(problem, loss, direction: list[torch.Tensor], h: float = 1e-6
 def relative_error(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     difference = sum(float(((g - r) ** 2).sum()) for g, r in zip(grads, reference))
     return (difference / sum(float((r**2).sum()) for r in reference)) ** 0.5
+
+
+def run_settings(**fields):
+    """The task loop's settings of a run spec with these fields (the spec's defaults for the rest)."""
+    from evals.run import settings_of
+    from evals.specs import RunSpec
+
+    return settings_of(RunSpec(**{"method": "full", "iters": 1, "steps": 2, **fields}))
+
+
+def planned_commands(config: dict) -> list[list[str]]:
+    """The flags of every run, guided pass, bench row, backward-cost and quality job the config
+    plans, built in process as the rules build them."""
+    from evals import jobs
+    from evals.flags import to_flags
+
+    commands = [["run", *to_flags(jobs.run_spec(config, job), exclude=("seed", "out")), "--seed", "0", "--out", "r.json"]
+                for job in jobs.run_jobs(config)]
+    commands += [["guide", *to_flags(spec, exclude=("seed", "out")), "--out", "g.json"] for spec, _ in jobs.guide_specs(config)]
+    commands += [["bench", *to_flags(jobs.bench_spec(config, m, w, t, v), exclude=("out",)), "--out", "b.json"]
+                 for m in config["bench"]["models"] for w in config["bench"]["wrt"] for t in config["bench"]["steps"]
+                 for v in config["bench"]["variants"]]
+    commands += [["backward-cost", *to_flags(jobs.backward_cost_spec(config, task, m), exclude=("out",)), "--out", "c.json"]
+                 for task, block in jobs.active_tasks(config).items() for m in block["models"]]
+    commands += [["quality", *to_flags(jobs.quality_spec(config, m), exclude=("out",)), "--out", "q.json"]
+                 for m in config["quality"]["models"]]
+    return commands
+
+
+
+def snakemake_plan(configfile, target: str = "all", env: dict | None = None, cwd=None) -> list[list[str]]:
+    """The `python -m evals.cli` words of every job `snakemake -n -p` plans for `target` with
+    `configfile` (a subprocess: one per config file is enough)."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--configfile", str(configfile)],
+        cwd=cwd or root, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    commands = []
+    for line in done.stdout.splitlines():
+        if "python -m evals.cli" in line:
+            words = shlex.split(line.split("python -m evals.cli", 1)[1].split(" > ")[0])
+            while words and words[0].startswith("--") and words[0] in ("--threads", "--gpus-per-job", "--plugin"):
+                words = words[2:]
+            commands.append(words)
+    return commands

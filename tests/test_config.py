@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from conftest import planned_commands
 
 from evals.cli import build_parser
 from evals.config import ConfigError, check_config
@@ -32,12 +33,16 @@ def _every_option() -> dict:
         shortcut_random={"method": "shortcut", "at": "random", "seed": 1},
     )
     common = {"seeds": [4], "metrics": ["evals.images:mean_ci95"], "reward_options": {"target": 1}, "cfg_scale": 2.0,
-              "eta": 0.0, "lr": 0.01, "reward_tolerance": 0.05, "betas": [0.9, 0.9], "audit_every": 2,
+              "lr": 0.01, "reward_tolerance": 0.05, "betas": [0.9, 0.9], "audit_every": 2, "precision": "bf16-autocast",
               "fallback_below": 0.5, "audit_checkpoint": True, "metric_options": {"clip_model": ""}}
     tasks = config["runs"]["tasks"]
     for task in tasks.values():
         task.update(common, variants=list(config["runs"]["variants"]))
     tasks["latent"]["task_options"] = {"prompt": 3, "renormalize": True}
+    tasks["conditioning"]["chains"] = [{"steps": 6, "sampler": "ddim", "sampler_options": {"eta": 0.3},
+                                        "variants": ["full", "shortcut"]}]  # the conditioning task runs the DDIM model
+    tasks["latent"]["chains"] = [{"steps": 20, "start_step": 18, "variants": ["full", "shortcut", "adjoint"]},
+                                 {"steps": 20, "start_step": 10, "init": "invert", "variants": ["full", "shortcut"]}]
     tasks["conditioning"]["task_options"] = {"prompt": "none", "eval_samples": 6, "monitor_samples": 4}
     tasks["finetune"]["task_options"] = {"lora_rank": 0, "eval_samples": 6, "prompts": ["1", "2"]}
     return config
@@ -63,11 +68,21 @@ BAD = [
     ("runs.variants.full", {"method": "full", "checkpoint": "yes"}, ["runs.variants.full", "'yes'", "is not a bool"]),
     ("runs.tasks.latent.steps", [10, 0], ["runs.tasks.latent.steps.1", "0", "positive"]),
     ("runs.tasks.latent.iters", 0, ["runs.tasks.latent.iters", "0", "a positive integer"]),
-    ("runs.tasks.latent.reward", "beauty", ["runs.tasks.latent", "'beauty'", "classifier, inpaint, style, superres"]),
-    ("runs.tasks.latent.reward", "clip", ["runs.tasks.latent", "'clip' is not offered for digits images"]),
+    ("runs.tasks.latent.reward", "beauty", ["runs.tasks.latent.reward", "'beauty'", "classifier, inpaint, style, superres"]),
+    ("runs.tasks.latent.reward", "clip", ["runs.tasks.latent.reward", "'clip' is not offered for digits images"]),
+    ("runs.tasks.latent.reward", "a:b:c", ["runs.tasks.latent.reward", "'a:b:c'", "package.module:function"]),
+    ("runs.tasks.latent.reward", "nosuchpkg.mod:fn", ["runs.tasks.latent.reward", "'nosuchpkg.mod'", "cannot be imported"]),
+    ("runs.tasks.latent.reward", "config/rewards/saturation.py:nosuch", ["runs.tasks.latent.reward", "defines no 'nosuch'"]),
+    ("runs.tasks.latent.metrics", ["evals.images:nosuch"], ["runs.tasks.latent.metrics", "defines no 'nosuch'"]),
+    ("runs.seeds", [1, 1, 1], ["runs.seeds", "non-unique"]),
+    ("runs.tasks.latent.steps", [5000], ["runs.tasks.latent", "T = 5000", "at most 1000"]),
+    ("runs.tasks.latent.sampler", "nonsense", ["runs.tasks.latent", "'nonsense'", "ddim", "flow_euler"]),
+    ("runs.tasks.latent.precision", "fp8", ["runs.tasks.latent.precision", "'fp8'", "fp16-autocast"]),
+    ("runs.tasks.latent.chains", [{"steps": 10, "start_step": 10}], ["runs.tasks.latent", "start_step 10", "below T = 10"]),
+    ("runs.tasks.conditioning.task_options", {"start_step": 4}, ["runs.tasks.conditioning.task_options", "truncation"]),
     ("runs.tasks.latent.task_options", {"lora_rank": 2}, ["runs.tasks.latent.task_options", "'lora_rank'", "prompt (str)"]),
     ("runs.tasks.latent.task_options", {"monitor_samples": 2}, ["runs.tasks.latent.task_options", "'monitor_samples'"]),
-    ("runs.tasks.latent.reward_options", {"target": "three"}, ["runs.tasks.latent", "'three' is not a int"]),
+    ("runs.tasks.latent.reward_options", {"target": "three"}, ["runs.tasks.latent.reward_options", "'three' is not a int"]),
     ("runs.tasks.latent.lora_rank", 2, ["runs.tasks.latent", "'lora_rank'", "allowed keys"]),
     ("runs.tasks.painting", TASK, ["runs.tasks", "'painting'", "conditioning, finetune, latent"]),
     ("runs.tasks.latent.variants", ["full", "sdo_fast"], ["runs.tasks.latent.variants", "'sdo_fast'", "runs.variants"]),
@@ -103,41 +118,33 @@ def test_option_lists_come_from_the_code():
         check_config(_with("runs.variants.shortcut", {"method": "shortcut", "k": 1}), base=ROOT)
 
 
-def _planned_commands(configfile: Path, target: str = "all", env: dict | None = None) -> list[list[str]]:
-    """The `python -m evals.cli` command of every job Snakemake plans for `target`."""
-    done = subprocess.run(
-        [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--configfile", str(configfile)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
-    commands = []
-    for line in done.stdout.splitlines():
-        if "python -m evals.cli" in line:
-            words = shlex.split(line.split("python -m evals.cli", 1)[1].split(">")[0])
-            commands.append([w for w in words if not w.startswith("$(")])
-    return commands
-
-
 @pytest.mark.parametrize("name", ["default", "every_option"])
-def test_every_generated_command_parses(tmp_path, name):
+def test_every_generated_command_parses_back_to_its_spec(name):
+    """Every job's flags parse with the CLI's own parser and give the spec they came from."""
+    from evals import jobs
+    from evals.cli import COMMANDS
+    from evals.flags import from_args
+
     config = DEFAULT if name == "default" else _every_option()
+    config = {**config, "weights": str(ROOT / config["weights"])}
     check_config(config, base=ROOT)
-    configfile = tmp_path / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    commands = _planned_commands(configfile) + _planned_commands(configfile, "bench")
     parser = build_parser()
     seen = set()
-    for words in commands:
+    for words in planned_commands(config):
         args = parser.parse_args(words)
         seen.add(args.command)
+        spec = from_args(COMMANDS[args.command][0], args, **({"seed": args.seed[0]} if args.command in ("run", "guide") else {}))
         if args.command == "run":
-            assert args.sweep and args.variant
-    assert {"run", "quality", "bench"} <= seen
+            assert spec.variant
+            assert any(spec == jobs.run_spec(config, job, seed=0).__class__(**{**vars(jobs.run_spec(config, job, 0)), "out": spec.out})
+                       for job in jobs.run_jobs(config))
+    assert {"run", "quality", "bench", "backward-cost", "guide"} <= seen
     if name == "every_option":
-        renormalized = [w for w in commands if "renormalize=true" in w]
+        renormalized = [w for w in planned_commands(config) if "renormalize=true" in w]
         assert renormalized and all(("renormalize", True) in parser.parse_args(w).task_options for w in renormalized)
 
 
+@pytest.mark.slow
 def test_snakemake_dry_run_refuses_a_bad_config(tmp_path):
     configfile = tmp_path / "bad.yaml"
     configfile.write_text(yaml.safe_dump(_with("runs.variants.shortcut", {"method": "shortcut", "at": "middle"})))
@@ -150,11 +157,11 @@ def test_snakemake_dry_run_refuses_a_bad_config(tmp_path):
 def test_methods_table_means_and_intervals():
     """Two ok seeds (rewards 1 and 3), one diverged run counted apart, one failed variant."""
     rows = [
-        {"model": "embedded", "task": "latent", "wrt": "latent", "variant": "full", "steps": 10, "seed": s, "status": status,
+        {"model": "embedded", "task": "latent", "wrt": "latent", "variant": "full", "chain": "T10", "seed": s, "status": status,
          "device": "cpu",
          "seconds_per_iter": sec, "saved_bytes": 100, "start_deviation": 0.0, "final_reward_mean": reward, "final_fid": fid}
         for s, status, sec, reward, fid in [(0, "ok", 1.0, 1.0, 10.0), (1, "ok", 3.0, 3.0, 20.0), (2, "diverged", 9.0, None, None)]
-    ] + [{"model": "embedded", "task": "latent", "wrt": "latent", "variant": "adjoint", "steps": 10, "seed": 0,
+    ] + [{"model": "embedded", "task": "latent", "wrt": "latent", "variant": "adjoint", "chain": "T10", "seed": 0,
           "status": "failed", "device": "cpu",
           "seconds_per_iter": None, "saved_bytes": None, "start_deviation": None, "final_reward_mean": None,
           "final_fid": None}]
@@ -177,10 +184,12 @@ def test_environments_pin_what_the_package_needs():
     """The rules' conda env and environment.yml install exactly pyproject's dependencies."""
     import tomllib
 
-    needed = _pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = _pins(project["dependencies"])
+    extras = _pins(line for group in project["optional-dependencies"].values() for line in group)
     rules_env = yaml.safe_load((ROOT / "workflow" / "envs" / "sdo.yaml").read_text())
     project_env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_of = lambda env: next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))  # noqa: E731
     assert _pins(pip_of(rules_env)) == needed - {"snakemake==9.27.1"}
-    assert _pins(pip_of(project_env)) - {"pytest>=8"} == needed
+    assert _pins(pip_of(project_env)) == needed | extras
     assert "-e ." in pip_of(project_env) and not any(line.startswith("-e") for line in pip_of(rules_env))

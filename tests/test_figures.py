@@ -12,7 +12,7 @@ from evals import figures
 
 
 def _verdict(model, low, high, verdict, hacked=False):
-    return {"model": model, "task": "latent", "steps": 10, "baseline": "full", "subject": "shortcut", "threshold": 0.1,
+    return {"model": model, "task": "latent", "chain": "T10", "peer": "full", "peer_chain": "T10", "subject": "shortcut", "threshold": 0.1,
             "unit": "cost", "ratio": 0.4, "ratio_low": low, "ratio_high": high, "verdict": verdict, "reward_hacked": hacked}
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import relative_error, smooth_loss, tiny_problem
 
-from evals.bench import backward_cost, measure
+from evals.measure import backward_cost, measure
 from evals.plain_loop import plain_gradient, plain_rule_for
 from sdo import make_estimator
 from sdo.memory import hooks_active
@@ -40,16 +40,14 @@ def test_no_timed_iteration_runs_under_saved_tensor_hooks(method):
     probe, iters = ProbeLoss(), 3
     optimizer = torch.optim.SGD([cond], lr=1e-3)
     trace = optimise(make_estimator(method), lambda i: problem, [cond], probe, optimizer, iters)
-    assert probe.hooked.count(True) == 1 and probe.hooked.count(False) == iters
-    assert trace.saved_bytes > 0
-    assert all(row["seconds"] < SLOW for row in trace.rows), [row["seconds"] for row in trace.rows]
+    assert trace.saved_bytes > 0  # the one untimed call under hooks...
+    assert probe.hooked.count(True) == 1 and probe.hooked.count(False) == iters  # ...and every timed one without
 
 
 def test_no_timed_bench_round_runs_under_saved_tensor_hooks():
     problem, probe = tiny_problem("latent", steps=3), ProbeLoss()
     row = measure(make_estimator("full"), problem, probe, reference=None, rounds=3, plain="full")
-    assert probe.hooked.count(True) == 1 and row["saved_bytes"] > 0
-    assert row["seconds"] < SLOW and row["plain_seconds"] < SLOW
+    assert probe.hooked.count(True) == 1 and row["saved_bytes"] > 0  # the untimed call alone ran under hooks
     assert row["plain_rel_error"] < 1e-5
 
 
@@ -110,20 +108,26 @@ class Paced(torch.nn.Module):
 @pytest.mark.parametrize("wrt", ["latent", "weights"])
 def test_the_backward_weight_is_a_backward_against_a_forward(wrt, monkeypatch):
     """A backward that costs twice a forward weighs 2, whatever the graph's forward costs."""
-    monkeypatch.setattr("evals.bench.timed", Clock.timed)
+    monkeypatch.setattr("evals.measure.timed", Clock.timed)
     problem = tiny_problem(wrt, steps=4, cfg_scale=1.0)
     problem.chain.net = Paced(problem.chain.net)
-    row = backward_cost(problem, rounds=9, calls=2)
+
+    def loss(sample):  # decode and reward costing 3 virtual seconds, with their backward
+        Clock.now += 3.0
+        return smooth_loss()(sample)
+
+    row = backward_cost(problem, loss, rounds=9, calls=2)
     assert row["backward_vs_forward"] == row["backward_vs_forward_low"] == row["backward_vs_forward_high"] == 2.0
     assert row["graph_vs_forward"] == 1.0 and row["forward_seconds"] == 1.0 and row["rounds"] == 9
+    assert row["loss_vs_forward"] == 3.0
 
 
 def test_the_backward_weight_s_interval_is_the_median_s_order_statistics(monkeypatch):
     """Nine rounds whose backwards cost 1, 2, ..., 9 forwards (shuffled): the weight is their
     median, 5, and its 95% interval the 2nd and 8th order statistics, [2, 8]."""
-    monkeypatch.setattr("evals.bench.timed", Clock.timed)
+    monkeypatch.setattr("evals.measure.timed", Clock.timed)
     problem = tiny_problem("latent", steps=4, cfg_scale=1.0)
     problem.chain.net = Paced(problem.chain.net)
     monkeypatch.setattr(Clock, "backward_costs", [1.0] + [4.0, 9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 5.0])  # warm-up first
-    row = backward_cost(problem, rounds=9, calls=1)
+    row = backward_cost(problem, smooth_loss(), rounds=9, calls=1)
     assert (row["backward_vs_forward_low"], row["backward_vs_forward"], row["backward_vs_forward_high"]) == (2.0, 5.0, 8.0)

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
-from conftest import directional_fd, wavy
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
+from conftest import directional_fd, run_settings, wavy
 from hf_cache import cache_as
 from tiny_pipelines import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
 
 from sdo import NotApplicable, Problem, make_estimator
 from sdo.estimators import ESTIMATORS
 from sdo.models import load_model, resolve
-from sdo.tasks import TASKS, Settings
+from sdo.tasks import TASKS
 from sdo.tasks.loop import image_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +88,6 @@ def test_a_model_id_loads_from_the_local_cache_and_a_missing_one_is_named(saved,
 
 def _pipeline(saved, family):
     pipeline = FAMILIES[family][1].from_pretrained(saved[family], local_files_only=True)
-    if family == "sdxl":  # the harness samples DDIM on the pipeline's schedule
-        pipeline.scheduler = DDIMScheduler.from_config(
-            pipeline.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-        )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -110,7 +106,8 @@ def test_the_chain_samples_what_the_pipeline_samples(saved, family):
                             width=size, **arguments).images
         with torch.no_grad():
             sample = ours.make_chain(4, cfg_scale).sample(latents, ours.encode(PROMPTS), graph_from=None)
-        assert (sample - expected).abs().max() <= 1e-5, (family, cfg_scale, float((sample - expected).abs().max()))
+        scale = max(1.0, float(expected.abs().max()))  # float32 round-off of the states' size (SDXL's Euler: ~20)
+        assert (sample - expected).abs().max() <= 1e-6 * scale, (family, cfg_scale, float((sample - expected).abs().max()))
 
 
 def _rotary_in_the_input_dtype(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
@@ -155,7 +152,7 @@ OPTIONS = {"truncated": {"tail": 1}, "drtune": {"supervised": 2}, "refl": {"last
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_estimator_runs_one_iteration_of_every_task(saved, family):
     model = _load(saved, family)
-    settings = Settings(steps=2, iters=1, batch=1, cfg_scale=CFG[family], seed=0)
+    settings = run_settings(steps=2, iters=1, batch=1, cfg_scale=CFG[family], seed=0)
     outcomes = {}
     for task in ("latent", "conditioning", "finetune"):
         options = TASKS[task].make_options({} if task == "latent" else {"eval_samples": 1, "monitor_samples": 1})
@@ -237,17 +234,24 @@ CONFIG_IDS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd3": "stabil
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_each_family_config_plans_every_estimator(saved, family, tmp_path):
-    """`snakemake -n --configfile config/<family>.yaml` with the model id in the local cache (a
-    tiny pipeline standing in): every task, and every registered estimator among the runs."""
-    from test_config import _planned_commands
+def test_each_family_config_plans_every_estimator(saved, family, tmp_path, monkeypatch):
+    """config/<family>.yaml layered as the Snakefile layers it, with the model id in the local
+    cache (a tiny pipeline standing in), passes the plan checks; its runs cover every task and
+    every registered estimator, train on CLIP, the aesthetic score and HPSv2.1, and are judged by
+    PickScore, which guards against reward hacking."""
+    import huggingface_hub.constants
+    from conftest import planned_commands
 
     from evals.cli import build_parser
+    from evals.config import check_config, layered
 
     cache = cache_as(saved[family], CONFIG_IDS[family], tmp_path / "cache")
-    commands = _planned_commands(ROOT / "config" / f"{family}.yaml", env={**os.environ, "HF_HUB_CACHE": str(cache)})
-    runs = [args for args in map(build_parser().parse_args, commands) if args.command == "run"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    config = layered([ROOT / "config" / name for name in ("config.yaml", "profile.yaml", f"{family}.yaml")])
+    check_config(config, base=ROOT)
+    runs = [args for args in map(build_parser().parse_args, planned_commands(config)) if args.command == "run"]
     assert {args.task for args in runs} == {"latent", "conditioning", "finetune"}
     assert {args.method for args in runs} == set(ESTIMATORS)
     assert {args.model for args in runs} == {f"{family}:{CONFIG_IDS[family]}"}
-    assert {args.reward for args in runs} == {"clip", "aesthetic", "config/rewards/saturation.py:saturation"}
+    assert {args.reward for args in runs} == {"clip", "aesthetic", "hpsv2"}
+    assert all(args.metrics == ["pickscore"] for args in runs) and config["statistics"]["guard"]["metric"] == "metric:pickscore"

@@ -93,5 +93,7 @@ def test_the_registries_hold_the_built_in_plug_ins():
     assert {"latent", "conditioning", "finetune"} <= set(TASKS)
     assert {"embedded", "embedded-flow", "sd"} <= set(MODELS)
     assert {("classifier", "digits"), ("clip", "rgb"), ("style", "digits"), ("style", "rgb")} <= set(REWARDS)
+    from sdo.samplers.base import NEEDS
+
     for cls in ESTIMATORS.values():
-        assert set(cls.samplers) <= set(SAMPLERS), cls.name
+        assert set(cls.needs) <= set(NEEDS), cls.name

@@ -10,7 +10,15 @@ import math
 import diffusers
 import pytest
 import torch
-from conftest import FLOW_SCHEDULE, TINY_CONFIG, directional_fd, relative_error, smooth_loss, tiny_problem, tiny_problem_parts
+from conftest import (
+    FLOW_SCHEDULE,
+    TINY_CONFIG,
+    directional_fd,
+    relative_error,
+    smooth_loss,
+    tiny_problem,
+    tiny_problem_parts,
+)
 from tiny_pipelines import SDXL_SCHEDULER, build_tiny_sd, build_tiny_sd3, build_tiny_sdxl
 
 from sdo import NotApplicable, Problem, edict, make_estimator
@@ -103,7 +111,7 @@ def test_unipc_equals_its_scheduler_in_float64():
         chain, latent, cond = tiny_problem_parts(7, sampler="unipc", schedule=config)
         scheduler = chain.diffusers_scheduler()
         scheduler.sigmas = scheduler.sigmas.double()
-        assert _steps_against_scheduler(chain, latent, cond, scheduler) <= 1e-12
+        assert _steps_against_scheduler(chain, latent, cond, scheduler) <= 1e-14
 
 
 def test_multistep_samplers_use_earlier_pairs_where_their_schedulers_do():
@@ -209,7 +217,8 @@ def test_flow_sde_keeps_the_odes_marginals_on_a_gaussian():
     sde, ode = make_chain("flow_sde", net, steps, schedule), make_chain("flow_euler", net, steps, schedule)
     sde.fix_noise(latent, generator)
     with torch.no_grad():
-        samples = {name: chain.sample(latent, torch.zeros(1), graph_from=None) for name, chain in (("sde", sde), ("ode", ode))}
+        samples = {name: chain.sample(latent, torch.zeros(1), graph_from=None)
+                   for name, chain in (("sde", sde), ("ode", ode))}
     n = latent.numel()
     se_mean, se_var = std / math.sqrt(n), std**2 * math.sqrt(2 / n)
     for name, x in samples.items():
@@ -385,7 +394,8 @@ def test_shortcut_is_autograd_with_all_but_the_chosen_steps_detached(sampler):
     assert relative_error(make_estimator("shortcut")(latent_problem, loss).grads, expected) <= 1e-10
     problem = tiny_problem("cond", steps=4, sampler=sampler)
     terms = [_one_step_attached(problem, k, loss) for k in range(4)]
-    assert relative_error(make_estimator("shortcut", at="all")(problem, loss).grads, [sum(t) for t in zip(*terms)]) <= 1e-10
+    expected = [sum(parts) for parts in zip(*terms)]
+    assert relative_error(make_estimator("shortcut", at="all")(problem, loss).grads, expected) <= 1e-10
     assert relative_error(make_estimator("shortcut", at="last")(problem, loss).grads, terms[-1]) <= 1e-10
 
 
@@ -498,7 +508,7 @@ def test_bad_options_are_refused_by_name(sampler, options, config, message):
     ("unipc", {**DIGITS, "predict_x0": False}, "unipc refuses predict_x0"),
     ("unipc", {**DIGITS, "thresholding": True}, "unipc refuses thresholding"),
     ("unipc", {**DIGITS, "lower_order_final": False}, "unipc refuses a predictor of order 2 into sigma 0"),
-    ("euler", {**DIGITS, "prediction_type": "sample"}, "euler refuses prediction_type='sample' with a final sigma of 0"),
+    ("euler", {**DIGITS, "prediction_type": "sample"}, "euler refuses prediction_type='sample' with a final sigma"),
     ("euler_ancestral", {**DIGITS, "prediction_type": "sample"}, "euler_ancestral takes prediction_type epsilon or"),
     ("euler", DIGITS | {"num_train_timesteps": 10}, "euler runs 1..10 steps"),
 ])
@@ -527,4 +537,5 @@ def test_capabilities_say_what_each_sampler_can_do():
         built = make_chain(sampler, None, 5, config, options=options).capabilities
         assert (built.deterministic, built.order, built.invertible) == (deterministic, order, invertible), sampler
     reason = refusal("adjoint", ESTIMATORS["adjoint"].needs, "dpmpp_2m", capabilities("dpmpp_2m", None, DIGITS))
-    assert reason == "adjoint needs a sampler whose state can be rebuilt from the next one; dpmpp_2m is deterministic, multistep (order 2)"
+    assert reason == ("adjoint needs a sampler whose state can be rebuilt from the next one; "
+                      "dpmpp_2m is deterministic, multistep (order 2)")

@@ -5,13 +5,14 @@ estimator on every task; SD 1.5's architecture at full size on the meta device; 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
-from conftest import directional_fd, wavy
+from conftest import directional_fd, run_settings, wavy
 from safetensors.torch import save_file
 from tiny_pipelines import TINY_TEXT
 from tiny_pipelines import build_tiny_sd as build_tiny
@@ -25,7 +26,7 @@ from evals.rewards.clip import AestheticScore, ClipSimilarity, ClipStyle, clip_s
 from sdo import NotApplicable, Problem, make_estimator
 from sdo.models.pipelines import character_tokenizer
 from sdo.models.stable_diffusion import StableDiffusion
-from sdo.tasks import TASKS, Settings
+from sdo.tasks import TASKS
 from sdo.tasks.loop import image_loss
 
 PROMPTS = ["a photo of a cat", "a red dog"]
@@ -63,7 +64,8 @@ def test_loads_the_saved_layout(tiny_dir, model):
     assert model.state_shape == (4, 8, 8)
     assert model.encode(PROMPTS).shape == (2, 77, 32) and model.null_cond().shape == (1, 77, 32)
     assert model.decode(torch.zeros(1, *model.state_shape)).shape == (1, 3, 16, 16)
-    assert "skip_prk_steps" not in model.scheduler_config and model.scheduler_config["beta_schedule"] == "scaled_linear"
+    assert model.scheduler_config["_class_name"] == "PNDMScheduler" and model.default_sampler() == "ddim"
+    assert model.make_chain(2).diffusers_scheduler().config.beta_schedule == "scaled_linear"  # DDIM on its schedule
     assert model.options["dtype"] == "float32" and not model.options["gradient_checkpointing"]
     frozen = [model.vae, model.text_encoder, model.net]
     assert not any(p.requires_grad for module in frozen for p in module.parameters())
@@ -116,7 +118,7 @@ ESTIMATORS = {"full": {}, "truncated": {"tail": 1}, "adjoint": {}, "doodl": {}, 
 @pytest.mark.parametrize("method", sorted(ESTIMATORS))
 @pytest.mark.parametrize("task", ["latent", "conditioning", "finetune"])
 def test_every_estimator_runs_every_task(model, task, method):
-    settings = Settings(steps=2, iters=1, batch=1, cfg_scale=2.0, seed=0)
+    settings = run_settings(steps=2, iters=1, batch=1, cfg_scale=2.0, seed=0)
     options = TASKS[task].make_options({} if task == "latent" else {"eval_samples": 1, "monitor_samples": 2})
     estimator = make_estimator(method, **ESTIMATORS[method])
     if task == "latent" and method == "truncated":
@@ -370,8 +372,8 @@ def test_random_weights_bench_is_cost_only(tmp_path, tiny_dir, monkeypatch):
     assert drawn == {"architecture": "sd1.5", "seed": 3, "resolution": 32} and row["config"]["lora_rank"] is None
 
 
-def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, monkeypatch):
-    """`sdo cost` measures every variant x parameter type x T in one process on one model: each
+def test_sdo_profile_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, monkeypatch):
+    """`sdo profile` measures every variant x parameter type x T in one process on one model: each
     row's gradient is the one `sdo bench` gives alone, and an out-of-memory row is a row while
     the others go on (exit 1, or 0 with --sweep)."""
     from evals import experiment
@@ -389,7 +391,7 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
 
     monkeypatch.setattr(StableDiffusion, "random", tiny_random)
     monkeypatch.setattr(Adjoint, "gradient", out_of_memory)
-    flags = ["--threads", "1", "cost", "--model", "random:sd1.5", "--model-option", "resolution=16", "--wrt", "latent", "weights",
+    flags = ["--threads", "1", "profile", "--model", "random:sd1.5", "--model-option", "resolution=16", "--wrt", "latent", "weights",
              "--steps", "2", "3", "--variant", "full=full", "--variant", "draft_1=truncated:tail=1", "--variant", "adjoint=adjoint",
              "--batch", "1", "--rounds", "1", "--device", "cpu", "--out-dir", str(tmp_path)]
     assert main(flags) == 1
@@ -414,12 +416,16 @@ def test_sdo_cost_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, 
     assert main(flags + ["--sweep"]) == 0
 
 
-def test_cost_rows_must_share_the_model():
-    from evals import experiment
+def test_a_profile_is_every_variant_at_every_parameter_type_and_t():
+    from evals.bench import profile_rows
+    from evals.specs import ProfileSpec
 
-    rows = [experiment.BenchSpec(wrt="latent", method="full", steps=2, model_options={"resolution": r}) for r in (16, 32)]
-    with pytest.raises(ValueError, match=r"\['model_options'\] differ"):
-        experiment.bench_rows(rows)
+    spec = ProfileSpec(model="random:sd1.5", variants=["full=full", "all=shortcut:at=\"all\""], wrt=["latent", "weights"],
+                       steps=[2, 5], out_dir=Path("rows"))
+    rows = profile_rows(spec)
+    assert [(r.wrt, r.steps, r.variant, r.method, r.options) for r in rows][:2] == [
+        ("latent", 2, "full", "full", {}), ("latent", 2, "all", "shortcut", {"at": "all"})]
+    assert len(rows) == 8 and all(r.model == "random:sd1.5" and r.out.parent.parent.parent == Path("rows") for r in rows)
 
 
 @pytest.mark.parametrize("error, status", [
@@ -428,7 +434,7 @@ def test_cost_rows_must_share_the_model():
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "failed"),
 ])
 def test_out_of_memory_is_a_status(error, status):
-    from evals.experiment import recorded_failures
+    from evals.outcomes import recorded_failures
 
     record = {"status": "ok"}
     with recorded_failures(record):

@@ -10,22 +10,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evals import statistics
-from evals.statistics import Options
+from evals import analysis as statistics
+from evals.analysis import Options
 
-KEY = {"model": "embedded", "task": "latent", "wrt": "latent", "steps": 10}
+KEY = {"model": "embedded", "task": "latent", "wrt": "latent", "chain": "T10"}
 OPTIONS = Options(target_fraction=0.9, resamples=2000)
 
 
-def _run(variant, seed, rewards, cost_per_iter, every=1, start_deviation=0.0, seconds_per_iter=None):
+def _run(variant, seed, rewards, cost_per_iter, every=1, start_deviation=0.0, seconds_per_iter=None, key=KEY,
+         ran_chain=None, warmup_cost=0.0):
     """A run's evaluation rows (every `every` iterations), its iteration rows (constant cost)
-    and its summary row."""
+    and its summary row (the chain it ran and its warm-up)."""
     iters = (len(rewards) - 1) * every
-    evaluations = [{**KEY, "variant": variant, "seed": seed, "iter": i * every, "reward": r} for i, r in enumerate(rewards)]
+    evaluations = [{**key, "variant": variant, "seed": seed, "iter": i * every, "reward": r} for i, r in enumerate(rewards)]
     seconds = cost_per_iter / 10 if seconds_per_iter is None else seconds_per_iter
-    iterations = [{**KEY, "variant": variant, "seed": seed, "iter": i, "cost": cost_per_iter, "seconds": seconds}
+    iterations = [{**key, "variant": variant, "seed": seed, "iter": i, "cost": cost_per_iter, "seconds": seconds}
                   for i in range(iters)]
-    run = {**KEY, "variant": variant, "seed": seed, "status": "ok", "start_deviation": start_deviation}
+    run = {**key, "variant": variant, "seed": seed, "status": "ok", "start_deviation": start_deviation,
+           "ran_chain": ran_chain or key["chain"], "warmup_cost": warmup_cost, "warmup_seconds": warmup_cost / 10}
     return evaluations, iterations, run
 
 
@@ -118,7 +120,7 @@ def test_a_censored_baseline_bounds_the_ratio_from_above():
     runs += [_run("adjoint", 0, [0, 1, 2, 3], 30)] + [_run("adjoint", s, FULL, 30) for s in range(1, 8)]
     per_run = _per_run(runs)
     assert not per_run[(per_run["variant"] == "adjoint") & (per_run["seed"] == 0)]["reached"].iloc[0]
-    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).set_index("baseline").loc["adjoint"].iloc[0]
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS).set_index("peer").loc["adjoint"].iloc[0]
     assert row["censored_reference"] == 1 and row["ratio_low"] == 0 and np.isfinite(row["ratio_high"])
     assert row["ratio"] == pytest.approx(0.1)
 
@@ -168,8 +170,8 @@ def test_a_sampler_that_starts_elsewhere_is_no_baseline():
     runs += [_run("doodl", s, FULL, 100, start_deviation=2.9) for s in range(8)]
     per_run = _per_run(runs)
     table = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS)
-    assert set(table.loc[table["baseline"] == "doodl", "verdict"]) == {"invalid_start"}
-    assert set(table.loc[table["baseline"] == "full", "verdict"]) == {"holds"}
+    assert set(table.loc[table["peer"] == "doodl", "verdict"]) == {"invalid_start"}
+    assert set(table.loc[table["peer"] == "full", "verdict"]) == {"holds"}
     assert not statistics.cost_to_quality(per_run, OPTIONS).set_index("variant").loc["doodl", "valid_start"]
 
 
@@ -216,7 +218,8 @@ def test_the_backward_weight_s_interval_is_carried_into_the_verdict(interval, ve
 
     runs = [_counted("full", s, 10) for s in range(8)] + [_counted("shortcut", s, 1) for s in range(8)]
     evaluations, iterations, summary = _tables(runs)
-    iterations = with_cost(iterations, {("embedded", "latent"): (1.0, *interval)})
+    weights = {"w": 1.0, "low": interval[0], "high": interval[1], "graph": 1.0, "loss": 0.0}
+    iterations = with_cost(iterations, {("embedded", "latent"): weights})
     per_run = statistics.runs_to_target(evaluations, iterations, summary, OPTIONS)
     row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS, claim=0.6).iloc[0]
     low, high = (10 + interval[1]) / (10 + 10 * interval[1]), (10 + interval[0]) / (10 + 10 * interval[0])
@@ -229,3 +232,38 @@ def test_the_same_records_give_the_same_verdicts():
     runs = [_run("full", s, FULL, 100) for s in range(8)] + [_run("shortcut", s, FULL, 100 * r) for s, r in enumerate(ratios)]
     first, second = (statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS) for _ in range(2))
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_the_cost_unit_counts_graphs_and_the_loss():
+    """An iteration of 10 forwards (3 with a graph), 2 backwards and one loss: with a backward
+    weight of 1.5, a graph forward costing 1.2 forwards and the loss 0.5 forwards, it costs
+    10 + 3 x 0.2 + 2 x 1.5 + 0.5 = 14.1 forward passes; without a measurement it is 10 + 2 x 2."""
+    from evals.sweep import with_cost
+
+    rows = pd.DataFrame([{**KEY, "variant": "v", "seed": 0, "iter": 0, "nfe_forward": 10, "nfe_graph": 3,
+                          "nfe_backward": 2, "losses": 1}])
+    weights = {("embedded", "latent"): {"w": 1.5, "low": 1.0, "high": 2.0, "graph": 1.2, "loss": 0.5}}
+    costed = with_cost(rows, weights).iloc[0]
+    assert costed["cost"] == pytest.approx(14.1)
+    assert (costed["cost_w_low"], costed["cost_w_high"]) == pytest.approx((13.1, 15.1))
+    assert with_cost(rows, {}).iloc[0]["cost"] == pytest.approx(14.0)
+
+
+def test_a_partial_chain_is_judged_on_its_chain_and_against_the_whole_chain_with_its_warm_up():
+    """T = 50 from step 45: the shortcut (cost 6 an iteration) and full on the same 5 steps (10)
+    each paid a warm-up of 45 forwards; full through the whole chain (100 an iteration) paid none.
+    On the same chain the ratio leaves the warm-up out (6 x 2 / (10 x 2) = 0.6); against the whole
+    chain it counts it ((12 + 45) / 200 = 0.285), and each row names the chains."""
+    key = {**KEY, "chain": "T50-from45"}
+    runs = [_run("full", s, FULL, 10, key=key, warmup_cost=45) for s in range(8)]
+    runs += [_run("shortcut", s, FULL, 6, key=key, warmup_cost=45) for s in range(8)]
+    runs += [_run("full_whole_chain", s, FULL, 100, key=key, ran_chain="T50") for s in range(8)]
+    table = statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS, claim=0.1).set_index("peer")
+    same, whole = table.loc["full"].iloc[0], table.loc["full_whole_chain"].iloc[0]
+    assert same["ratio"] == pytest.approx(0.6) and not same["warmup_counted"]
+    assert whole["ratio"] == pytest.approx(57 / 200) and whole["warmup_counted"]
+    assert (whole["subject_chain"], whole["peer_chain"]) == ("T50-from45", "T50")
+    assert same["verdict"] == "refuted" and whole["verdict"] == "refuted"
+    assert table.loc["full_whole_chain"].iloc[1]["verdict"] == "holds"  # cheaper at all
+    costs = statistics.cost_to_quality(_per_run(runs), OPTIONS).set_index("variant")
+    assert costs.loc["shortcut", "cost_to_target_with_warmup"] == pytest.approx(57)

@@ -51,7 +51,7 @@ def test_every_task_runs_with_every_estimator(tmp_path, task, method, model):
     assert {"reward_mean", "reward_ci95", "fid", "kid", "nn_distance", "diversity", "target_accuracy"} <= set(final)
     assert final["samples"] == (2 if task == "latent" else 4)
     assert ("prompt_alignment" in final) == (task == "finetune")
-    assert set(record["baseline"]) | {"drift"} == set(final)
+    assert set(record["start"]) | {"drift"} == set(final)
 
 
 @pytest.mark.parametrize("reward", ["style", "inpaint", "superres"])

@@ -44,6 +44,16 @@ def clip_diversity(clip, images: torch.Tensor) -> float:
     return float((n * n - (embeddings @ embeddings.T).sum()) / (n * (n - 1)))
 
 
+def takes_prompts(metric) -> bool:
+    """Whether a metric scores each image against its own prompt (a `prompts` argument)."""
+    import inspect
+
+    try:
+        return "prompts" in inspect.signature(metric).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def setup(model, reward, context: RgbContext, extra: dict, options: RgbMetricOptions):
     """Tracked during runs: the reward. Final: reward mean and 95% interval over the samples,
     CLIP score of each sample against its prompt (null prompts skipped) with a CLIP model,
@@ -68,7 +78,8 @@ def setup(model, reward, context: RgbContext, extra: dict, options: RgbMetricOpt
         if hasattr(reward, "image_embeddings") and len(samples) > 1:
             summary["diversity"] = clip_diversity(reward, samples)
         for name, metric in extra.items():
-            summary[f"metric:{name}"] = mean_ci95(metric(samples))[0]
+            scores = metric(samples, prompts=prompts) if prompts and takes_prompts(metric) else metric(samples)
+            summary[f"metric:{name}"] = mean_ci95(scores)[0]
         return summary
 
     return monitor, summarize

@@ -1,4 +1,5 @@
-"""SDXL behind the model interface: DDIM on the VAE's latents, two CLIP text encoders.
+"""SDXL behind the model interface: its pipeline's own sampler (Euler for SDXL base) on the VAE's
+latents, two CLIP text encoders.
 
 As `StableDiffusionXLPipeline` computes them: the prompt embeddings are the penultimate hidden
 states of both text encoders concatenated (768 + 1280 = 2048 wide), the pooled embeddings the

@@ -105,7 +105,8 @@ class DPMSolverPlusPlus2M(Chain):
         scheduler = self.diffusers_scheduler()
         config = scheduler.config
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"dpmpp_2m takes prediction_type epsilon, v_prediction or sample, got {config.prediction_type!r}")
+            raise ValueError("dpmpp_2m takes prediction_type epsilon, v_prediction or sample, "
+                             f"got {config.prediction_type!r}")
         sigma = [float(x) for x in scheduler.sigmas.double()]
         final_first_order = config.euler_at_final or (config.lower_order_final and steps < 15) or (
             config.final_sigmas_type == "zero")

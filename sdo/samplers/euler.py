@@ -21,7 +21,8 @@ Step k is Euler's along dz/dsigma = (z - x0_hat) / sigma:
 For a noise prediction this is z_{k+1} = z_k + (sigma_{k+1} - sigma_k) eps_k, DDIM's step in the
 same coordinates. Timesteps and sigmas are the scheduler's own after `set_timesteps`
 (`timestep_spacing`, `steps_offset`, `interpolation_type`, `use_karras_sigmas`, also as this
-sampler's option, which overrides the configuration), copied to float64; its `step` computes in
+sampler's option, which overrides the configuration and, when on, turns the exponential and beta
+spacings off), copied to float64; its `step` computes in
 float32, so a float64 chain agrees with it to float32 round-off. `s_churn` > 0 is refused:
 diffusers adds that noise after the network call, so the step's predicted sample would carry it
 (p_k, q_k cannot), and it is not Karras's churn (whose network sees the raised level). A sample

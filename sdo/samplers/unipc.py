@@ -22,8 +22,8 @@ is affine in z_k, out_k and the earlier pairs (z_{k-j}, out_{k-j}), j = 1..solve
 multistep step of the base's form, its coefficients collected from the x0 terms. Orders follow
 the scheduler: o_k = min(solver_order, k + 1), and min(., T - k) with `lower_order_final`; no
 corrector at step 0 or after the steps in `disable_corrector`. The coefficients are computed
-in float64 from the scheduler's float32 sigmas (its `step` computes with them in float32, so a
-float64 chain agrees with it to float32 round-off). Refused: thresholding (not affine),
+in float64 from the scheduler's float32 sigmas; its `step` keeps the sample's dtype, so with its
+sigmas cast to float64 it agrees with a float64 chain to about 1e-15. Refused: thresholding (not affine),
 `predict_x0` false, flow sigmas, a second-order predictor into sigma 0 (diffusers divides by
 zero there). Not invertible: a state is rebuilt only from the earlier states and predictions too.
 """
@@ -76,7 +76,8 @@ def unipc_weights(now: float, to: float, history: list[float], order: int, solve
         rhos = [0.5] if order == 1 else list(np.linalg.solve(powers, np.array(b)))
     else:
         rhos = [] if order == 1 else [0.5] if order == 2 else list(np.linalg.solve(powers[:-1, :-1], np.array(b[:-1])))
-    # x_to = (n_to / n_now) x - alpha_to h_phi m_0 - alpha_to B(h) (sum_i rho_i (m_i - m_0) / r_i [+ rho_last (m_to - m_0)])
+    # x_to = (n_to / n_now) x - alpha_to h_phi m_0
+    #        - alpha_to B(h) (sum_i rho_i (m_i - m_0) / r_i [+ rho_last (m_to - m_0), the corrector's])
     weights = [-alpha_to * h_phi] + [0.0] * (order - 1)
     for i in range(1, order):
         weights[i] -= alpha_to * scale * rhos[i - 1] / ratios[i - 1]
@@ -113,7 +114,8 @@ class UniPC(Chain):
         scheduler = self.diffusers_scheduler()
         config = scheduler.config
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"unipc takes prediction_type epsilon, v_prediction or sample, got {config.prediction_type!r}")
+            raise ValueError("unipc takes prediction_type epsilon, v_prediction or sample, "
+                             f"got {config.prediction_type!r}")
         sigma = [float(x) for x in scheduler.sigmas.double()]
         coefficients, self.order = self._coefficients(sigma, config, steps), self.order_for(config, steps)
         refuse_discarding(self.name, config.prediction_type, coefficients)
@@ -128,6 +130,7 @@ class UniPC(Chain):
 
     @staticmethod
     def _coefficients(sigma: list[float], config, steps: int) -> list[Step]:
+        """The T steps, each collected from forms over (z_j, out_j) as the module docstring derives."""
         solver_order, solver = int(config.solver_order), config.solver_type
         x0 = []  # x0 forms per state
         predictor_terms, predictor_keep, orders, coefficients = None, 1.0, [], []
@@ -153,7 +156,8 @@ class UniPC(Chain):
             predictor_terms = combine(*[(w, x0[k - i]) for i, w in enumerate(weights)])
             update = combine((predictor_keep, corrected), (1.0, predictor_terms))
             depth = max(k - j for _, j in update)
-            earlier = tuple((update.get(("z", k - j), 0.0), update.get(("out", k - j), 0.0)) for j in range(1, depth + 1))
+            earlier = tuple((update.get(("z", k - j), 0.0), update.get(("out", k - j), 0.0))
+                            for j in range(1, depth + 1))
             coefficients.append(Step(a=update[("z", k)], b=update[("out", k)], p=p, q=q, earlier=earlier))
         return coefficients
 

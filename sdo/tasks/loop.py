@@ -5,8 +5,9 @@ Precision: `fp32`, or the estimate under `torch.autocast` in float16 with a grad
 (`fp16-autocast`, as the SDO authors' scripts run on CUDA: the loss is scaled, the update
 unscales, and a step whose gradient is not finite is skipped and counted, not a divergence) or
 in bfloat16 (`bf16-autocast`, no scaler). Instability: a run whose held-out reward falls more
-than `UNSTABLE_SPREADS` times its starting spread over samples below its start is stopped as
-`Unstable` (the update has left any sane range; like a divergence, it gets no verdict)."""
+than `UNSTABLE_SPREADS` times its starting spread over samples (at least 1% of the reward's
+size) below its start is stopped as `Unstable` (the update has left any sane range; like a
+divergence, it gets no verdict)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ Reward = Callable[[torch.Tensor], torch.Tensor]
 Monitor = Callable[[torch.Tensor], dict]
 PRECISIONS = {"fp32": None, "fp16-autocast": torch.float16, "bf16-autocast": torch.bfloat16}
 UNSTABLE_SPREADS = 100
+SPREAD_FLOOR = 0.01  # a spread of at least 1% of the reward's size: samples that all score alike set no scale
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ class Evaluator:
         if len(self.rows) < 2 or "reward" not in self.rows[0]:
             return None
         start, last = self.rows[0], self.rows[-1]
-        spread = max(float(start.get("reward_std") or 0.0), 1e-6 * max(abs(start["reward"]), 1.0))
+        spread = max(float(start.get("reward_std") or 0.0), SPREAD_FLOOR * max(abs(start["reward"]), 0.1))
         if math.isfinite(last["reward"]) and last["reward"] < start["reward"] - UNSTABLE_SPREADS * spread:
             return (f"the held-out reward fell from {start['reward']:.4g} to {last['reward']:.4g}, more than "
                     f"{UNSTABLE_SPREADS} times its starting spread ({spread:.3g}) below its start")

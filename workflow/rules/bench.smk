@@ -13,6 +13,7 @@ rule bench_full:
         steps=r"\d+",
         model="|".join(map(re.escape, SOURCES)),
     params:
+        plugins=PLUGINS,
         flags=bench_flags,
     log:
         "results/logs/bench/{model}/{wrt}/T{steps}/{variant}.log",
@@ -25,7 +26,7 @@ rule bench_full:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} bench {params.flags} "
+        "python -m evals.cli --threads {threads} {params.plugins} --gpus-per-job {resources.gpu} bench {params.flags} "
         "--save-gradient {output.gradient:q} --out {output.row:q} --sweep > {log:q} 2>&1"
 
 
@@ -40,6 +41,7 @@ rule bench_estimator:
         steps=r"\d+",
         model="|".join(map(re.escape, SOURCES)),
     params:
+        plugins=PLUGINS,
         flags=bench_flags,
     log:
         "results/logs/bench/{model}/{wrt}/T{steps}/{variant}.log",
@@ -52,7 +54,7 @@ rule bench_estimator:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} bench {params.flags} "
+        "python -m evals.cli --threads {threads} {params.plugins} --gpus-per-job {resources.gpu} bench {params.flags} "
         "--exact-gradient {input.exact:q} --out {output.row:q} --sweep > {log:q} 2>&1"
 
 

@@ -26,6 +26,10 @@ BENCH_ROW = "results/bench/{model}/{wrt}/T{steps}/{variant}.json"
 EVERY_CORE = 4096
 
 
+# every job imports the config's plug-in files, so what they register exists in the job too
+PLUGINS = shlex.join(word for path in config.get("plugins") or [] for word in ("--plugin", path))
+
+
 def flags(spec, *exclude):
     """The spec's flags as one shell-quoted string (fields in `exclude` left out)."""
     return shlex.join(to_flags(spec, exclude=exclude))

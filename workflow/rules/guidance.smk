@@ -18,6 +18,7 @@ if GUIDES:
             repeats=r"\d+",
             model="|".join(map(re.escape, SOURCES)),
         params:
+            plugins=PLUGINS,
             flags=lambda wildcards: flags(GUIDES[wildcards.model, wildcards.steps, wildcards.repeats][0], "seed", "out"),
             seeds=lambda wildcards: " ".join(map(str, GUIDES[wildcards.model, wildcards.steps, wildcards.repeats][1])),
             out=lambda wildcards: GUIDED_RECORD.format(
@@ -34,5 +35,5 @@ if GUIDES:
         conda:
             "../envs/sdo.yaml"
         shell:
-            "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} guide {params.flags} "
+            "python -m evals.cli --threads {threads} {params.plugins} --gpus-per-job {resources.gpu} guide {params.flags} "
             "--seed {params.seeds} --out {params.out:q} --sweep > {log:q} 2>&1"

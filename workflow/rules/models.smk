@@ -49,6 +49,7 @@ rule model_quality_of:
         record="results/quality/{model}.json",
         grid=report("results/quality/{model}.png", caption="../report/model_quality.rst", category="4. Models"),
     params:
+        plugins=PLUGINS,
         flags=lambda wildcards: flags(jobs.quality_spec(config, SOURCES[wildcards.model]), "out"),
     log:
         "results/logs/quality/{model}.log",
@@ -60,7 +61,7 @@ rule model_quality_of:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {threads} quality {params.flags} --out {output.record:q} > {log:q} 2>&1"
+        "python -m evals.cli --threads {threads} {params.plugins} quality {params.flags} --out {output.record:q} > {log:q} 2>&1"
 
 
 rule model_quality:

@@ -34,6 +34,7 @@ for model in PROFILE_SOURCES:  # one rule per model: each has its own step count
         wildcard_constraints:
             denoiser="plain|checkpointed",
         params:
+            plugins=PLUGINS,
             flags=lambda wildcards, model=model: flags(
                 jobs.profile_spec(PROFILE, PROFILE_SOURCES[model], CHECKPOINTING[wildcards.denoiser]), "out_dir"
             ),
@@ -49,7 +50,7 @@ for model in PROFILE_SOURCES:  # one rule per model: each has its own step count
         conda:
             "../envs/sdo.yaml"
         shell:
-            "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} profile {params.flags} "
+            "python -m evals.cli --threads {threads} {params.plugins} --gpus-per-job {resources.gpu} profile {params.flags} "
             "--out-dir {params.out:q} --sweep > {log:q} 2>&1"
 
 

@@ -34,6 +34,7 @@ for (task, label), by_model in JOBS_BY_RULE.items():
             model="|".join(map(re.escape, SOURCES)),
             variant="|".join(map(re.escape, RUNS["variants"])),
         params:
+            plugins=PLUGINS,
             flags=lambda wildcards, task=task, label=label: flags(
                 jobs.run_spec(config, run_job(task, label, wildcards)), "seed", "out"
             ),
@@ -56,7 +57,7 @@ for (task, label), by_model in JOBS_BY_RULE.items():
         conda:
             "../envs/sdo.yaml"
         shell:
-            "python -m evals.cli --threads {threads} --gpus-per-job {resources.gpu} run {params.flags} "
+            "python -m evals.cli --threads {threads} {params.plugins} --gpus-per-job {resources.gpu} run {params.flags} "
             "--seed {params.seeds} --reuse {params.reuse:q} --out {params.out:q} --sweep > {log:q} 2>&1"
 
 
@@ -66,6 +67,7 @@ rule backward_cost:
     output:
         "results/backward_cost/{model}/{task}.json",
     params:
+        plugins=PLUGINS,
         flags=lambda wildcards: flags(jobs.backward_cost_spec(config, wildcards.task, SOURCES[wildcards.model]), "out"),
         torch_threads=config["threads_per_run"],
     log:
@@ -78,7 +80,7 @@ rule backward_cost:
     conda:
         "../envs/sdo.yaml"
     shell:
-        "python -m evals.cli --threads {params.torch_threads} --gpus-per-job {resources.gpu} backward-cost "
+        "python -m evals.cli --threads {params.torch_threads} {params.plugins} --gpus-per-job {resources.gpu} backward-cost "
         "{params.flags} --out {output:q} > {log:q} 2>&1"
 
 
