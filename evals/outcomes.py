@@ -80,11 +80,16 @@ def recorded_failures(record: dict):
         log.warning("%s: %s", record["status"], record["reason"])
 
 
-def new_record(spec) -> dict:
-    """A record of `spec`: its config (the spec's fields), the variant's name, the environment,
-    status ok."""
+def config_of(spec) -> dict:
+    """What a record keeps of its spec: every field, the variant named (the method by default)."""
     config = records.strict(dataclasses.asdict(spec))
     config["variant"] = getattr(spec, "variant", None) or getattr(spec, "method", None)
+    return config
+
+
+def new_record(spec) -> dict:
+    """A record of `spec`: its config (`config_of`), the environment, status ok."""
+    config = config_of(spec)
     try:
         environment = records.environment(resolve_device(spec.device))
     except ValueError:
@@ -102,13 +107,23 @@ def check_writable(out: Path | str | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PermissionError(f"cannot create the output directory {directory}: {error.strerror}") from None
+    if not directory.is_dir():
+        raise PermissionError(f"cannot create the output directory {directory}: a file is in its place")
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"the output directory {directory} is not writable")
 
 
 def write_record(record: dict, out: Path | str | None) -> dict:
-    """Write the record atomically to `out` (if given) and return it."""
-    if out is not None:
+    """Write the record atomically to `out` (if given) and return it; where `out` cannot be
+    written the record says so in its status and reason (the caller still gets it)."""
+    if out is None:
+        return record
+    try:
         records.write_json(out, record)
-        log.info("wrote %s (status %s)", out, record["status"])
+    except OSError as error:
+        record.update(status="failed", reason=f"{record.get('reason') or 'the record'}; it could not be written to {out}: "
+                                              f"{error.strerror or error}")
+        log.error("%s", record["reason"])
+        return record
+    log.info("wrote %s (status %s)", out, record["status"])
     return record

@@ -21,13 +21,12 @@ failures, and stay as they are.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 
-from evals.records import strict
+from evals.outcomes import config_of
 
 log = logging.getLogger(__name__)
 RETRY = Path("results/retry")
@@ -107,9 +106,9 @@ def reuse(spec, directory: Path | str | None) -> dict | None:
     if not staged.exists():
         return None
     record = json.loads(staged.read_text())
-    ours = strict({k: v for k, v in dataclasses.asdict(spec).items() if k != "out"})
-    theirs = {k: v for k, v in record["config"].items() if k not in ("out", "variant")}
-    if ours != {k: v for k, v in theirs.items() if k in ours} or record["status"] in RERUN_STATUSES:
+    ours = {k: v for k, v in config_of(spec).items() if k != "out"}
+    theirs = {k: v for k, v in record["config"].items() if k != "out"}
+    if ours != theirs or record["status"] in RERUN_STATUSES:
         return None
     _move(staged, out)
     log.info("reused %s (status %s): its spec is unchanged", out, record["status"])

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from evals.bench import bench_problem
+from evals.measure import bench_problem
 from evals.cli import main
 from evals.rewards.digits import ClassifierLogProb
 from sdo import make_estimator
 from sdo.models import store
-from sdo.models.digits import EmbeddedDigits
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FIELDS = {"device", "python", "versions", "commit"}
@@ -24,18 +21,31 @@ ITERATION_FIELDS = {"iter", "loss", "reward", "seconds", "nfe_forward", "nfe_bac
 FINAL_FIELDS = {"reward_mean", "reward_ci95", "target_accuracy", "fid", "fid_note", "samples", "nn_distance", "drift"}
 
 
-def test_trained_models_meet_their_bars():
-    assert store.metrics("classifier")["held_out_accuracy"] >= 0.95
+def test_the_committed_classifier_meets_its_bar():
+    """Measured now on the held-out digits, not read from its JSON."""
+    from sdo.models.data import load_split
+
+    images, labels = load_split("held_out")
+    with torch.no_grad():
+        accuracy = float((store.load("classifier")(images).argmax(1) == labels).float().mean())
+    assert accuracy >= 0.95 and accuracy == pytest.approx(store.metrics("classifier")["held_out_accuracy"], abs=1e-6)
 
 
-def test_shortcut_points_along_full_on_the_trained_model():
-    model, classifier = EmbeddedDigits.load(), store.load("classifier")
+@pytest.mark.parametrize("source", ["embedded", "embedded-flow"])
+def test_the_shortcut_s_network_term_moves_it_towards_full_on_the_trained_models(source):
+    """On the trained models (latent, T = 10) the shortcut's gradient, the affine skip plus the
+    first step's network term, lies closer to full backpropagation's than the skip alone does."""
+    from sdo.models import load_model
+
+    model, classifier = load_model(source), store.load("classifier")
     problem, loss = bench_problem(model, ClassifierLogProb(classifier, 3), "latent", steps=10, batch=8, seed=0)
     full = make_estimator("full")(problem, loss).grads[0].flatten()
-    shortcut = make_estimator("shortcut")(problem, loss).grads[0].flatten()
-    cosine = float(torch.nn.functional.cosine_similarity(full, shortcut, dim=0))
-    print(f"cosine(shortcut, full) on the trained model, latent, T=10: {cosine:.4f}")
-    assert cosine > 0
+    estimate = make_estimator("shortcut")(problem, loss)
+    sample = estimate.sample.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(sample), sample)
+    skip = (g * problem.chain.influence()[0] * problem.chain.initial_scale).flatten()
+    cosine = lambda a: float(torch.nn.functional.cosine_similarity(a, full, dim=0))  # noqa: E731
+    assert cosine(estimate.grads[0].flatten()) > cosine(skip) > 0.5
 
 
 def test_run_writes_a_complete_record(tmp_path):
@@ -123,21 +133,8 @@ def test_bench_row_compares_with_the_reference(tmp_path):
     common = ["bench", "--wrt", "cond", "--steps", "3", "--batch", "2", "--rounds", "1"]
     assert main(common + ["--method", "full", "--save-gradient", str(reference), "--out", str(tmp_path / "full.json")]) == 0
     assert main(common + ["--method", "full", "--option", "checkpoint=true", "--variant", "full_checkpoint",
-                          "--reference", str(reference), "--out", str(tmp_path / "ck.json")]) == 0
+                          "--exact-gradient", str(reference), "--out", str(tmp_path / "ck.json")]) == 0
     row = json.loads((tmp_path / "ck.json").read_text())
     assert row["status"] == "ok" and row["cosine"] == pytest.approx(1, abs=1e-6) and row["rel_error"] < 1e-5
     assert row["nfe_forward"] == 6 and row["depth"] == 9 and row["peak_bytes"] > 0
     assert row["variant"] == "full_checkpoint" and ENVIRONMENT_FIELDS <= set(row)
-
-
-def _snakemake(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-def test_workflow_dry_run_and_lint():
-    dry = _snakemake("-n", "--quiet")
-    assert dry.returncode == 0, dry.stderr[-2000:]
-    bench = _snakemake("bench", "-n", "--quiet")
-    assert bench.returncode == 0, bench.stderr[-2000:]
-    lint = _snakemake("--lint")
-    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, (lint.stdout + lint.stderr)[-3000:]

@@ -16,15 +16,40 @@ def _verdict(model, low, high, verdict, hacked=False):
             "unit": "cost", "ratio": 0.4, "ratio_low": low, "ratio_high": high, "verdict": verdict, "reward_hacked": hacked}
 
 
-def test_verdicts_draw_open_intervals_inside_the_axes(tmp_path):
+def _drawn(monkeypatch):
+    """Keep the figures `_save` is handed, with what they say, before they are closed."""
+    kept = []
+    save = figures._save
+
+    def keep(figure, path, devices, top=0.94):
+        save(figure, path, devices, top)
+        kept.append({"axes": figure.axes, "texts": [t.get_text() for t in figure.texts]})
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return kept
+
+
+def test_verdicts_draw_open_intervals_inside_the_axes(tmp_path, monkeypatch):
+    """Each row is a bar from its lower to its upper limit; a limit that is 0 or infinite runs to
+    the axis's edge with an arrow there; the reward-hacked row says so; the device is named."""
+    kept = _drawn(monkeypatch)
     table = pd.DataFrame([_verdict("a", 0.3, 0.5, "refuted", True), _verdict("b", 0.0, 0.5, "inconclusive"),
                           _verdict("c", 0.0, math.inf, "inconclusive"), _verdict("d", 0.05, 0.08, "holds")])
     figures.verdicts(table, tmp_path / "verdicts.png", ["cpu"])
-    image = matplotlib.image.imread(tmp_path / "verdicts.png")
-    assert image.shape[0] > 200 and image.shape[1] > 800
+    (axis,) = kept[0]["axes"]
+    left, right = axis.get_xlim()
+    bars = {int(round(line.get_ydata()[0])): tuple(line.get_xdata()) for line in axis.lines
+            if len(line.get_xdata()) == 2 and line.get_linewidth() == 3}
+    assert bars == {3: (0.3, 0.5), 2: (left, 0.5), 1: (left, right), 0: (0.05, 0.08)}  # rows top to bottom
+    arrows = sorted((line.get_marker(), int(round(line.get_ydata()[0]))) for line in axis.lines if line.get_marker() in "<>")
+    assert arrows == [("<", 1), ("<", 2), (">", 1)]
+    assert [t.get_text() for t in axis.texts if t.get_text() == "reward hacked"] == ["reward hacked"]
+    assert "device: cpu" in kept[0]["texts"] and matplotlib.image.imread(tmp_path / "verdicts.png").shape[1] > 800
 
 
-def test_figures_with_nothing_finished_say_so(tmp_path):
+def test_figures_with_nothing_finished_say_so(tmp_path, monkeypatch):
+    kept = _drawn(monkeypatch)
     figures.verdicts(pd.DataFrame(), tmp_path / "verdicts.png")
     figures.reward_vs_cost(pd.DataFrame({"status": ["failed"], "cost": [1.0]}), tmp_path / "cost.png")
-    assert (tmp_path / "verdicts.png").stat().st_size > 0 and (tmp_path / "cost.png").stat().st_size > 0
+    said = [text.get_text() for figure in kept for axis in figure["axes"] for text in axis.texts]
+    assert said == ["no verdicts: see the tables' status counts", "no finished runs: see the tables' status counts"]

@@ -279,6 +279,7 @@ def optimise(
                 nfe = (nfe[0] + reference.nfe_forward, nfe[1] + reference.nfe_backward, nfe[2] + reference.nfe_graph,
                        nfe[3] + 1)
         value = estimate.loss / scale
+        grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) / scale  # before the scaler unscales
         finite = math.isfinite(value) and _all_finite(grads)
         skipped = scaler is not None and not finite
         step_seconds, _ = timed(lambda: _update(params, grads, optimizer, after_step, scaler) if finite or skipped
@@ -294,7 +295,7 @@ def optimise(
             "nfe_backward": nfe[1],
             "nfe_graph": nfe[2],
             "losses": nfe[3],
-            "grad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) / scale,
+            "grad_norm": grad_norm,
             "skipped": skipped,
         })
         progress.set_postfix(reward=f"{-value:.3f}", refresh=False)
