@@ -59,6 +59,7 @@ rule all:
         "results/figures/fidelity_along_runs.png",
         "results/figures/tradeoff.png",
         "results/figures/samples.png",
+        "results/figures/cost_vs_steps.png",
 
 
 include: "workflow/rules/common.smk"

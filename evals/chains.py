@@ -14,6 +14,11 @@ def chain_label(steps: int, start_step: int = 0, init: str = "sample", sampler: 
     return label
 
 
+def experiment_of(config: dict) -> str:
+    """The name a run's experiment has in tables: its config's task block (default: the task)."""
+    return config.get("experiment") or config.get("task")
+
+
 def chain_of(config: dict) -> dict:
     """(steps, start_step, init, sampler) of a run's config (a RunSpec's fields): the chain it is
     grouped under, and the one it ran (`ran`: the whole chain for a whole-chain baseline)."""

@@ -36,11 +36,13 @@ def load_schema(path: Path | str = SCHEMA) -> dict:
 def _replaced_whole(path: tuple[str, ...]) -> bool:
     """Whether a later config replaces the block at `path` instead of merging into it: a
     plug-in's options (a task's `*_options` block, a model's entry under model_options, a variant),
-    where a mixture of two files' keys would make options nobody wrote."""
+    where a mixture of two files' keys would make options nobody wrote, and the bench's variants
+    and samplers (a bench preset measures what it lists)."""
     return bool(path) and path != ("model_options",) and (
         path[-1].endswith("_options")
         or (len(path) == 2 and path[0] == "model_options")
         or (len(path) >= 2 and path[-2] == "variants")
+        or path in (("bench", "variants"), ("bench", "samplers"))
     )
 
 
@@ -178,8 +180,12 @@ def preflight(spec, cls, schedule: dict, base: Path | str = ".") -> None:
     start = getattr(options, "start_step", 0)
     if start >= spec.steps:
         raise ValueError(f"start_step {start} must be below T = {spec.steps}")
-    if getattr(options, "init", "sample") == "invert" and not can.inversion:
-        raise ValueError(f"init=invert runs the sampler backwards; {sampler} has no inversion (ddim and flow_euler do)")
+    if getattr(options, "init", "sample") == "invert":
+        if not can.inversion:
+            raise ValueError(f"init=invert runs the sampler backwards; {sampler} has no inversion (ddim and flow_euler do)")
+        folder = getattr(options, "init_images", "")
+        if folder and not (Path(base) / folder).is_dir():
+            raise SettingError("task_options", f"init_images {folder!r} is not a folder of images (read from {base})")
     if TASKS[spec.task].wrt == "cond" and not cls.conditional:
         raise ValueError(f"{spec.model} is unconditional: it has no conditioning to optimise")
     try:
@@ -242,14 +248,21 @@ def check_config(config: dict, schema: dict | None = None, base: Path | str = ".
     defined = config["runs"]["variants"]
     for task, block in config["runs"]["tasks"].items():
         key = f"runs.tasks.{task}"
-        if task not in TASKS:
-            raise ConfigError(f"config key runs.tasks: task {task!r} is not registered; allowed: {', '.join(sorted(TASKS))}")
+        registered = jobs.registered_task(block, task)
+        if registered not in TASKS:
+            where = f"{key}.task" if "task" in block else "runs.tasks"
+            raise ConfigError(f"config key {where}: task {registered!r} is not registered; allowed: "
+                              f"{', '.join(sorted(TASKS))} (a block named otherwise says which with task:)")
         _check_block_keys(task, block)
         for chain in jobs.chains(block):
             for name in chain.variants or block["variants"]:
                 if name not in defined:
                     raise ConfigError(f"config key {key}.variants: variant {name!r} is not defined; allowed: the names "
                                       f"under runs.variants ({', '.join(defined)})")
+            for source in chain.models or ():
+                if source not in block["models"]:
+                    raise ConfigError(f"config key {key}.chains: model {source!r} is not among the block's models "
+                                      f"({', '.join(block['models'])})")
         for source in block["models"]:
             if source not in models:
                 raise ConfigError(f"config key {key}.models: {source!r} is not listed under model_options; "

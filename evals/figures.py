@@ -106,6 +106,44 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
     _save(figure, path, devices, top=0.93)
 
 
+def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=()) -> None:
+    """The step axis: for each model and task, the subject's paired cost ratio to full
+    backpropagation on the same chain and to full through the whole chain (partial chains),
+    with its interval, against the chain (T, then the start step), on a log scale; the paper's
+    claim dashed, parity dotted."""
+    if table.empty or "ratio" not in table or "chain" not in table:
+        return _empty(path, "verdicts")
+    claim = table["threshold"].min()
+    rows = table[(table["threshold"] == claim) & table["verdict"].ne("invalid_start")]
+    rows = rows[rows["peer"].isin(["full", "full_whole_chain"]) | (rows["peer_chain"] != rows["subject_chain"])]
+    if rows.empty:
+        return _empty(path, "ratios to full backpropagation")
+    panels = sorted(rows.groupby(["model", "task"]).groups)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for axis, (model, task) in zip(axes.flat, panels):
+        panel = rows[(rows["model"] == model) & (rows["task"] == task)]
+        chains = _ordered(panel["chain"])
+        for same, group in panel.groupby(panel["peer_chain"] == panel["subject_chain"]):
+            colour, shift = ("#3b6fb6", -0.08) if same else ("#e07a1f", 0.08)
+            label = "vs full on the same chain" if same else "vs full through the whole chain (warm-up counted)"
+            x = [chains.index(c) + shift for c in group["chain"]]
+            low = (group["ratio"] - group["ratio_low"]).clip(lower=0)
+            top = group["ratio_high"].where(np.isfinite(group["ratio_high"]), group["ratio"] * 10)
+            high = (top - group["ratio"]).clip(lower=0)
+            axis.errorbar(x, group["ratio"], yerr=[low, high], fmt="o", color=colour, capsize=3, label=label)
+        axis.axhline(claim, color="#2a9d4b", ls="--", lw=1)
+        axis.axhline(1.0, color="0.3", ls=":", lw=1)
+        axis.set_xticks(range(len(chains)), chains, rotation=30, fontsize=8)
+        axis.set_xlim(-0.5, len(chains) - 0.5)
+        axis.set(yscale="log", title=f"{model} · {task}", xlabel="chain (T, start step)",
+                 ylabel=f"{panel['subject'].iloc[0]}'s cost to target / full's")
+        axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.title.set_fontsize(9)
+        axis.grid(alpha=0.3, which="both", axis="y")
+    _legend(figure, axes)
+    _save(figure, path, devices, top=0.84)
+
+
 def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics) -> None:
     """Held-out evaluation curves: a row of panels per (model, task), a column per (chain, metric),
     a line per variant (mean over seeds against the mean x; band: Student-t 95% interval over

@@ -19,11 +19,11 @@ from pathlib import Path
 from evals.chains import chain_label
 from evals.specs import BackwardCostSpec, BenchSpec, GuideSpec, ProfileSpec, QualitySpec, RunSpec, field_names
 
-AXES = ("models", "variants", "steps", "chains", "seeds")
-JOB_FIELDS = ("task", "method", "options", "variant", "steps", "seed", "out", "model", "model_options", "mem_mb",
-              "start_tolerance", "whole_chain", "device")
+AXES = ("task", "models", "variants", "steps", "chains", "seeds")
+JOB_FIELDS = ("task", "experiment", "method", "options", "variant", "steps", "seed", "out", "model", "model_options",
+              "mem_mb", "start_tolerance", "whole_chain", "device")
 RUN_SETTINGS = tuple(name for name in field_names(RunSpec) if name not in JOB_FIELDS)
-CHAIN_KEYS = ("steps", "start_step", "init", "sampler", "sampler_options", "variants", "seeds")
+CHAIN_KEYS = ("steps", "start_step", "init", "sampler", "sampler_options", "models", "variants", "seeds")
 VARIANT_KEYS = ("method", "whole_chain")  # the rest are the estimator's options
 EMBEDDED = ("embedded", "embedded-flow")
 
@@ -41,13 +41,14 @@ def selected(config: dict, kind: str, listed) -> list:
 
 @dataclass(frozen=True)
 class ChainEntry:
-    """One chain a task block runs; `variants` and `seeds` None take the block's."""
+    """One chain a task block runs; `models`, `variants` and `seeds` None take the block's."""
 
     steps: int
     start_step: int = 0
     init: str = "sample"
     sampler: str | None = None
     sampler_options: dict = field(default_factory=dict)
+    models: tuple | None = None
     variants: tuple | None = None
     seeds: tuple | None = None
 
@@ -61,7 +62,7 @@ def chains(block: dict) -> list[ChainEntry]:
     entries = [ChainEntry(steps=steps) for steps in block.get("steps") or []]
     for entry in block.get("chains") or []:
         values = dict(entry)
-        for key in ("variants", "seeds"):
+        for key in ("models", "variants", "seeds"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         entries.append(ChainEntry(**values))
@@ -81,7 +82,8 @@ def active_tasks(config: dict) -> dict[str, dict]:
 
 @dataclass(frozen=True)
 class RunJob:
-    """One run job: a model, task, variant and chain, every seed in one process."""
+    """One run job: a model, a task block (`task`: its name, the experiment), a variant and a
+    chain, every seed in one process."""
 
     task: str
     model: str
@@ -100,9 +102,15 @@ def run_jobs(config: dict) -> list[RunJob]:
     for task, block in active_tasks(config).items():
         for chain in chains(block):
             variants = selected(config, "variants", chain.variants or block["variants"])
+            models = [model for model in block["models"] if chain.models is None or model in chain.models]
             seeds = tuple(chain.seeds or block.get("seeds") or config["runs"]["seeds"])
-            jobs += [RunJob(task, model, variant, chain, seeds) for model in block["models"] for variant in variants]
+            jobs += [RunJob(task, model, variant, chain, seeds) for model in models for variant in variants]
     return jobs
+
+
+def registered_task(block: dict, name: str) -> str:
+    """The registered task a block runs: its `task`, else its own name."""
+    return block.get("task") or name
 
 
 def model_options(config: dict, source: str) -> dict:
@@ -128,8 +136,10 @@ def run_spec(config: dict, job: RunJob, seed: int | None = None) -> RunSpec:
         task_options.update(start_step=chain.start_step, init=chain.init)
     sampler_options = {**(settings.pop("sampler_options", None) or {}), **chain.sampler_options}
     sampler = chain.sampler or settings.pop("sampler", None)
+    task = registered_task(block, job.task)
     return RunSpec(
-        **settings, task=job.task, method=variant["method"], options=estimator_options(variant), variant=job.variant,
+        **settings, task=task, experiment=None if task == job.task else job.task, method=variant["method"],
+        options=estimator_options(variant), variant=job.variant,
         steps=chain.steps, sampler=sampler, sampler_options=sampler_options, task_options=task_options,
         model=job.model, model_options=model_options(config, job.model), mem_mb=config.get("mem_mb_per_run"),
         start_tolerance=config["statistics"].get("start_tolerance"), whole_chain=bool(variant.get("whole_chain")),
@@ -165,7 +175,8 @@ def backward_cost_spec(config: dict, task: str, source: str) -> BackwardCostSpec
 
     block = config["runs"]["tasks"][task]
     return BackwardCostSpec(
-        model=source, model_options=model_options(config, source), wrt=TASKS[task].wrt, batch=block.get("batch", 8),
+        model=source, model_options=model_options(config, source), wrt=TASKS[registered_task(block, task)].wrt,
+        batch=block.get("batch", 8),
         steps=min(c.steps for c in chains(block)), rounds=config["statistics"].get("backward_rounds", 15),
         lora_rank=(block.get("task_options") or {}).get("lora_rank"), cfg_scale=block.get("cfg_scale", 1.0),
         reward=block.get("reward"), reward_options=dict(block.get("reward_options") or {}),
@@ -174,15 +185,26 @@ def backward_cost_spec(config: dict, task: str, source: str) -> BackwardCostSpec
     )
 
 
-def bench_spec(config: dict, source: str, wrt: str, steps: int, variant: str) -> BenchSpec:
-    """One bench row of a model, parameter type, T and variant."""
+def bench_samplers(config: dict, source: str) -> list[str]:
+    """The samplers the bench runs a model on: the bench block's `samplers` for it, else the
+    model's own (read from its scheduler configuration without loading it)."""
+    from sdo.models import planned_schedule
+
+    listed = (config["bench"].get("samplers") or {}).get(source)
+    if listed:
+        return list(listed)
+    cls, schedule = planned_schedule(source, model_options(config, source))
+    return [cls.sampler_for(schedule)]
+
+
+def bench_spec(config: dict, source: str, wrt: str, steps: int, variant: str, sampler: str | None = None) -> BenchSpec:
+    """One bench row of a model, sampler, parameter type, T and variant."""
     bench = config["bench"]
     definition = bench["variants"][variant]
-    shared = {key: bench[key] for key in ("batch", "seed", "rounds", "mem_mb", "sampler", "sampler_options")
-              if key in bench}
+    shared = {key: bench[key] for key in ("batch", "seed", "rounds", "mem_mb") if key in bench}
     return BenchSpec(**shared, model=source, model_options=model_options(config, source), wrt=wrt, steps=steps,
                      method=definition["method"], options=estimator_options(definition), variant=variant,
-                     device=config.get("device", "auto"))
+                     sampler=sampler, device=config.get("device", "auto"))
 
 
 def profile_spec(block: dict, source: str, checkpointing: bool) -> ProfileSpec:

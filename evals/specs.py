@@ -139,6 +139,8 @@ class RunSpec(SamplingSettings):
     partial chain, from the same starting samples."""
 
     task: str = setting("the task (latent, conditioning, finetune, or one a plug-in registers)", "latent")
+    experiment: str | None = setting("the experiment's name in tables: a config's task block (default: the task)",
+                                     None)
     method: str = setting("the gradient estimator")
     options: dict = setting("an option of the estimator (e.g. checkpoint=true, at=all, tail=5)", factory=dict,
                             flag="--option")

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from evals.chains import chain_of
+from evals.chains import chain_of, experiment_of
 from evals.outcomes import STATUSES
 from evals.records import write_atomic
 from sdo.tasks import TASKS
@@ -26,6 +26,7 @@ CHAIN_COLUMNS = ("chain", "ran_chain", "start_step", "init")
 def _run_columns(record: dict, path: Path) -> dict:
     config = record["config"]
     columns = {key: config.get(key) for key in RUN_KEYS}
+    columns["task"] = experiment_of(config)
     columns.update(chain_of(config))
     columns.update({key: record[key] for key in CHAIN_COLUMNS if key in record})
     columns["sampler"] = record.get("sampler") or config.get("sampler")
@@ -79,7 +80,7 @@ def evaluations_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
     rows = []
     for _, record in records:
         config = record["config"]
-        run = {"model": config.get("model"), "task": config.get("task"), "steps": config.get("steps"),
+        run = {"model": config.get("model"), "task": experiment_of(config), "steps": config.get("steps"),
                **chain_of(config), "variant": record.get("variant"), "seed": config.get("seed"),
                "status": record["status"], "wrt": TASKS[config["task"]].wrt if config.get("task") in TASKS else None,
                "device": record.get("device")}
@@ -93,7 +94,7 @@ def audits_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
     rows = []
     for _, record in records:
         config = record["config"]
-        run = {"model": config.get("model"), "task": config.get("task"), "steps": config.get("steps"),
+        run = {"model": config.get("model"), "task": experiment_of(config), "steps": config.get("steps"),
                **chain_of(config), "variant": record.get("variant"), "seed": config.get("seed"),
                "status": record["status"], "fallback_below": config.get("fallback_below"),
                "device": record.get("device")}

@@ -246,6 +246,9 @@ def optimise(
         on_iteration(0)
     problem = problem_at(0)
     device = problem.latent.device
+    if precision == "bf16-autocast" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16-autocast is not supported on {torch.cuda.get_device_name(device)}; "
+                         "use fp16-autocast or fp32")
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16-autocast" else None
     arithmetic = _autocast(device, PRECISIONS[precision])
     scaled = loss if scaler is None else (lambda x: scaler.scale(loss(x)))

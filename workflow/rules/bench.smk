@@ -7,7 +7,7 @@ rule bench_full:
         model_inputs,
     output:
         row=BENCH_ROW,
-        gradient="results/bench/{model}/{wrt}/T{steps}/{variant}.safetensors",
+        gradient="results/bench/{model}/{sampler}/{wrt}/T{steps}/{variant}.safetensors",
     wildcard_constraints:
         variant="full",
         steps=r"\d+",
@@ -16,9 +16,9 @@ rule bench_full:
         plugins=PLUGINS,
         flags=bench_flags,
     log:
-        "results/logs/bench/{model}/{wrt}/T{steps}/{variant}.log",
+        "results/logs/bench/{model}/{sampler}/{wrt}/T{steps}/{variant}.log",
     benchmark:
-        "results/benchmarks/bench/{model}/{wrt}/T{steps}/{variant}.tsv"
+        "results/benchmarks/bench/{model}/{sampler}/{wrt}/T{steps}/{variant}.tsv"
     threads: BENCH.get("threads", 2)
     resources:
         mem_mb=BENCH.get("mem_mb", 8000),
@@ -33,7 +33,7 @@ rule bench_full:
 rule bench_estimator:
     input:
         model_inputs,
-        exact="results/bench/{model}/{wrt}/T{steps}/full.safetensors",
+        exact="results/bench/{model}/{sampler}/{wrt}/T{steps}/full.safetensors",
     output:
         row=BENCH_ROW,
     wildcard_constraints:
@@ -44,9 +44,9 @@ rule bench_estimator:
         plugins=PLUGINS,
         flags=bench_flags,
     log:
-        "results/logs/bench/{model}/{wrt}/T{steps}/{variant}.log",
+        "results/logs/bench/{model}/{sampler}/{wrt}/T{steps}/{variant}.log",
     benchmark:
-        "results/benchmarks/bench/{model}/{wrt}/T{steps}/{variant}.tsv"
+        "results/benchmarks/bench/{model}/{sampler}/{wrt}/T{steps}/{variant}.tsv"
     threads: BENCH.get("threads", 2)
     resources:
         mem_mb=BENCH.get("mem_mb", 8000),

@@ -20,7 +20,7 @@ SOURCES = {slug(source): source for source in config["model_options"]}  # path s
 
 RUN_RECORD = "results/runs/{model}/{task}/{variant}/{chain}/seed{seed}.json"
 GUIDED_RECORD = "results/guidance/{model}/T{steps}/r{repeats}/seed{seed}.json"
-BENCH_ROW = "results/bench/{model}/{wrt}/T{steps}/{variant}.json"
+BENCH_ROW = "results/bench/{model}/{sampler}/{wrt}/T{steps}/{variant}.json"
 # a job that measures a ratio of seconds asks for more cores than any machine has: Snakemake
 # gives it all that --cores allows, so nothing runs beside it (a cluster profile sets its own)
 EVERY_CORE = 4096
@@ -72,12 +72,19 @@ GUIDED_RECORDS = [
 BACKWARD_COSTS = [
     f"results/backward_cost/{slug(source)}/{task}.json" for task, block in TASKS.items() for source in block["models"]
 ]
-BENCH_ROWS = expand(
-    BENCH_ROW, model=map(slug, BENCH["models"]), wrt=BENCH["wrt"], steps=BENCH["steps"], variant=list(BENCH["variants"])
-)
+BENCH_ROWS = [
+    row
+    for source in BENCH["models"]
+    for sampler in jobs.bench_samplers(config, source)
+    for row in expand(
+        BENCH_ROW, model=slug(source), sampler=sampler, wrt=BENCH["wrt"], steps=BENCH["steps"], variant=list(BENCH["variants"])
+    )
+]
 
 
 def bench_flags(wildcards):
-    """Only this model's, parameter type's, T's and variant's values and the bench's shared ones."""
-    spec = jobs.bench_spec(config, SOURCES[wildcards.model], wildcards.wrt, int(wildcards.steps), wildcards.variant)
+    """Only this model's, sampler's, parameter type's, T's and variant's values and the bench's shared ones."""
+    spec = jobs.bench_spec(
+        config, SOURCES[wildcards.model], wildcards.wrt, int(wildcards.steps), wildcards.variant, wildcards.sampler
+    )
     return flags(spec, "out", "exact_gradient", "save_gradient")

@@ -41,6 +41,7 @@ rule run_figures:
     output:
         verdicts=report("results/figures/verdicts.png", caption="../report/verdicts_figure.rst", category="1. Verdicts"),
         cost=report("results/figures/reward_vs_cost.png", caption="../report/reward_vs_cost.rst", category="1. Verdicts"),
+        steps=report("results/figures/cost_vs_steps.png", caption="../report/cost_vs_steps.rst", category="1. Verdicts"),
         seconds=report("results/figures/reward_vs_seconds.png", caption="../report/reward_vs_seconds.rst", category="3. Convergence"),
         fidelity=report("results/figures/fidelity_along_runs.png", caption="../report/fidelity_along_runs.rst",
                         category="2. Fidelity along runs"),

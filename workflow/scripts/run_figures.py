@@ -19,7 +19,9 @@ def read(path):
 
 
 evaluations, summary = read(snakemake.input.evaluations), read(snakemake.input.summary)
-figures.verdicts(read(snakemake.input.verdicts), snakemake.output.verdicts, figures.devices_of(summary))
+verdicts = read(snakemake.input.verdicts)
+figures.verdicts(verdicts, snakemake.output.verdicts, figures.devices_of(summary))
+figures.cost_vs_steps(verdicts, snakemake.output.steps, figures.devices_of(summary))
 figures.reward_vs_cost(evaluations, snakemake.output.cost)
 figures.reward_vs_seconds(evaluations, snakemake.output.seconds)
 figures.fidelity_along_runs(read(snakemake.input.audits), snakemake.output.fidelity)
