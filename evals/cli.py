@@ -64,6 +64,21 @@ def _profile(args) -> dict:
     return _outcome(rows, lambda row: f"{row['wrt']} T={row['steps']} {row['variant']}")
 
 
+def _plan(args) -> dict:
+    from evals.flags import from_args
+    from evals.plan import plan, render
+    from evals.records import write_atomic
+
+    spec = from_args(experiment.PlanSpec, args)
+    rows = plan(spec.configfile, spec.profile_rows, spec.throughput)
+    print(render(rows))
+    if spec.out is not None:
+        import pandas as pd
+
+        write_atomic(spec.out, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+    return {"status": "ok"}
+
+
 def _single(cls, function):
     return lambda args: function(from_args(cls, args))
 
@@ -83,6 +98,8 @@ COMMANDS = {
                       "the cost of a backward pass and of the loss against a forward pass on this device"),
     "profile": (experiment.ProfileSpec, _profile,
                 "seconds and memory of several estimator variants x parameter types x T in one process"),
+    "plan": (experiment.PlanSpec, _plan,
+             "a cost plan of config files before running them: runs, iterations, device-hours (an estimate)"),
 }
 
 
@@ -109,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, description) in COMMANDS.items():
         command = commands.add_parser(name, help=description, description=cls.__doc__)
         add_flags(command, cls, choices)
-        if name != "train":
+        if name not in ("train", "plan"):
             command.add_argument("--sweep", action="store_true",
                                  help="exit 0 whenever the record is written, whatever its status (for workflows)")
         if name == "run":

@@ -39,13 +39,14 @@ def plain_gradient(rule: str, problem: Problem, loss) -> list[torch.Tensor]:
         raise ValueError(f"plain loop rule must be one of {RULES}, got {rule!r}")
     chain = problem.chain
     scheduler = chain.diffusers_scheduler()
-    z = problem.latent * float(scheduler.init_noise_sigma)
+    z = problem.latent * float(getattr(scheduler, "init_noise_sigma", 1.0))
+    scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)  # flow matching's Euler has none
     for k, t in enumerate(scheduler.timesteps):
         if rule == "full" or k == 0:
-            out = _guided(chain, scheduler.scale_model_input(z, t), t, problem.cond)
+            out = _guided(chain, scale(z, t), t, problem.cond)
         else:
             with torch.no_grad():
-                out = _guided(chain, scheduler.scale_model_input(z.detach(), t), t, problem.cond)
+                out = _guided(chain, scale(z.detach(), t), t, problem.cond)
         z = scheduler.step(out, t, z).prev_sample
     return list(torch.autograd.grad(loss(z), problem.params, allow_unused=True, materialize_grads=True))
 

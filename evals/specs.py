@@ -295,6 +295,20 @@ class TrainSpec:
         _positive(self, "train_steps", "epochs", "mem_mb")
 
 
+@dataclass(kw_only=True)
+class PlanSpec:
+    """A cost plan of the workflow's config files before running them (`evals.plan`)."""
+
+    configfile: list[Path] = setting("config files layered over the defaults as Snakemake's --configfile")
+    profile_rows: Path = setting("`sdo profile` rows measured on this device (preferred over FLOPs where there)",
+                                 Path("results/profile"))
+    throughput: float = setting("the device's achieved TFLOP/s where estimates come from FLOPs", 400.0)
+    out: Path | None = setting("also write the plan as CSV here", None)
+
+    def __post_init__(self):
+        _check("throughput", self.throughput > 0, f"throughput must be positive, got {self.throughput}")
+
+
 def field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 

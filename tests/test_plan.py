@@ -1,0 +1,35 @@
+"""A cost plan before a big sweep, from the config files alone, without the weights: the paper's
+protocols get runs, iterations, exact network evaluations per iteration and a device-hours
+estimate marked as one; a model with no published architecture says why it has none."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from evals.cli import main
+from evals.plan import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_paper_config_plans_without_its_weights(tmp_path):
+    rows = plan([ROOT / "config" / "paper.yaml"], profile_rows=tmp_path / "none", throughput=400.0)
+    by = {(r["experiment"], r["variant"]): r for r in rows}
+    assert {r["experiment"] for r in rows} == {"style", "aesthetic", "clip_guide"}
+    style, whole = by["style", "shortcut"], by["style", "full_whole_chain"]
+    assert (style["forward_per_iteration"], style["backward_per_iteration"]) == (5, 1)  # the last 5 of 50 steps
+    assert (whole["forward_per_iteration"], whole["backward_per_iteration"]) == (50, 50)
+    assert (by["aesthetic", "full"]["forward_per_iteration"], by["aesthetic", "full"]["backward_per_iteration"]) == (40, 40)
+    assert style["runs"] == 8 and style["iterations"] == 8 * 200
+    assert 0 < style["device_hours"] < whole["device_hours"] and "FLOPs at 400 TFLOP/s" in style["estimate"]
+    guide = by["clip_guide", "full"]
+    assert math.isnan(guide["device_hours"]) and guide["estimate"].startswith("no estimate: no published architecture")
+
+
+def test_sdo_plan_prints_an_estimate(tmp_path, capsys):
+    assert main(["plan", "--configfile", str(ROOT / "config" / "paper.yaml"), "--throughput", "200",
+                 "--out", str(tmp_path / "plan.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "ESTIMATE: 104 runs" in printed and "device-hours in all (+ 4 rules with no estimate)" in printed
+    assert (tmp_path / "plan.csv").read_text().startswith("experiment,chain,variant,model")
