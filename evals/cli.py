@@ -123,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     choices = _choices()
+    from sdo.models.registry import known_sources
+
+    known = {"model": known_sources()}
     for name, (cls, _, description) in COMMANDS.items():
         command = commands.add_parser(name, help=description, description=cls.__doc__)
-        add_flags(command, cls, choices)
+        add_flags(command, cls, choices, known)
         if name not in ("train", "plan"):
             command.add_argument("--sweep", action="store_true",
                                  help="exit 0 whenever the record is written, whatever its status (for workflows)")

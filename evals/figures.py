@@ -106,7 +106,7 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
     _save(figure, path, devices, top=0.93)
 
 
-def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=()) -> None:
+def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=(), full: str = "full") -> None:
     """The step axis: for each model and task, the subject's paired cost ratio to full
     backpropagation on the same chain and to full through the whole chain (partial chains),
     with its interval, against the chain (T, then the start step), on a log scale; the paper's
@@ -115,7 +115,7 @@ def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=()) -> None:
         return _empty(path, "verdicts")
     claim = table["threshold"].min()
     rows = table[(table["threshold"] == claim) & table["verdict"].ne("invalid_start")]
-    rows = rows[rows["peer"].isin(["full", "full_whole_chain"]) | (rows["peer_chain"] != rows["subject_chain"])]
+    rows = rows[(rows["peer"] == full) | (rows["peer_chain"] != rows["subject_chain"])]  # whole-chain peers too
     if rows.empty:
         return _empty(path, "ratios to full backpropagation")
     panels = sorted(rows.groupby(["model", "task"]).groups)
@@ -174,10 +174,18 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
             axis.set_ylabel(label, fontsize=8)
             axis.grid(alpha=0.3)
             axis.set_visible(bool(axis.lines))
-    if any(str(v).startswith("doodl") for v in colours):
-        figure.text(0.01, 0.005, "doodl samples with EDICT, not the base sampler: it starts elsewhere at small T", fontsize=7, color="0.4")
+    if caveats := _caveats(evaluations):
+        figure.text(0.01, 0.005, "; ".join(caveats), fontsize=7, color="0.4")
     _legend(figure, axes)
     _save(figure, path, devices_of(evaluations), top=1 - 0.5 / (2.9 * len(groups)))
+
+
+def _caveats(rows: pd.DataFrame) -> list[str]:
+    """The caveats of the estimators these rows ran, as their classes state them."""
+    from sdo.estimators import ESTIMATORS
+
+    methods = rows["method"].dropna().unique() if "method" in rows else []
+    return [ESTIMATORS[m].caveat for m in sorted(methods) if m in ESTIMATORS and ESTIMATORS[m].caveat]
 
 
 METRICS = (("reward", "held-out reward"), ("nn_distance", "distance to real data\n(1 = as real data; lower is better)"))

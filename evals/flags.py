@@ -74,15 +74,17 @@ def _integer(text: str) -> int:
     return value
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, choices: dict | None = None) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls, choices: dict | None = None, known: dict | None = None) -> None:
     """A flag per field of the spec class `cls` (its help, default and type); `choices` maps
-    field names to allowed values known only now (the registries' names)."""
-    choices = choices or {}
+    field names to allowed values known only now (the registries' names), `known` to what the
+    help should add that is known only now."""
+    choices, known = choices or {}, known or {}
     for spec_field, annotation in _fields(cls):
         kind, optional = _base(annotation)
         meta, default = spec_field.metadata, _default(spec_field)
         required = default is dataclasses.MISSING or meta.get("required", False)
-        common = {"dest": spec_field.name, "help": meta.get("help", "")}
+        extra = f": {known[spec_field.name]}" if spec_field.name in known else ""
+        common = {"dest": spec_field.name, "help": meta.get("help", "") + extra}
         allowed = choices.get(spec_field.name) or meta.get("choices")
         if allowed:
             common["choices"] = list(allowed)

@@ -197,6 +197,9 @@ def render(rows: list[dict]) -> str:
     missing = sum(math.isnan(r["device_hours"]) for r in rows)
     table = tabulate(shown, headers=["experiment", "chain", "variant", "model", "runs", "iterations",
                                      "fwd + bwd / iter", "device-hours", "peak GB", "from"], tablefmt="github")
-    total = f"ESTIMATE: {sum(r['runs'] for r in rows)} runs, {sum(r['iterations'] for r in rows)} iterations, " \
-            f"{hours:.3g} device-hours in all" + (f" (+ {missing} rules with no estimate)" if missing else "")
+    if missing == len(rows):
+        time = "no device-hours estimate (no profile row or published architecture for these models)"
+    else:
+        time = f"{hours:.3g} device-hours in all" + (f" (+ {missing} rules with no estimate)" if missing else "")
+    total = f"ESTIMATE: {sum(r['runs'] for r in rows)} runs, {sum(r['iterations'] for r in rows)} iterations, {time}"
     return f"{table}\n\n{total}"

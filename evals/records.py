@@ -29,7 +29,10 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment(device: torch.device | str) -> dict:
-    """Device, library versions and the git commit of this checkout (None outside git)."""
+    """Device (and, on a GPU, the physical one a job's slot claimed), library versions and the
+    git commit of this checkout (None outside git)."""
+    from evals.slots import physical_device
+
     versions = {}
     for name in LIBRARIES:
         try:
@@ -42,7 +45,8 @@ def environment(device: torch.device | str) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
-    return {"device": device_name(device), "python": platform.python_version(), "versions": versions, "commit": commit}
+    return {"device": device_name(device), "physical_device": physical_device(device), "python": platform.python_version(),
+            "versions": versions, "commit": commit}
 
 
 def write_atomic(path: Path | str, write) -> None:

@@ -21,10 +21,7 @@ from sdo.models.store import DEFAULT_DIR
 PRECISIONS = ("fp32", "fp16-autocast", "bf16-autocast")
 PARAMETER_KINDS = ("latent", "cond", "weights")
 SCHEDULES = ("constant", "increase", "decrease")
-MODEL_HELP = (
-    "embedded (default), embedded-flow, sd:/sdxl:/sd3:/flux:/pixel:<directory or model id>, a diffusers directory, "
-    "or random:<architecture> (random weights: cost only)"
-)
+MODEL_HELP = "the model: embedded (default), a family's prefix and its location, or random weights for cost only"
 
 
 def setting(help: str, default=MISSING, *, factory=None, flag: str | None = None, many: bool = False,

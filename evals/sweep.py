@@ -1,12 +1,8 @@
 """A sweep's records turned into its tables: what `snakemake` writes to results/tables, as one
 function a notebook can call too. Whatever the runs' statuses, every table comes out.
 
-The load-free cost of an iteration, in forward passes of the denoiser as measured on the same
-device (`sdo backward-cost`): every forward call (1 each), the extra cost of keeping a graph
-(g - 1 per forward with a graph), every backward (w each) and the loss's own work, decode and
-reward forward and backward (l per evaluation). What it leaves out: the optimiser's update
-(a few element-wise passes over the parameters, against millions of multiply-adds per network
-call) and the memory traffic of autograd's bookkeeping.
+The cost unit, an iteration's load-free cost in forward passes of the denoiser weighted as
+measured on the same device, and what it leaves out: docs/methodology.md, "The cost unit".
 """
 
 from __future__ import annotations
@@ -48,9 +44,8 @@ def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], dict]:
 
 def with_cost(iterations: pd.DataFrame, weights: dict[tuple[str, str], dict]) -> pd.DataFrame:
     """The iterations (or evaluations, whose counts are cumulative) with `backward_weight` and
-    `cost` in forward passes (see the module docstring), and the same cost at both ends of the
-    backward weight's interval (`cost_w_low`, `cost_w_high`), which the verdicts' intervals
-    cover."""
+    `cost` in forward passes, and the same cost at both ends of the backward weight's interval
+    (`cost_w_low`, `cost_w_high`)."""
     frame = iterations.copy()
     if frame.empty or "nfe_forward" not in frame:
         return frame.assign(**{column: pd.Series(dtype=float) for column in ("backward_weight", *analysis.COST_UNITS)})

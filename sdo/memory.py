@@ -3,7 +3,7 @@ region), the device's own peak and current use, and a run's budget.
 
 The hooks run Python for every tensor autograd saves: full backpropagation saves thousands
 per gradient, the shortcut a handful, so timing a gradient under them would slow `full` far
-more than the method under study (by 16-18% on the embedded model). `saved_bytes` therefore
+more than the method under study. `saved_bytes` therefore
 measures on its own call, which callers make once per run configuration and never time.
 """
 

@@ -15,7 +15,7 @@ from sdo import make_estimator
 from sdo.models import store
 
 ROOT = Path(__file__).resolve().parents[1]
-ENVIRONMENT_FIELDS = {"device", "python", "versions", "commit"}
+ENVIRONMENT_FIELDS = {"device", "physical_device", "python", "versions", "commit"}
 RUN_FIELDS = {"variant", "config", "iterations", "final", "status"} | ENVIRONMENT_FIELDS
 ITERATION_FIELDS = {"iter", "loss", "reward", "seconds", "nfe_forward", "nfe_backward"}
 FINAL_FIELDS = {"reward_mean", "reward_ci95", "target_accuracy", "fid", "fid_note", "samples", "nn_distance", "drift"}
@@ -90,6 +90,7 @@ def test_same_seed_same_record(tmp_path):
     assert a["final"]["kid"] is None and a["final"]["nn_distance"] > 0 and len(a["evaluations"]) == 2
 
 
+@pytest.mark.slow
 def test_several_seeds_in_one_process(tmp_path):
     """`--seed 5 6` writes one record per seed, each the record its seed gives alone (LoRA
     adapters and noise included); several seeds need {seed} in --out."""

@@ -193,3 +193,19 @@ def test_environments_pin_what_the_package_needs():
     assert _pins(pip_of(rules_env)) == needed - {"snakemake==9.27.1"}
     assert _pins(pip_of(project_env)) == needed | extras
     assert "-e ." in pip_of(project_env) and not any(line.startswith("-e") for line in pip_of(rules_env))
+
+
+def test_a_config_naming_some_tasks_is_told_which_others_still_run():
+    """config.yaml layered under a file naming only the latent task: the note names the tasks
+    the defaults still run and the key that limits the sweep; with that key, no note."""
+    from evals.config import layered, layering_note
+
+    mine = {"runs": {"tasks": {"latent": {"steps": [5]}}}}
+    config = layered([DEFAULT, mine])
+    note = layering_note([mine], config)
+    running = [task for task in DEFAULT["runs"]["tasks"] if task != "latent"]
+    assert running and note is not None and "tasks: [latent]" in note
+    assert all(task in note for task in running)
+    limited = {**mine, "tasks": ["latent"]}
+    assert layering_note([limited], layered([DEFAULT, limited])) is None
+    assert layering_note([{"seed": 3}], layered([DEFAULT, {"seed": 3}])) is None

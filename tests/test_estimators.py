@@ -88,20 +88,20 @@ def test_doodl_equals_autograd_through_the_coupled_chain(wrt, sampler):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-@pytest.mark.parametrize("wrt", KINDS)
-def test_adjoint_converges_to_full_as_the_grid_is_refined(wrt, sampler):
+def test_adjoint_converges_to_full_as_the_grid_is_refined(sampler):
     """The adjoint rebuilds states by inverting each step (DDIM inversion; z - (sigma' - sigma) v
-    for flow matching): its error against full falls as T grows."""
-    errors, reconstruction = [], []
-    for steps in (8, 16, 32, 64):
-        problem = tiny_problem(wrt, steps=steps, perturb=0.0, sampler=sampler)
+    for flow matching): its error against full at least halves as T doubles, to 2% at T = 32
+    (0.0099 for ddim, 0.00043 for flow_euler), for the weights (tests/test_samplers.py checks the
+    latent and the conditioning on every sampler)."""
+    errors, reconstruction, wrt = [], [], "weights"
+    for steps in (8, 16, 32):
+        problem = tiny_problem(wrt, steps=steps, perturb=0.0, sampler=sampler, batch=1)
         loss = smooth_loss()
         adjoint = make_estimator("adjoint")(problem, loss)
         errors.append(relative_error(adjoint.grads, make_estimator("full")(problem, loss).grads))
         reconstruction.append(reconstruction_error(problem))
-    print(f"adjoint vs full ({sampler}, {wrt}), T=8..64: {errors}; latent reconstruction error: {reconstruction}")
-    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
-    assert errors[-1] <= 1e-2
+    assert all(later <= earlier / 2 for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] <= 2e-2
     assert all(later < earlier for earlier, later in zip(reconstruction, reconstruction[1:])), reconstruction
 
 
@@ -139,14 +139,32 @@ def test_shortcut_latent_first_is_the_released_rule(sampler):
     assert relative_error(make_estimator("shortcut")(problem, loss).grads, expected) <= 1e-10
 
 
-def test_shortcut_random_averages_to_all():
+def test_shortcut_random_is_an_unbiased_draw_of_all():
+    """Each draw is T times one step's term, the terms sum to `all`, and every step is drawn: so
+    the draws average to `all` exactly in expectation (each step with probability 1 / T)."""
+    from sdo.estimators.shortcut import Replay
+
+    class OneStep(Replay):
+        name = "one_step"
+
+        def __init__(self, k):
+            self.k = k
+
+        def chosen(self, problem):
+            return [self.k], 1.0
+
     problem = tiny_problem("cond", steps=4)
     loss = smooth_loss()
-    exact = make_estimator("shortcut", at="all")(problem, loss).grads[0]
+    terms = [OneStep(k)(problem, loss).grads[0] for k in range(4)]
+    torch.testing.assert_close(sum(terms), make_estimator("shortcut", at="all")(problem, loss).grads[0], rtol=1e-10, atol=1e-12)
     estimator = make_estimator("shortcut", at="random", seed=3)
-    draws = torch.stack([estimator(problem, loss).grads[0] for _ in range(400)])
-    assert float((draws.mean(0) - exact).norm() / exact.norm()) <= 0.1
-    assert float((draws[0] - exact).norm() / exact.norm()) > 0.1  # one draw alone is noisy
+    drawn = []
+    for _ in range(16):
+        draw = estimator(problem, loss).grads[0]
+        matches = [k for k, term in enumerate(terms) if torch.allclose(draw, 4 * term, rtol=1e-10, atol=1e-12)]
+        assert len(matches) == 1
+        drawn += matches
+    assert set(drawn) == {0, 1, 2, 3}
 
 
 ESTIMATOR_SPECS = {
@@ -162,16 +180,16 @@ ESTIMATOR_SPECS = {
 @pytest.mark.parametrize("wrt", ["latent", "weights"])
 def test_saved_bytes_scale_as_the_design_says(wrt):
     counted = {}
-    for steps in (4, 16):
+    for steps in (4, 10):
         problem = tiny_problem(wrt, steps=steps)
         for label, spec in ESTIMATOR_SPECS.items():
             name = label.split("+")[0]
             counted[label, steps] = saved_bytes(make_estimator(name, **spec), problem, smooth_loss())
     state_bytes = problem.latent.numel() * problem.latent.element_size()
     for label in ("adjoint", "doodl", "shortcut", "shortcut+all"):
-        assert counted[label, 16] <= 1.1 * counted[label, 4], (label, counted)
-    # checkpointing keeps the 12 extra states and nothing else that grows with T
-    growth = counted["full+checkpoint", 16] - counted["full+checkpoint", 4]
-    assert 0 < growth <= 12 * state_bytes * 1.05, (growth, state_bytes)
-    per_step = (counted["full", 16] - counted["full", 4]) / 12
-    assert per_step > 10 * state_bytes and counted["full", 16] > 3 * counted["full", 4]
+        assert counted[label, 10] <= 1.1 * counted[label, 4], (label, counted)
+    # checkpointing keeps the 6 extra states and nothing else that grows with T
+    growth = counted["full+checkpoint", 10] - counted["full+checkpoint", 4]
+    assert 0 < growth <= 6 * state_bytes * 1.05, (growth, state_bytes)
+    per_step = (counted["full", 10] - counted["full", 4]) / 6
+    assert per_step > 10 * state_bytes and counted["full", 10] > 2 * counted["full", 4]

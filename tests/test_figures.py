@@ -53,3 +53,11 @@ def test_figures_with_nothing_finished_say_so(tmp_path, monkeypatch):
     figures.reward_vs_cost(pd.DataFrame({"status": ["failed"], "cost": [1.0]}), tmp_path / "cost.png")
     said = [text.get_text() for figure in kept for axis in figure["axes"] for text in axis.texts]
     assert said == ["no verdicts: see the tables' status counts", "no finished runs: see the tables' status counts"]
+
+
+def test_curves_carry_the_caveats_their_estimators_state():
+    from sdo.estimators import ESTIMATORS
+
+    rows = pd.DataFrame({"method": ["full", "doodl", "shortcut", None]})
+    assert figures._caveats(rows) == [ESTIMATORS["doodl"].caveat] and "EDICT" in ESTIMATORS["doodl"].caveat
+    assert figures._caveats(pd.DataFrame({"variant": ["a"]})) == []

@@ -7,6 +7,7 @@ the published architectures' parameter counts on the meta device."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
+from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 from conftest import directional_fd, run_settings, wavy
 from hf_cache import cache_as
 from tiny_pipelines import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
@@ -68,6 +69,7 @@ def test_a_bare_directory_is_recognised_by_its_pipeline_class(saved, family):
                    for p in module.parameters())
 
 
+@pytest.mark.slow
 def test_a_model_id_loads_from_the_local_cache_and_a_missing_one_is_named(saved, tmp_path):
     """`sdo run --model flux:<id>` with the id in HF_HUB_CACHE, in a fresh process; an id that is
     not there fails the record saying where it looked and how to provide it."""
@@ -149,6 +151,7 @@ def test_full_through_the_decode_matches_finite_differences(saved, family, wrt, 
 OPTIONS = {"truncated": {"tail": 1}, "drtune": {"supervised": 2}, "refl": {"last": 2}, "shortcut_warm": {"sweeps": 1}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_estimator_runs_one_iteration_of_every_task(saved, family):
     model = _load(saved, family)
@@ -217,6 +220,7 @@ PUBLISHED = {  # parameters per network, as the published configs give them
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", sorted(PUBLISHED))
 def test_published_architectures_have_their_sizes(architecture):
     """Built on the meta device (nothing allocated): the published parameter counts, the true
@@ -227,6 +231,9 @@ def test_published_architectures_have_their_sizes(architecture):
     latent = model.latent_batch(1, torch.Generator().manual_seed(0))
     z = model.make_chain(2, 2.0).step(latent, 0, model.encode(PROMPTS[:1]))
     assert z.shape == latent.shape and model.decode(z).shape == (1, 3, model.resolution, model.resolution)
+    if architecture.startswith("flux"):  # the pipeline's defaults: schnell is not guidance-distilled
+        schnell = architecture == "flux-schnell"
+        assert (model.distilled_guidance, model.max_sequence_length) == ((0.0, 256) if schnell else (3.5, 512))
 
 
 CONFIG_IDS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd3": "stabilityai/stable-diffusion-3.5-medium",
@@ -255,3 +262,68 @@ def test_each_family_config_plans_every_estimator(saved, family, tmp_path, monke
     assert {args.model for args in runs} == {f"{family}:{CONFIG_IDS[family]}"}
     assert {args.reward for args in runs} == {"clip", "aesthetic", "hpsv2"}
     assert all(args.metrics == ["pickscore"] for args in runs) and config["statistics"]["guard"]["metric"] == "metric:pickscore"
+
+
+def _edit_config(path: Path, drop: tuple[str, ...] = (), **values) -> None:
+    config = json.loads(path.read_text())
+    config = {key: value for key, value in {**config, **values}.items() if key not in drop}
+    path.write_text(json.dumps(config))
+
+
+def test_a_dynamic_shift_with_keys_left_out_samples_what_the_pipeline_samples(saved, tmp_path):
+    """SD3 with `use_dynamic_shifting` and none of the shift keys: mu comes from the scheduler's
+    resolved defaults (max_shift 1.15), as the pipeline's `scheduler.config.get` does."""
+    shutil.copytree(saved["sd3"], tmp_path / "sd3")
+    keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
+    _edit_config(tmp_path / "sd3" / "scheduler" / "scheduler_config.json", drop=keys, use_dynamic_shifting=True)
+    ours, pipeline = load_model(str(tmp_path / "sd3")), _pipeline({"sd3": tmp_path / "sd3"}, "sd3")
+    latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
+    expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=1.0,
+                        height=ours.resolution, width=ours.resolution).images
+    with torch.no_grad():
+        sample = ours.make_chain(4, 1.0).sample(latents, ours.encode(PROMPTS), graph_from=None)
+    assert (sample - expected).abs().max() <= 1e-6 * max(1.0, float(expected.abs().max()))
+
+
+def test_sdxl_decodes_with_latents_mean_and_std_and_upcasts_in_float16(saved, tmp_path):
+    """A VAE config with `latents_mean`/`latents_std` and `force_upcast`: in float16 the decode
+    runs the VAE in float32 and unscales per channel, giving the pipeline's images."""
+    shutil.copytree(saved["sdxl"], tmp_path / "sdxl")
+    _edit_config(tmp_path / "sdxl" / "vae" / "config.json", force_upcast=True, latents_mean=[0.3, -0.2, 0.1, 0.5],
+                 latents_std=[2.0, 0.5, 1.5, 0.8])
+    ours = load_model(str(tmp_path / "sdxl"), dtype="float16")
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", local_files_only=True,
+                                                         torch_dtype=torch.float16)
+    pipeline.set_progress_bar_config(disable=True)
+    latents = ours.latent_batch(1, torch.Generator().manual_seed(0))
+    run = dict(latents=latents, num_inference_steps=2, guidance_scale=1.0)
+    sample = pipeline(PROMPTS[:1], output_type="latent", **run).images
+    expected = pipeline(PROMPTS[:1], output_type="pt", **run).images
+    seen = []
+    hook = ours.vae.decoder.conv_in.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+    try:
+        with torch.no_grad():
+            images = (ours.decode(sample).float() / 2 + 0.5).clamp(0, 1)
+    finally:
+        hook.remove()
+    assert torch.float16 not in seen  # the decoder runs in float32
+    assert images.dtype == torch.float32 and (images - expected.float()).abs().max() <= 2e-3
+    shifted = (ours.decode(sample).float() - ours.decode(sample * 0.5).float()).abs().max()
+    assert shifted > 1e-2  # the per-channel unscaling reaches the images
+
+
+def test_sdxl_on_a_ddim_config_honours_its_offset_and_final_alpha(saved, tmp_path):
+    """SDXL's pipeline takes a DDIM config as it is (no legacy amendment, unlike SD 1.x's): with
+    `steps_offset` 0 and `set_alpha_to_one` the default sampler is DDIM and samples the same."""
+    pipeline = _pipeline(saved, "sdxl")
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config, steps_offset=0, set_alpha_to_one=True,
+                                                   clip_sample=False)
+    pipeline.save_pretrained(tmp_path / "sdxl")
+    ours = load_model(str(tmp_path / "sdxl"))
+    latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
+    expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=1.0).images
+    with torch.no_grad():
+        chain = ours.make_chain(4, 1.0)
+        sample = chain.sample(latents, ours.encode(PROMPTS), graph_from=None)
+    assert chain.name == "ddim" and chain.timesteps == [int(t) for t in pipeline.scheduler.timesteps]
+    assert (sample - expected).abs().max() <= 1e-5 * max(1.0, float(expected.abs().max()))

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from evals.cli import main
-from evals.plan import plan
+from evals.plan import plan, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +33,10 @@ def test_sdo_plan_prints_an_estimate(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ESTIMATE: 104 runs" in printed and "device-hours in all (+ 4 rules with no estimate)" in printed
     assert (tmp_path / "plan.csv").read_text().startswith("experiment,chain,variant,model")
+
+
+def test_a_plan_with_no_estimate_says_so_rather_than_zero(tmp_path):
+    rows = plan([ROOT / "config" / "quick.yaml"], profile_rows=tmp_path / "none", throughput=400.0)
+    assert rows and all(math.isnan(r["device_hours"]) for r in rows)
+    printed = render(rows)
+    assert "no device-hours estimate" in printed and "0 device-hours" not in printed

@@ -1,98 +1,175 @@
-"""Plug-ins are one file each: the model family, reward and task written out in
-docs/extending.md register themselves from their own files and run through the command line,
-and each registry lists exactly what the code registers."""
+"""Plug-ins are one file each: the model family, reward, task, sampler and estimator written out
+in docs/extending.md register themselves from their own files and run through the command line
+as the page shows; the sampler steps as its diffusers scheduler does and the estimator equals the
+shortcut's rules it generalises; each registry lists what the code registers and refuses a name
+taken by another file."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from conftest import relative_error, smooth_loss, tiny_problem, tiny_problem_parts
 
 from evals.cli import main
+from evals.plugins import PluginError, import_plugin
 from evals.rewards import REWARDS
-from sdo.estimators import ESTIMATORS
+from sdo.estimators import ESTIMATORS, make_estimator
 from sdo.models import MODELS, resolve
 from sdo.samplers import SAMPLERS
 from sdo.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {"my_denoiser.py", "contrast_reward.py", "two_prompt_task.py", "ddim_trailing.py", "shortcut_tail.py"}
 
 
-def _blocks() -> dict[str, str]:
+def extending_blocks() -> dict[str, str]:
     """The python code blocks of docs/extending.md, by the file name in their first line."""
     text = (ROOT / "docs" / "extending.md").read_text()
-    blocks = re.findall(r"```python\n# (\S+)\n(.*?)```", text, flags=re.DOTALL)
-    return {name: code for name, code in blocks}
+    return dict(re.findall(r"```python\n# (\S+)\n(.*?)```", text, flags=re.DOTALL))
 
 
-@pytest.fixture(scope="module")
-def plugins(tmp_path_factory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("plugins")
+def write_examples(base: Path) -> dict[str, Path]:
+    """The page's files written once per test session under `base` (the session's temporary
+    root), so every test that imports them imports the same files and registers each name once."""
+    directory = base / "extending"
+    directory.mkdir(exist_ok=True)
     files = {}
-    for name, code in _blocks().items():
+    for name, code in extending_blocks().items():
         files[name] = directory / name
-        files[name].write_text(code)
-    assert set(files) == {"ddpm_backend.py", "contrast_reward.py", "two_prompt_task.py"}
+        if not files[name].exists() or files[name].read_text() != code:
+            files[name].write_text(code)
     return files
 
 
 @pytest.fixture(scope="module")
-def ddpm_dir(tmp_path_factory) -> Path:
-    """A tiny unconditional DDPM pipeline saved in diffusers' layout."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, attention_head_dim=4)
-    directory = tmp_path_factory.mktemp("ddpm")
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(directory)
-    return directory
+def plugins(tmp_path_factory) -> dict[str, Path]:
+    files = write_examples(tmp_path_factory.getbasetemp())
+    assert set(files) == EXAMPLES
+    return files
 
 
 def _record(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_a_model_family_from_one_file_runs_from_a_bare_directory(plugins, ddpm_dir, tmp_path):
-    out = tmp_path / "ddpm.json"
-    code = main(["--threads", "1", "--plugin", str(plugins["ddpm_backend.py"]), "run", "--model", str(ddpm_dir),
-                 "--task", "latent", "--method", "shortcut", "--steps", "3", "--iters", "2", "--batch", "2",
-                 "--reward", "mean_square", "--device", "cpu", "--out", str(out)])
+def _run(*words: str) -> int:
+    return main(["--threads", "1", *words, "--device", "cpu"])
+
+
+def test_a_model_family_of_ones_own_runs_from_its_safetensors(plugins, tmp_path):
+    import_plugin(plugins["my_denoiser.py"])
+    family = MODELS["mine"]
+    module = sys.modules[family.__module__]
+    torch.manual_seed(0)
+    module.save(module.TinyDenoiser(channels=3, width=8), tmp_path / "weights", size=8)
+    source = f"mine:{tmp_path / 'weights'}"
+    assert resolve(source).cls is family
+    out = tmp_path / "mine.json"
+    code = _run("--plugin", str(plugins["my_denoiser.py"]), "run", "--model", source, "--task", "latent", "--method",
+                "shortcut", "--steps", "3", "--iters", "2", "--batch", "2", "--reward", "mean_square",
+                "--out", str(out))
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
-    assert resolve(str(ddpm_dir)).cls.prefix == "ddpm" and "ddpm" in MODELS
-    out = tmp_path / "lora.json"
-    code = main(["--threads", "1", "--plugin", str(plugins["ddpm_backend.py"]), "run", "--model", f"ddpm:{ddpm_dir}",
-                 "--task", "finetune", "--method", "full", "--steps", "2", "--iters", "1", "--batch", "2",
-                 "--task-option", "lora_rank=2", "--task-option", "eval_samples=2", "--task-option", "monitor_samples=2",
-                 "--reward", "mean_square", "--device", "cpu", "--out", str(out)])
+    assert record["sampler"] == "ddim" and len(record["iterations"]) == 2
+    out = tmp_path / "tuned.json"
+    code = _run("--plugin", str(plugins["my_denoiser.py"]), "run", "--model", source, "--task", "finetune", "--method",
+                "full", "--task-option", "lora_rank=0", "--task-option", "eval_samples=2", "--task-option",
+                "monitor_samples=2", "--steps", "2", "--iters", "1", "--batch", "2", "--reward", "mean_square",
+                "--out", str(out))
     assert code == 0 and _record(out)["status"] == "ok", _record(out).get("reason")
+    out = tmp_path / "missing.json"
+    code = _run("--plugin", str(plugins["my_denoiser.py"]), "run", "--model", f"mine:{tmp_path / 'nowhere'}",
+                "--method", "shortcut", "--steps", "2", "--iters", "1", "--reward", "mean_square", "--out", str(out))
+    assert code == 1 and "model.safetensors not found" in _record(out)["reason"]
 
 
 def test_a_reward_and_a_task_from_their_own_files(plugins, tmp_path):
     out = tmp_path / "two.json"
-    code = main(["--threads", "1", "--plugin", str(plugins["contrast_reward.py"]), "--plugin",
-                 str(plugins["two_prompt_task.py"]), "run", "--task", "two_prompt_latent", "--task-option",
-                 'prompts=["3", "8"]', "--reward", "contrast", "--reward-option", "power=2", "--method", "shortcut",
-                 "--steps", "3", "--iters", "2", "--batch", "2", "--out", str(out)])
+    code = _run("--plugin", str(plugins["contrast_reward.py"]), "--plugin", str(plugins["two_prompt_task.py"]), "run",
+                "--task", "two_prompt_latent", "--task-option", 'prompts=["3", "8"]', "--reward", "contrast",
+                "--reward-option", "power=2", "--method", "shortcut", "--steps", "3", "--iters", "2", "--batch", "2",
+                "--out", str(out))
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert "two_prompt_latent" in TASKS and TASKS["two_prompt_latent"].wrt == "latent"
     out = tmp_path / "bad.json"
-    main(["--plugin", str(plugins["contrast_reward.py"]), "run", "--method", "shortcut", "--steps", "2", "--iters", "1",
-          "--reward", "contrast", "--reward-option", "power=-1", "--out", str(out)])
+    _run("--plugin", str(plugins["contrast_reward.py"]), "run", "--method", "shortcut", "--steps", "2", "--iters", "1",
+         "--reward", "contrast", "--reward-option", "power=-1", "--out", str(out))
     assert "power must be positive, got -1" in _record(out)["reason"]
 
 
+def test_the_sampler_example_steps_as_its_diffusers_scheduler_and_runs(plugins, tmp_path):
+    """DDIM on trailing timesteps: the chain's float64 sample equals a loop over diffusers'
+    DDIMScheduler.step with timestep_spacing='trailing' (whose alphas are float32), from t = 999."""
+    import_plugin(plugins["ddim_trailing.py"])
+    chain, latent, cond = tiny_problem_parts(5, sampler="ddim_trailing", cfg_scale=1.0)
+    scheduler = chain.diffusers_scheduler()
+    assert chain.timesteps == [999, 799, 599, 399, 199] == scheduler.timesteps.tolist()
+    with torch.no_grad():
+        x = latent
+        for t in scheduler.timesteps:
+            out = chain.guided(x, torch.full((len(x),), float(t), dtype=x.dtype), cond)
+            x = scheduler.step(out, t, x).prev_sample
+        ours = chain.trajectory(latent, cond)[0]
+    assert relative_error([ours], [x]) < 1e-6
+    assert SAMPLERS["ddim_trailing"].capabilities_for(None, {}).deterministic
+    out = tmp_path / "trailing.json"
+    code = _run("--plugin", str(plugins["ddim_trailing.py"]), "run", "--task", "latent", "--sampler", "ddim_trailing",
+                "--method", "shortcut", "--steps", "3", "--iters", "2", "--batch", "2", "--out", str(out))
+    record = _record(out)
+    assert code == 0 and record["status"] == "ok" and record["sampler"] == "ddim_trailing", record.get("reason")
+
+
+def test_the_estimator_example_spans_the_shortcut_s_last_and_all(plugins, tmp_path):
+    """tail = 1 gives the shortcut's at=last gradient and tail = T its at=all, exactly, on a tiny
+    float64 chain; through the command line it runs on the conditioning and is not applicable to
+    the latent."""
+    import_plugin(plugins["shortcut_tail.py"])
+    steps, loss = 4, smooth_loss()
+    for tail, at in ((1, "last"), (steps, "all"), (steps + 3, "all")):
+        for wrt in ("cond", "weights"):
+            ours = make_estimator("shortcut_tail", tail=tail)(tiny_problem(wrt, steps), loss)
+            theirs = make_estimator("shortcut", at=at)(tiny_problem(wrt, steps), loss)
+            assert relative_error(ours.grads, theirs.grads) < 1e-12, (tail, wrt)
+            assert (ours.nfe_forward, ours.nfe_backward) == (theirs.nfe_forward, theirs.nfe_backward)
+    two = make_estimator("shortcut_tail", tail=2)(tiny_problem("cond", steps), loss)
+    assert two.graph_steps == [2, 3] and two.nfe_backward == 2
+    with pytest.raises(ValueError, match="tail must be >= 1, got 0"):
+        make_estimator("shortcut_tail", tail=0)
+    out = tmp_path / "tail.json"
+    code = _run("--plugin", str(plugins["shortcut_tail.py"]), "run", "--task", "conditioning", "--method",
+                "shortcut_tail", "--option", "tail=2", "--steps", "3", "--iters", "2", "--batch", "2", "--task-option",
+                "eval_samples=2", "--task-option", "monitor_samples=2", "--out", str(out))
+    assert code == 0 and _record(out)["status"] == "ok", _record(out).get("reason")
+    out = tmp_path / "latent.json"
+    code = _run("--plugin", str(plugins["shortcut_tail.py"]), "run", "--method", "shortcut_tail", "--steps", "3",
+                "--iters", "1", "--batch", "2", "--out", str(out))
+    assert code == 1 and _record(out)["status"] == "not_applicable"
+
+
+def test_a_name_taken_by_another_file_is_refused_naming_both(plugins, tmp_path):
+    import_plugin(plugins["contrast_reward.py"])
+    copy = tmp_path / "contrast_again.py"
+    copy.write_text(plugins["contrast_reward.py"].read_text())
+    with pytest.raises(PluginError, match=f"registered twice: by {re.escape(str(plugins['contrast_reward.py']))} "
+                                          f"and by {re.escape(str(copy))}"):
+        import_plugin(copy)
+
+
 def test_the_registries_hold_the_built_in_plug_ins():
-    assert {"ddim", "flow_euler"} <= set(SAMPLERS)
+    assert {"ddim", "euler", "euler_ancestral", "dpmpp_2m", "unipc", "flow_euler", "flow_sde"} <= set(SAMPLERS)
     assert {"full", "truncated", "adjoint", "doodl", "shortcut", "shortcut_warm", "drtune", "refl"} <= set(ESTIMATORS)
     assert {"latent", "conditioning", "finetune"} <= set(TASKS)
-    assert {"embedded", "embedded-flow", "sd"} <= set(MODELS)
-    assert {("classifier", "digits"), ("clip", "rgb"), ("style", "digits"), ("style", "rgb")} <= set(REWARDS)
+    assert {"embedded", "embedded-flow", "sd", "sdxl", "sd3", "flux", "pixel"} <= set(MODELS)
+    rgb = {"clip", "aesthetic", "style", "mean_square", "pickscore", "hpsv2", "imagereward", "style_gram",
+           "aesthetic_target", "clip_guide"}
+    assert {(name, "rgb") for name in rgb} | {(name, "digits") for name in ("classifier", "style", "inpaint",
+                                                                              "superres")} <= set(REWARDS)
     from sdo.samplers.base import NEEDS
 
     for cls in ESTIMATORS.values():

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 
 
+@pytest.mark.slow
 def test_a_rerun_moves_kept_records_back_untouched(tmp_path):
     """A job with one ok and one failed seed: staging moves both aside; the rerun moves the ok
     record back, the same file, and runs only the failed seed."""
@@ -75,6 +76,7 @@ def test_an_allocation_past_the_budget_fails_at_once(tmp_path):
     assert len(record["iterations"]) == 1  # the run's iterations are kept
 
 
+@pytest.mark.slow
 def test_without_a_budget_a_run_takes_the_default_one(tmp_path):
     """No --mem-mb: the run takes half the memory available when it starts, so a batch that would
     swell past the machine ends as out_of_memory within a minute, its resident memory never more
@@ -168,6 +170,7 @@ def test_a_reward_that_names_no_callable_says_what_is_allowed(tmp_path, name, wo
     assert "package.module:function" in record["reason"] or "defines no" in words  # the forms where the form is wrong
 
 
+@pytest.mark.slow
 def test_samplers_are_a_per_run_choice(tmp_path, capsys):
     """DPM-Solver++ 2M and Euler ancestral run on the embedded model; DOODL on a multistep solver
     is not applicable, saying why; an unknown sampler is refused, naming those there are."""

@@ -502,6 +502,8 @@ def test_bad_options_are_refused_by_name(sampler, options, config, message):
 
 
 @pytest.mark.parametrize("sampler, config, message", [
+    ("ddim", {**DIGITS, "clip_sample": True}, "ddim refuses clip_sample=True: clipping the predicted sample is not"),
+    ("ddim", {**DIGITS, "thresholding": True}, "ddim refuses thresholding=True"),
     ("dpmpp_2m", {**DIGITS, "thresholding": True}, "dpmpp_2m refuses thresholding"),
     ("dpmpp_2m", {**DIGITS, "variance_type": "learned_range"}, "dpmpp_2m refuses variance_type"),
     ("dpmpp_2m", {**DIGITS, "use_flow_sigmas": True}, "dpmpp_2m refuses use_flow_sigmas"),

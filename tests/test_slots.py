@@ -98,9 +98,9 @@ def test_concurrent_jobs_get_distinct_devices(tmp_path, jobs):
 def test_jobs_of_two_devices_each_split_four(tmp_path, jobs):
     gate = tmp_path / "gate"
     pair = [start(jobs, tmp_path, {slots.SIMULATED: "4"}, gate, wanted=2) for _ in range(2)]
-    visible = sorted(job.report["visible"] for job in pair)
-    gate.touch()
-    assert visible == ["0,1", "2,3"]
+    visible = [job.report["visible"].split(",") for job in pair]
+    gate.touch()  # claimed at once, the two may interleave (0,2 and 1,3): any split into disjoint pairs is right
+    assert all(len(devices) == 2 for devices in visible) and sorted(sum(visible, [])) == ["0", "1", "2", "3"]
 
 
 def test_a_killed_jobs_slot_is_reclaimed(tmp_path, jobs):

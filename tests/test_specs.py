@@ -47,6 +47,8 @@ def _unusual(spec_field: dataclasses.Field, annotation):
     origin = typing.get_origin(kind)
     if origin is list:
         inner = typing.get_args(kind)[0]
+        if inner is Path:
+            return [Path("a dir/one.yaml"), Path("two $(x).yaml")]
         return [3, 5] if inner is int else [1.5, 2.5] if inner is float else ["pkg.mod:fn", "pickscore"]
     if origin is tuple:
         return (0.5, 0.75)

@@ -112,9 +112,45 @@ def test_chain_reproduces_the_diffusers_pipeline(tmp_path, prediction_type):
         assert (decoded - images).abs().max() <= 1e-4
 
 
+DDIM_CONFIGS = {  # a DDIMScheduler config's own values, each one the chain must honour
+    "alpha one, offset 0": {"set_alpha_to_one": True, "steps_offset": 0},
+    "trailing": {"timestep_spacing": "trailing"},
+    "linspace": {"timestep_spacing": "linspace"},
+    "zero terminal SNR, v": {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                             "prediction_type": "v_prediction"},
+    "legacy, amended by the pipeline": {"steps_offset": 0, "clip_sample": True},
+}
+
+
+def _ddim_pipeline(tmp_path, **values) -> Path:
+    """The tiny SD pipeline saved with a DDIMScheduler of SD's betas and `values`."""
+    pipeline = StableDiffusionPipeline.from_pretrained(build_tiny(tmp_path / "pndm"), local_files_only=True)
+    sd = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
+          "set_alpha_to_one": False, "steps_offset": 1}
+    pipeline.scheduler = DDIMScheduler(**{**sd, **values})
+    pipeline.save_pretrained(tmp_path / "ddim")
+    return tmp_path / "ddim"
+
+
+@pytest.mark.parametrize("values", list(DDIM_CONFIGS.values()), ids=list(DDIM_CONFIGS))
+def test_the_chain_honours_the_ddim_config_it_is_given(tmp_path, values):
+    directory = _ddim_pipeline(tmp_path, **values)
+    ours = StableDiffusion.load(directory)
+    pipeline = StableDiffusionPipeline.from_pretrained(directory, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    assert type(pipeline.scheduler) is DDIMScheduler
+    latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
+    expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4,
+                        guidance_scale=1.0).images
+    with torch.no_grad():
+        sample = ours.make_chain(4, 1.0).sample(latents, ours.encode(PROMPTS), graph_from=None)
+    assert (sample - expected).abs().max() <= 1e-4
+
+
 ESTIMATORS = {"full": {}, "truncated": {"tail": 1}, "adjoint": {}, "doodl": {}, "shortcut": {"at": "all"}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(ESTIMATORS))
 @pytest.mark.parametrize("task", ["latent", "conditioning", "finetune"])
 def test_every_estimator_runs_every_task(model, task, method):
@@ -372,6 +408,7 @@ def test_random_weights_bench_is_cost_only(tmp_path, tiny_dir, monkeypatch):
     assert drawn == {"architecture": "sd1.5", "seed": 3, "resolution": 32} and row["config"]["lora_rank"] is None
 
 
+@pytest.mark.slow
 def test_sdo_profile_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_dir, monkeypatch):
     """`sdo profile` measures every variant x parameter type x T in one process on one model: each
     row's gradient is the one `sdo bench` gives alone, and an out-of-memory row is a row while

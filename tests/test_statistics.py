@@ -26,7 +26,7 @@ def _run(variant, seed, rewards, cost_per_iter, every=1, start_deviation=0.0, se
     seconds = cost_per_iter / 10 if seconds_per_iter is None else seconds_per_iter
     iterations = [{**key, "variant": variant, "seed": seed, "iter": i, "cost": cost_per_iter, "seconds": seconds}
                   for i in range(iters)]
-    run = {**key, "variant": variant, "seed": seed, "status": "ok", "start_deviation": start_deviation,
+    run = {**key, "variant": variant, "seed": seed, "status": "ok", "start_deviation": start_deviation, "sampler": "ddim",
            "ran_chain": ran_chain or key["chain"], "warmup_cost": warmup_cost, "warmup_seconds": warmup_cost / 10}
     return evaluations, iterations, run
 
@@ -57,6 +57,7 @@ def test_paired_ratio_of_a_method_ten_times_cheaper_holds_the_claim():
     row = table[table["threshold"] == 0.1].iloc[0]
     assert (row["ratio"], row["ratio_low"], row["ratio_high"]) == pytest.approx((0.1, 0.1, 0.1))
     assert row["verdict"] == "holds" and row["paired"] == 8 and row["censored_method"] == 0
+    assert row["sampler"] == "ddim" and set(statistics.cost_to_quality(per_run, OPTIONS)["sampler"]) == {"ddim"}
     cheaper = table[table["threshold"] == 1.0].iloc[0]
     assert cheaper["verdict"] == "holds"
 

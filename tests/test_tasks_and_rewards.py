@@ -30,15 +30,25 @@ HELD_OUT_FLAGS = ["--task-option", "eval_samples=4", "--task-option", "monitor_s
 def _run(tmp_path, *flags: str, code: int | None = None) -> dict:
     """The record of one small run; `code`, when given, is the exit status it must end with."""
     out = tmp_path / "run.json"
-    status = main(["--threads", "2", "run", "--steps", "3", "--iters", "2", "--batch", "2", "--out", str(out), *flags])
+    status = main(["--threads", "2", "run", "--steps", "2", "--iters", "2", "--batch", "2", "--out", str(out), *flags])
     record = json.loads(out.read_text())
     assert code is None or status == code, (status, record.get("reason"))
     return record
 
 
-@pytest.mark.parametrize("model", ["embedded", "embedded-flow"])
-@pytest.mark.parametrize("method", sorted(ESTIMATOR_FLAGS))
-@pytest.mark.parametrize("task", ["latent", "conditioning", "finetune"])
+def _task_method_model():
+    """Every task x estimator x embedded model: the fast tier runs each estimator once, on one
+    task and model in turn (every task and model appears); the full tier runs the rest."""
+    tasks, models = ("latent", "conditioning", "finetune"), ("embedded", "embedded-flow")
+    params = []
+    for i, method in enumerate(sorted(ESTIMATOR_FLAGS)):
+        fast = (tasks[i % len(tasks)], models[i % len(models)])
+        params += [pytest.param(task, method, model, marks=[] if (task, model) == fast else [pytest.mark.slow])
+                   for task in tasks for model in models]
+    return params
+
+
+@pytest.mark.parametrize("task, method, model", _task_method_model())
 def test_every_task_runs_with_every_estimator(tmp_path, task, method, model):
     held_out = HELD_OUT_FLAGS if task != "latent" else []
     record = _run(tmp_path, "--task", task, "--method", method, "--model", model, *ESTIMATOR_FLAGS[method], *held_out)

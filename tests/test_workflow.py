@@ -217,10 +217,12 @@ def test_odd_paths_and_values_reach_the_jobs_quoted(tmp_path):
 
 
 def test_the_slurm_profile_plans_the_jobs_and_names_only_rules_the_workflow_has():
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "config/profiles/slurm"],
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--profile", "config/profiles/slurm"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^run_latent_T10\s+\d+$", done.stdout, re.MULTILINE) and "This was a dry-run" in done.stdout + done.stderr
+    runs = [line for line in done.stdout.splitlines() if "evals.cli" in line and " run --" in line]
+    assert runs and all("--gpus-per-job 1 " in line for line in runs)  # every run job asks for its GPU
     rules = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300).stdout.split()
     profile = yaml.safe_load((ROOT / "config" / "profiles" / "slurm" / "config.yaml").read_text())

@@ -102,10 +102,16 @@ def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd
                 **{f"budget_{unit}": float(spent[unit].sum()) for unit in units},
                 "warmup_cost": _number(info.get("warmup_cost")), "warmup_seconds": _number(info.get("warmup_seconds")),
                 "ran_chain": info.get("ran_chain", key[3]) if isinstance(info.get("ran_chain"), str) else key[3],
+                "sampler": info.get("sampler"),
                 "resolution": resolution, "start_deviation": deviation,
                 "valid_start": deviation <= options.start_tolerance,
             })
     return pd.DataFrame(rows)
+
+
+def _sampler(runs: pd.DataFrame) -> str | None:
+    """The sampler these runs ran (one per chain), where the rows say."""
+    return runs["sampler"].iloc[0] if "sampler" in runs else None
 
 
 def _number(value) -> float:
@@ -169,7 +175,8 @@ def cost_to_quality(per_run: pd.DataFrame, options: Options, full: str = "full")
         for variant, runs in group.groupby("variant"):
             reached = runs[runs["reached"]]
             row = {
-                **dict(zip(KEYS, key)), "variant": variant, "ran_chain": runs["ran_chain"].iloc[0], "runs": len(runs),
+                **dict(zip(KEYS, key)), "variant": variant, "ran_chain": runs["ran_chain"].iloc[0],
+                "sampler": _sampler(runs), "runs": len(runs),
                 "reached": int(runs["reached"].sum()), "valid_start": bool(runs["valid_start"].all()),
                 "start_deviation": float(runs["start_deviation"].max()),
                 "target_gain": float(runs["target_gain"].mean()), "start_reward": float(runs["start_reward"].mean()),
@@ -219,7 +226,7 @@ def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subje
             s_estimate, s_lower, s_upper, _ = found["seconds"]
             for threshold in dict.fromkeys([claim, 1.0]):
                 rows.append({
-                    **dict(zip(KEYS, key)), "subject": subject, "peer": peer,
+                    **dict(zip(KEYS, key)), "sampler": _sampler(ours), "subject": subject, "peer": peer,
                     "subject_chain": ours["ran_chain"].iloc[0], "peer_chain": theirs["ran_chain"].iloc[0],
                     "warmup_counted": warmup,
                     "claim": f"{subject} <= {threshold:g} x {peer}", "threshold": threshold, "unit": "cost",

@@ -85,6 +85,7 @@ class Estimator:
 
     name: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    caveat: ClassVar[str] = ""  # what a reader of its curves must know (figures print it)
 
     def gradient(self, problem: Problem, loss: Loss) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError

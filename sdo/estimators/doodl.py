@@ -28,6 +28,7 @@ from sdo.estimators.registry import register_estimator
 class Doodl(Estimator):
     name = "doodl"
     needs = ("deterministic", "single_step")
+    caveat = "doodl samples with EDICT, not the base sampler: it starts elsewhere at small T"
     mix: float = edict.DEFAULT_MIX
 
     def __post_init__(self):

@@ -29,7 +29,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from sdo.models.pipelines import PipelineModel, PipelineOptions, vae_decode
 from sdo.models.registry import register_model
-from sdo.models.sd3 import calculate_shift
+from sdo.models.sd3 import dynamic_shift
 
 
 @dataclass
@@ -122,10 +122,8 @@ class Flux(PipelineModel):
     def schedule_for(self, steps: int) -> dict:
         """The pipeline's sigmas linspace(1, 1/T, T) and mu from the packed token count (used
         where the schedule shifts dynamically)."""
-        keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
-        defaults = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
-        values = [self.scheduler_config.get(k, defaults[k]) for k in keys]
-        return {"mu": calculate_shift(self.state_shape[0], *values), "sigmas": np.linspace(1.0, 1 / steps, steps).tolist()}
+        sigmas = np.linspace(1.0, 1 / steps, steps).tolist()
+        return {"mu": dynamic_shift(self.scheduler_config, self.state_shape[0]), "sigmas": sigmas}
 
     def encode(self, prompts: Sequence[str]) -> dict:
         pooled = self.parts["text_encoder"](self.tokens("tokenizer", prompts)).pooler_output

@@ -256,17 +256,20 @@ class PipelineModel(DiffusionModel):
         self.net = self.make_net(parts).to(device)  # its own buffers (ids, schedules) beside the denoiser
         self.options = {"model": name, **asdict(options), "resolution": self.resolution}
 
-    def schedule(self, config: dict) -> dict:
-        """The scheduler configuration the sampler takes (all of it, unless a family filters)."""
+    @classmethod
+    def schedule(cls, config: dict) -> dict:
+        """The scheduler configuration the sampler takes: the saved one, amended as the family's
+        pipeline amends it on loading (all of it as saved, unless a family's pipeline amends)."""
         return config
 
     @classmethod
     def planned_schedule(cls, location: str | None, architecture: str | None = None, allow_download: bool = False,
                          **options) -> dict:
         if architecture is not None:
-            return dict(ARCHITECTURES[architecture]["scheduler"])
+            return cls.schedule(dict(ARCHITECTURES[architecture]["scheduler"]))
         try:
-            return dict(cls.scheduler_class.load_config(location, subfolder="scheduler", local_files_only=True))
+            return cls.schedule(dict(cls.scheduler_class.load_config(location, subfolder="scheduler",
+                                                                     local_files_only=True)))
         except (OSError, ValueError, TypeError):
             return {}
 

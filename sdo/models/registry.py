@@ -71,7 +71,8 @@ def pipeline_class(location: str) -> str | None:
     return index_json["_class_name"]
 
 
-def _known() -> str:
+def known_sources() -> str:
+    """The sources a user may name, from the registered families and architectures."""
     prefixes = ", ".join(f"{p}:<...>" for p in sorted(MODELS))
     return (f"use one of {prefixes}, random:<architecture> ({', '.join(sorted(ARCHITECTURES))}), "
             "or a diffusers directory or cached model id")
@@ -94,8 +95,8 @@ def resolve(source: str) -> Source:
         if name is not None and name in getattr(cls, "pipelines", ()):
             return Source(cls, source)
     if name is not None:
-        raise ValueError(f"model {source!r} is a {name}, which no registered model takes; {_known()}")
-    raise ValueError(f"unknown model {source!r}: no directory or cached model id with a model_index.json; {_known()}")
+        raise ValueError(f"model {source!r} is a {name}, which no registered model takes; {known_sources()}")
+    raise ValueError(f"unknown model {source!r}: no directory or cached model id with a model_index.json; {known_sources()}")
 
 
 def model_options(cls, options: dict | None) -> dict:

@@ -27,6 +27,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderMo
 
 from sdo.models.pipelines import PipelineModel, PipelineOptions
 from sdo.models.registry import register_model
+from sdo.samplers.base import scheduler_from
 
 
 @dataclass
@@ -36,15 +37,20 @@ class SD3Options(PipelineOptions):
     max_sequence_length: int = 256
 
 
-def calculate_shift(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
-                    max_shift: float = 1.16) -> float:
+def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float) -> float:
     """The dynamic shift mu for an image of `seq_len` tokens, interpolated linearly (diffusers'
     `calculate_shift`)."""
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return seq_len * slope + base_shift - slope * base_seq_len
 
 
-SD3_SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.16}
+def dynamic_shift(scheduler_config: dict, tokens: int) -> float:
+    """mu for `tokens` image tokens as SD3's and FLUX's pipelines compute it: from the
+    scheduler's resolved configuration, so the keys a configuration leaves out take
+    FlowMatchEulerDiscreteScheduler's defaults (not the pipelines' fallbacks, which never apply)."""
+    config = scheduler_from(FlowMatchEulerDiscreteScheduler, scheduler_config).config
+    return calculate_shift(tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
+                           config.max_shift)
 
 
 class VelocityPrediction(nn.Module):
@@ -93,13 +99,13 @@ class StableDiffusion3(PipelineModel):
         return (self.parts["transformer"].config.in_channels, size, size)
 
     def schedule_for(self, steps: int) -> dict:
-        """mu from the image's token count where the schedule shifts dynamically, with diffusers'
-        defaults for what the configuration leaves out (as SD3's pipeline computes it)."""
+        """mu from the image's token count where the schedule shifts dynamically (as SD3's
+        pipeline computes it)."""
         if not self.scheduler_config.get("use_dynamic_shifting"):
             return {}
         patch = self.parts["transformer"].config.patch_size
         tokens = (self.state_shape[-1] // patch) * (self.state_shape[-2] // patch)
-        return {"mu": calculate_shift(tokens, *(self.scheduler_config.get(k, v) for k, v in SD3_SHIFT_DEFAULTS.items()))}
+        return {"mu": dynamic_shift(self.scheduler_config, tokens)}
 
     def encode(self, prompts: Sequence[str]) -> dict:
         clips, pooled = [], []

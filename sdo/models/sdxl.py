@@ -45,6 +45,11 @@ class StableDiffusionXL(StableDiffusion):
     scheduler_class = DDIMScheduler
     default_sample_size: ClassVar[int] = 128
 
+    @classmethod
+    def schedule(cls, config: dict) -> dict:
+        """As saved: SDXL's pipeline amends no legacy value (SD 1.x's does)."""
+        return config
+
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         """Images from latents as the SDXL pipeline decodes them, differentiably."""
         config = self.vae.config

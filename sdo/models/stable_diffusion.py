@@ -51,6 +51,13 @@ class StableDiffusion(PipelineModel):
     tokenizers = {"tokenizer": CLIPTokenizer}
     scheduler_class = DDIMScheduler
 
+    @classmethod
+    def schedule(cls, config: dict) -> dict:
+        """As `StableDiffusionPipeline` amends a legacy scheduler configuration on loading:
+        `steps_offset` 1 and `clip_sample` off, whatever the file says."""
+        amended = {"steps_offset": 1} if config.get("steps_offset", 1) != 1 else {}
+        return {**config, **amended, **({"clip_sample": False} if config.get("clip_sample") is True else {})}
+
     def make_net(self, parts: dict) -> nn.Module:
         return NoisePrediction(parts["unet"])
 

@@ -386,6 +386,14 @@ def scheduler_from(cls, config: dict, **overrides):
     return cls(**{key: value for key, value in {**config, **overrides}.items() if key in accepted})
 
 
+def refuse_settings(name: str, config: dict, refused: Sequence[tuple[str, bool, str]]) -> None:
+    """ValueError naming the first scheduler setting `name` cannot follow: each of `refused` is
+    (key, the truth value it cannot take, why); a key the configuration leaves out passes."""
+    for key, value, why in refused:
+        if key in config and bool(config[key]) == value:
+            raise ValueError(f"{name} refuses {key}={config[key]!r}: {why}")
+
+
 def check_steps(name: str, steps: int, max_steps: int) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= max_steps:
         raise ValueError(f"{name} runs 1..{max_steps} steps (num_train_timesteps), got T = {steps}")

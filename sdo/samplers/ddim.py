@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 from diffusers import DDIMScheduler
 
-from sdo.samplers.base import Capabilities, Chain, Step, check_steps, scheduler_from, vp_prediction
+from sdo.samplers.base import (
+    Capabilities, Chain, Step, check_steps, refuse_settings, scheduler_from, vp_prediction,
+)
 from sdo.samplers.registry import register_sampler
 
 
@@ -67,10 +69,8 @@ class DDIM(Chain):
     def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
                  options: Options | None = None, schedule: dict | None = None):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        for key in ("clip_sample", "thresholding"):
-            if self.scheduler_config.get(key):
-                raise ValueError(f"ddim refuses {key}=true: clipping the predicted sample is not affine, so no "
-                                 "estimator's rule holds; sample without it")
+        why = "clipping the predicted sample is not affine, so no estimator's rule holds; sample without it"
+        refuse_settings(self.name, self.scheduler_config, (("clip_sample", True, why), ("thresholding", True, why)))
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
         scheduler = self.diffusers_scheduler()

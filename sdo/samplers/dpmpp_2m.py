@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 from diffusers import DPMSolverMultistepScheduler
 
-from sdo.samplers.base import Capabilities, Chain, Step, check_steps, scheduler_from, vp_prediction
-from sdo.samplers.euler import SPACINGS, refuse_discarding, sigma_overrides
+from sdo.samplers.base import (
+    Capabilities, Chain, Step, check_steps, refuse_settings, scheduler_from, vp_prediction,
+)
+from sdo.samplers.euler import SPACINGS, SigmaSpacing, refuse_discarding, sigma_overrides
 from sdo.samplers.registry import register_sampler
 
 logger = logging.getLogger(__name__)
@@ -82,20 +83,15 @@ class DPMSolverPlusPlus2M(Chain):
     process = "diffusion"
     order = 2
 
-    @dataclass
-    class Options:
-        """`use_karras_sigmas`: Karras et al.'s sigma spacing (None: as the scheduler configuration says)."""
-
-        use_karras_sigmas: bool | None = None
+    Options = SigmaSpacing
 
     def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
                  options: Options | None = None, schedule: dict | None = None):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        for key, why in (("thresholding", "thresholding the predicted sample is not affine"),
-                         ("variance_type", "the network's learned variance channels are not modelled"),
-                         ("use_flow_sigmas", "flow sigmas belong to a velocity model: use flow_euler")):
-            if self.scheduler_config.get(key):
-                raise ValueError(f"dpmpp_2m refuses {key}={self.scheduler_config[key]!r}: {why}")
+        refuse_settings(self.name, self.scheduler_config, (
+            ("thresholding", True, "thresholding the predicted sample is not affine"),
+            ("variance_type", True, "the network's learned variance channels are not modelled"),
+            ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler")))
         replaced = {key: self.scheduler_config[key] for key in SOLVER
                     if key in self.scheduler_config and self.scheduler_config[key] != SOLVER[key]}
         if replaced:

@@ -50,6 +50,13 @@ def sigma_overrides(use_karras_sigmas: bool | None, others: tuple[str, ...] = SP
     return {"use_karras_sigmas": use_karras_sigmas, **({name: False for name in others} if use_karras_sigmas else {})}
 
 
+@dataclass
+class SigmaSpacing:
+    """`use_karras_sigmas`: Karras et al.'s sigma spacing (None: as the scheduler configuration says)."""
+
+    use_karras_sigmas: bool | None = None
+
+
 def ve_prediction(prediction_type: str, sigma: float) -> tuple[float, float]:
     """(p, q) of x0_hat = p z + q out for a state z ~ x_0 + sigma noise whose network sees
     z / sqrt(sigma^2 + 1)."""
@@ -77,11 +84,9 @@ class Euler(Chain):
     process = "diffusion"
 
     @dataclass
-    class Options:
-        """`use_karras_sigmas`: Karras et al.'s sigma spacing (None: as the scheduler configuration
-        says); `s_churn`: EulerDiscreteScheduler's churn, 0 only (see the module docstring)."""
+    class Options(SigmaSpacing):
+        """`SigmaSpacing`, and `s_churn`: EulerDiscreteScheduler's churn, 0 only (see the module docstring)."""
 
-        use_karras_sigmas: bool | None = None
         s_churn: float = 0.0
 
         def __post_init__(self):

@@ -31,14 +31,15 @@ zero there). Not invertible: a state is rebuilt only from the earlier states and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from diffusers import UniPCMultistepScheduler
 
-from sdo.samplers.base import Capabilities, Chain, Step, check_steps, scheduler_from, vp_prediction
+from sdo.samplers.base import (
+    Capabilities, Chain, Step, check_steps, refuse_settings, scheduler_from, vp_prediction,
+)
 from sdo.samplers.dpmpp_2m import vp_levels
-from sdo.samplers.euler import SPACINGS, refuse_discarding, sigma_overrides
+from sdo.samplers.euler import SPACINGS, SigmaSpacing, refuse_discarding, sigma_overrides
 from sdo.samplers.registry import register_sampler
 
 Form = dict  # (("z" | "out"), state index) -> coefficient: a linear combination of states and predictions
@@ -95,20 +96,15 @@ class UniPC(Chain):
     scheduler_class = "UniPCMultistepScheduler"
     process = "diffusion"
 
-    @dataclass
-    class Options:
-        """`use_karras_sigmas`: Karras et al.'s sigma spacing (None: as the scheduler configuration says)."""
-
-        use_karras_sigmas: bool | None = None
+    Options = SigmaSpacing
 
     def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
                  options: Options | None = None, schedule: dict | None = None):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        for key, value, why in (("thresholding", True, "thresholding the predicted sample is not affine"),
-                                ("predict_x0", False, "only the data-prediction form is implemented"),
-                                ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler")):
-            if key in self.scheduler_config and bool(self.scheduler_config[key]) == value:
-                raise ValueError(f"unipc refuses {key}={self.scheduler_config[key]!r}: {why}")
+        refuse_settings(self.name, self.scheduler_config, (
+            ("thresholding", True, "thresholding the predicted sample is not affine"),
+            ("predict_x0", False, "only the data-prediction form is implemented"),
+            ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler")))
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
         scheduler = self.diffusers_scheduler()
