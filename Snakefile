@@ -18,7 +18,11 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 # The workflow imports the project from this checkout; so do its jobs (`python -m` from the
 # working directory) and scripts (workflow/scripts/checkout.py), in any environment.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+    )
+)
 
 from evals.config import check_config, layered, layering_note, typed
 from evals.report import verdicts_rst
@@ -30,14 +34,21 @@ settings = workflow.config_settings
 defaults = (
     []
     if settings.replace_workflow_config
-    else [os.path.join(workflow.basedir, "config", name) for name in ("config.yaml", "profile.yaml")]
+    else [
+        os.path.join(workflow.basedir, "config", name)
+        for name in ("config.yaml", "profile.yaml")
+    ]
 )
 user_layers = [layered([path]) for path in settings.configfiles]
 rebuilt = layered([*defaults, *settings.configfiles, typed(dict(settings.config))])
-rebuilt["weights"] = os.path.join(workflow.basedir, rebuilt["weights"])  # relative to the checkout; absolute stays
+rebuilt["weights"] = os.path.join(
+    workflow.basedir, rebuilt["weights"]
+)  # relative to the checkout; absolute stays
 config.clear()
 config.update(rebuilt)
-check_config(config, base=".")  # files a config names are read from the working directory
+check_config(
+    config, base="."
+)  # files a config names are read from the working directory
 if note := layering_note(user_layers, config):
     logging.getLogger("sdo").warning(note)
 
@@ -71,7 +82,9 @@ include: "workflow/rules/bench.smk"
 include: "workflow/rules/profile.smk"
 
 
-config["report_verdicts"] = verdicts_rst("results/tables/verdicts.csv")  # the report's verdicts table
+config["report_verdicts"] = verdicts_rst(
+    "results/tables/verdicts.csv"
+)  # the report's verdicts table
 
 
 onsuccess:

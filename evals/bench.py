@@ -45,20 +45,47 @@ def variant(text: str) -> tuple[str, str, dict]:
     name, sep, rest = text.partition("=")
     method, _, options = rest.partition(":")
     if not sep or not name or method not in ESTIMATORS:
-        raise ValueError(f"a variant must look like NAME=METHOD[:KEY=VALUE,...] with METHOD one of "
-                         f"{', '.join(sorted(ESTIMATORS))}, got {text!r}")
+        raise ValueError(
+            f"a variant must look like NAME=METHOD[:KEY=VALUE,...] with METHOD one of "
+            f"{', '.join(sorted(ESTIMATORS))}, got {text!r}"
+        )
     return name, method, dict(option(item) for item in options.split(",") if item)
 
 
 def profile_rows(spec: ProfileSpec) -> list[BenchSpec]:
     """The bench rows of a profile: every variant x parameter type x T."""
-    shared = {name: getattr(spec, name) for name in ("model", "model_options", "device", "mem_mb", "sampler",
-                                                     "sampler_options", "cfg_scale", "batch", "seed", "reward",
-                                                     "reward_options", "lora_rank", "rounds", "plain_loop")}
+    shared = {
+        name: getattr(spec, name)
+        for name in (
+            "model",
+            "model_options",
+            "device",
+            "mem_mb",
+            "sampler",
+            "sampler_options",
+            "cfg_scale",
+            "batch",
+            "seed",
+            "reward",
+            "reward_options",
+            "lora_rank",
+            "rounds",
+            "plain_loop",
+        )
+    }
     return [
-        BenchSpec(**shared, wrt=wrt, steps=steps, method=method, options=options, variant=name,
-                  out=spec.out_dir / wrt / f"T{steps}" / f"{name}.json")
-        for wrt in spec.wrt for steps in spec.steps for name, method, options in map(variant, spec.variants)
+        BenchSpec(
+            **shared,
+            wrt=wrt,
+            steps=steps,
+            method=method,
+            options=options,
+            variant=name,
+            out=spec.out_dir / wrt / f"T{steps}" / f"{name}.json",
+        )
+        for wrt in spec.wrt
+        for steps in spec.steps
+        for name, method, options in map(variant, spec.variants)
     ]
 
 
@@ -122,14 +149,27 @@ def _model(spec, device: torch.device):
     name, options = (spec.reward, spec.reward_options) if spec.reward else domain.bench_reward
     reward = build_reward(name, model.domain, options, domain.context(model, device))
     rank = spec.lora_rank if spec.lora_rank is not None else (0 if model.domain == "digits" else 4)
-    facts = {"model_options": model.options, "cost_only": spec.model.startswith("random:"),
-             "sampler": spec.sampler or model.default_sampler()}
+    facts = {
+        "model_options": model.options,
+        "cost_only": spec.model.startswith("random:"),
+        "sampler": spec.sampler or model.default_sampler(),
+    }
     return model, reward, rank, facts
 
 
 def _problem(spec, model, reward, rank):
-    return bench_problem(model, reward, spec.wrt, spec.steps, spec.batch, spec.seed, spec.cfg_scale, rank,
-                         spec.sampler, spec.sampler_options)
+    return bench_problem(
+        model,
+        reward,
+        spec.wrt,
+        spec.steps,
+        spec.batch,
+        spec.seed,
+        spec.cfg_scale,
+        rank,
+        spec.sampler,
+        spec.sampler_options,
+    )
 
 
 def _measure_row(spec: BenchSpec, problem, loss, record: dict, warmup: bool, sampled: float | None = None) -> None:

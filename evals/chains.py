@@ -27,6 +27,8 @@ def chain_of(config: dict) -> dict:
     steps, sampler = int(config["steps"]), config.get("sampler")
     whole = bool(config.get("whole_chain"))
     return {
-        "chain": chain_label(steps, start, init, sampler), "start_step": start, "init": init,
+        "chain": chain_label(steps, start, init, sampler),
+        "start_step": start,
+        "init": init,
         "ran_chain": chain_label(steps, 0, "sample", sampler) if whole else chain_label(steps, start, init, sampler),
     }

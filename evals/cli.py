@@ -84,22 +84,46 @@ def _single(cls, function):
 
 
 COMMANDS = {
-    "train": (experiment.TrainSpec, _single(experiment.TrainSpec, experiment.train),
-              "train an embedded model and save it as safetensors"),
-    "quality": (experiment.QualitySpec, _single(experiment.QualitySpec, experiment.quality),
-                "label accuracy and FID of an embedded model's samples"),
-    "run": (experiment.RunSpec, _seeds(experiment.RunSpec, _run),
-            "optimise a task with one gradient estimator and write a JSON record"),
-    "guide": (experiment.GuideSpec, _seeds(experiment.GuideSpec, lambda spec, args: experiment.guide(spec)),
-              "training-free guidance on the latent task's latents: one guided pass"),
-    "bench": (experiment.BenchSpec, _single(experiment.BenchSpec, experiment.bench),
-              "fidelity and cost of one estimator on the benchmark problem"),
-    "backward-cost": (experiment.BackwardCostSpec, _single(experiment.BackwardCostSpec, experiment.backward_cost),
-                      "the cost of a backward pass and of the loss against a forward pass on this device"),
-    "profile": (experiment.ProfileSpec, _profile,
-                "seconds and memory of several estimator variants x parameter types x T in one process"),
-    "plan": (experiment.PlanSpec, _plan,
-             "a cost plan of config files before running them: runs, iterations, device-hours (an estimate)"),
+    "train": (
+        experiment.TrainSpec,
+        _single(experiment.TrainSpec, experiment.train),
+        "train an embedded model and save it as safetensors",
+    ),
+    "quality": (
+        experiment.QualitySpec,
+        _single(experiment.QualitySpec, experiment.quality),
+        "label accuracy and FID of an embedded model's samples",
+    ),
+    "run": (
+        experiment.RunSpec,
+        _seeds(experiment.RunSpec, _run),
+        "optimise a task with one gradient estimator and write a JSON record",
+    ),
+    "guide": (
+        experiment.GuideSpec,
+        _seeds(experiment.GuideSpec, lambda spec, args: experiment.guide(spec)),
+        "training-free guidance on the latent task's latents: one guided pass",
+    ),
+    "bench": (
+        experiment.BenchSpec,
+        _single(experiment.BenchSpec, experiment.bench),
+        "fidelity and cost of one estimator on the benchmark problem",
+    ),
+    "backward-cost": (
+        experiment.BackwardCostSpec,
+        _single(experiment.BackwardCostSpec, experiment.backward_cost),
+        "the cost of a backward pass and of the loss against a forward pass on this device",
+    ),
+    "profile": (
+        experiment.ProfileSpec,
+        _profile,
+        "seconds and memory of several estimator variants x parameter types x T in one process",
+    ),
+    "plan": (
+        experiment.PlanSpec,
+        _plan,
+        "a cost plan of config files before running them: runs, iterations, device-hours (an estimate)",
+    ),
 }
 
 
@@ -113,13 +137,25 @@ def _choices() -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sdo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                        help="import a file that registers models, samplers, estimators, tasks or rewards (repeatable)")
-    parser.add_argument("--gpus-per-job", type=int, default=0, metavar="N",
-                        help="claim N free GPUs of this machine for this process (a lock per device under "
-                             f"{slots.LOCK_DIR}/) and see only them; 0: leave the devices as they are")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a file that registers models, samplers, estimators, tasks or rewards (repeatable)",
+    )
+    parser.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=0,
+        metavar="N",
+        help="claim N free GPUs of this machine for this process (a lock per device under "
+        f"{slots.LOCK_DIR}/) and see only them; 0: leave the devices as they are",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     choices = _choices()
@@ -130,12 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=description, description=cls.__doc__)
         add_flags(command, cls, choices, known)
         if name not in ("train", "plan"):
-            command.add_argument("--sweep", action="store_true",
-                                 help="exit 0 whenever the record is written, whatever its status (for workflows)")
+            command.add_argument(
+                "--sweep",
+                action="store_true",
+                help="exit 0 whenever the record is written, whatever its status (for workflows)",
+            )
         if name == "run":
-            command.add_argument("--reuse", type=Path, default=None,
-                                 help="staged records (evals.rerun): a seed whose record there has this config and did "
-                                      "not fail is moved back instead of run again")
+            command.add_argument(
+                "--reuse",
+                type=Path,
+                default=None,
+                help="staged records (evals.rerun): a seed whose record there has this config and did "
+                "not fail is moved back instead of run again",
+            )
     return parser
 
 
@@ -157,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(getattr(args, "seed", None) or []) > 1 and "{seed}" not in str(args.out):
         parser.error(f"--out {args.out} must contain {{seed}} to name the records of seeds {args.seed}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     _, command, _ = COMMANDS[args.command]

@@ -38,11 +38,15 @@ def _replaced_whole(path: tuple[str, ...]) -> bool:
     plug-in's options (a task's `*_options` block, a model's entry under model_options, a variant),
     where a mixture of two files' keys would make options nobody wrote, and the bench's variants
     and samplers (a bench preset measures what it lists)."""
-    return bool(path) and path != ("model_options",) and (
-        path[-1].endswith("_options")
-        or (len(path) == 2 and path[0] == "model_options")
-        or (len(path) >= 2 and path[-2] == "variants")
-        or path in (("bench", "variants"), ("bench", "samplers"))
+    return (
+        bool(path)
+        and path != ("model_options",)
+        and (
+            path[-1].endswith("_options")
+            or (len(path) == 2 and path[0] == "model_options")
+            or (len(path) >= 2 and path[-2] == "variants")
+            or path in (("bench", "variants"), ("bench", "samplers"))
+        )
     )
 
 
@@ -69,7 +73,11 @@ def layered(layers: list[dict | str | Path]) -> dict:
 
     def merge(base: dict, update: dict, path: tuple[str, ...]) -> dict:
         merged = dict(base)
-        if len(path) == 3 and path[:2] == ("runs", "tasks") and update.get("reward", base.get("reward")) != base.get("reward"):
+        if (
+            len(path) == 3
+            and path[:2] == ("runs", "tasks")
+            and update.get("reward", base.get("reward")) != base.get("reward")
+        ):
             merged.pop("reward_options", None)  # options of the reward a lower layer named
         for key, value in update.items():
             inner = (*path, str(key))
@@ -120,15 +128,19 @@ def _check_block_keys(task: str, block: dict) -> None:
     allowed = (*jobs.AXES, *jobs.RUN_SETTINGS)
     for key in block:
         if key not in allowed:
-            raise ConfigError(f"config key runs.tasks.{task}.{key}: {key!r} is not a run setting; allowed keys: "
-                              f"{', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"config key runs.tasks.{task}.{key}: {key!r} is not a run setting; allowed keys: "
+                f"{', '.join(sorted(allowed))}"
+            )
     if not block.get("steps") and not block.get("chains"):
         raise ConfigError(f"config key runs.tasks.{task}: no chain to run; give steps: [T, ...] or chains: [...]")
     for index, chain in enumerate(block.get("chains") or []):
         for key in chain:
             if key not in jobs.CHAIN_KEYS:
-                raise ConfigError(f"config key runs.tasks.{task}.chains[{index}].{key}: not a chain key; allowed keys: "
-                                  f"{', '.join(jobs.CHAIN_KEYS)}")
+                raise ConfigError(
+                    f"config key runs.tasks.{task}.chains[{index}].{key}: not a chain key; allowed keys: "
+                    f"{', '.join(jobs.CHAIN_KEYS)}"
+                )
 
 
 def check_models(config: dict) -> dict:
@@ -168,12 +180,16 @@ def preflight(spec, cls, schedule: dict, base: Path | str = ".") -> None:
     kind = SAMPLERS.lookup(sampler)
     if kind.process != cls.process:
         fitting = sorted(name for name, other in SAMPLERS.items() if other.process == cls.process)
-        raise ValueError(f"sampler {sampler!r} is for {kind.process} models; {spec.model} is a {cls.process} model: "
-                         f"use one of {', '.join(fitting)}")
+        raise ValueError(
+            f"sampler {sampler!r} is for {kind.process} models; {spec.model} is a {cls.process} model: "
+            f"use one of {', '.join(fitting)}"
+        )
     can = capabilities(sampler, spec.sampler_options, schedule)
     if spec.steps > can.max_steps:
-        raise ValueError(f"T = {spec.steps} is more than {sampler} can run on {spec.model}: at most {can.max_steps} "
-                         "steps (num_train_timesteps)")
+        raise ValueError(
+            f"T = {spec.steps} is more than {sampler} can run on {spec.model}: at most {can.max_steps} "
+            "steps (num_train_timesteps)"
+        )
     reason = refusal(estimator.name, estimator.needs, sampler, can)
     if reason:
         raise ValueError(reason)
@@ -182,7 +198,9 @@ def preflight(spec, cls, schedule: dict, base: Path | str = ".") -> None:
         raise ValueError(f"start_step {start} must be below T = {spec.steps}")
     if getattr(options, "init", "sample") == "invert":
         if not can.inversion:
-            raise ValueError(f"init=invert runs the sampler backwards; {sampler} has no inversion (ddim and flow_euler do)")
+            raise ValueError(
+                f"init=invert runs the sampler backwards; {sampler} has no inversion (ddim and flow_euler do)"
+            )
         folder = getattr(options, "init_images", "")
         if folder and not (Path(base) / folder).is_dir():
             raise SettingError("task_options", f"init_images {folder!r} is not a folder of images (read from {base})")
@@ -230,8 +248,11 @@ def check_config(config: dict, schema: dict | None = None, base: Path | str = ".
             import_plugin(Path(base) / path)
         except (PluginError, ValueError, TypeError) as error:
             raise _fail("plugins", error) from None
-    for kind, names in (("tasks", config["runs"]["tasks"]), ("models", config["model_options"]),
-                        ("variants", config["runs"]["variants"])):
+    for kind, names in (
+        ("tasks", config["runs"]["tasks"]),
+        ("models", config["model_options"]),
+        ("variants", config["runs"]["variants"]),
+    ):
         for name in config.get(kind) or []:
             if name not in names:
                 raise ConfigError(f"config key {kind}: {name!r} is not defined; allowed: {', '.join(names)}")
@@ -251,22 +272,30 @@ def check_config(config: dict, schema: dict | None = None, base: Path | str = ".
         registered = jobs.registered_task(block, task)
         if registered not in TASKS:
             where = f"{key}.task" if "task" in block else "runs.tasks"
-            raise ConfigError(f"config key {where}: task {registered!r} is not registered; allowed: "
-                              f"{', '.join(sorted(TASKS))} (a block named otherwise says which with task:)")
+            raise ConfigError(
+                f"config key {where}: task {registered!r} is not registered; allowed: "
+                f"{', '.join(sorted(TASKS))} (a block named otherwise says which with task:)"
+            )
         _check_block_keys(task, block)
         for chain in jobs.chains(block):
             for name in chain.variants or block["variants"]:
                 if name not in defined:
-                    raise ConfigError(f"config key {key}.variants: variant {name!r} is not defined; allowed: the names "
-                                      f"under runs.variants ({', '.join(defined)})")
+                    raise ConfigError(
+                        f"config key {key}.variants: variant {name!r} is not defined; allowed: the names "
+                        f"under runs.variants ({', '.join(defined)})"
+                    )
             for source in chain.models or ():
                 if source not in block["models"]:
-                    raise ConfigError(f"config key {key}.chains: model {source!r} is not among the block's models "
-                                      f"({', '.join(block['models'])})")
+                    raise ConfigError(
+                        f"config key {key}.chains: model {source!r} is not among the block's models "
+                        f"({', '.join(block['models'])})"
+                    )
         for source in block["models"]:
             if source not in models:
-                raise ConfigError(f"config key {key}.models: {source!r} is not listed under model_options; "
-                                  f"allowed: {', '.join(models)}")
+                raise ConfigError(
+                    f"config key {key}.models: {source!r} is not listed under model_options; "
+                    f"allowed: {', '.join(models)}"
+                )
     for job in jobs.run_jobs(config):
         key = f"runs.tasks.{job.task} ({job.model}, {job.variant}, {job.chain.label})"
         try:
@@ -290,8 +319,9 @@ def _check_profile(block: dict) -> None:
     for source, settings in block["models"].items():
         for name in (settings or {}).get("variants", []):
             if name not in block["variants"]:
-                raise ConfigError(f"config key profile.models.{source}.variants: {name!r} is not defined under "
-                                  "profile.variants")
+                raise ConfigError(
+                    f"config key profile.models.{source}.variants: {name!r} is not defined under profile.variants"
+                )
         options = {**(block.get("model_options") or {}), **((settings or {}).get("model_options") or {})}
         try:
             check_model(source, options)
@@ -299,15 +329,35 @@ def _check_profile(block: dict) -> None:
             raise _fail(f"profile.models.{source}", error) from None
 
 
+CHAIN_FIELDS = ("steps", "start_step", "init", "sampler")
+
+
 def layering_note(layers: list[dict], config: dict) -> str | None:
-    """What a user's config file that names only some tasks should know: which tasks the
-    layered config still runs (and how to run only theirs), or None."""
-    named = set()
+    """What a user's config files that name only some tasks, or a task's steps but not its
+    chains, should know: which tasks and chains the layered config still runs from the defaults
+    (and how to run only theirs), or None."""
+    named, chains_kept = set(), []
     for layer in layers:
-        named |= set(((layer.get("runs") or {}).get("tasks") or {}))
-    running = list(jobs.active_tasks(config))
+        named |= set((layer.get("runs") or {}).get("tasks") or {})
+    running = jobs.active_tasks(config)
+    for task in sorted(named & set(running)):
+        blocks = [((layer.get("runs") or {}).get("tasks") or {}).get(task) or {} for layer in layers]
+        if any("steps" in block for block in blocks) and not any("chains" in block for block in blocks):
+            labels = [
+                jobs.ChainEntry(**{k: v for k, v in chain.items() if k in CHAIN_FIELDS}).label
+                for chain in running[task].get("chains") or []
+            ]
+            if labels:
+                chains_kept.append(
+                    f"the {task} task also runs the chains {', '.join(labels)} from the defaults "
+                    f"(add `chains: []` to its block to run only its steps)"
+                )
     extra = [task for task in running if task not in named]
     if named and extra and config.get("tasks") is None:
-        return (f"the config files name the tasks {', '.join(sorted(named))}, and the layered config also runs "
-                f"{', '.join(extra)} from the defaults; add `tasks: [{', '.join(sorted(named))}]` to run only yours")
-    return None
+        chains_kept.insert(
+            0,
+            f"the config files name the tasks {', '.join(sorted(named))}, and the layered config "
+            f"also runs {', '.join(extra)} from the defaults; add `tasks: [{', '.join(sorted(named))}]` "
+            "to run only yours",
+        )
+    return "; ".join(chains_kept) or None

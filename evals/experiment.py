@@ -10,10 +10,30 @@ from evals.embedded import quality, train
 from evals.guide import guide
 from evals.run import run
 from evals.specs import (
-    BackwardCostSpec, BenchSpec, GuideSpec, PlanSpec, ProfileSpec, QualitySpec, RunSpec, TrainSpec,
+    BackwardCostSpec,
+    BenchSpec,
+    GuideSpec,
+    PlanSpec,
+    ProfileSpec,
+    QualitySpec,
+    RunSpec,
+    TrainSpec,
 )
 
 __all__ = [
-    "BackwardCostSpec", "BenchSpec", "GuideSpec", "PlanSpec", "ProfileSpec", "QualitySpec", "RunSpec", "TrainSpec",
-    "backward_cost", "bench", "guide", "profile", "quality", "run", "train",
+    "BackwardCostSpec",
+    "BenchSpec",
+    "GuideSpec",
+    "PlanSpec",
+    "ProfileSpec",
+    "QualitySpec",
+    "RunSpec",
+    "TrainSpec",
+    "backward_cost",
+    "bench",
+    "guide",
+    "profile",
+    "quality",
+    "run",
+    "train",
 ]

@@ -20,6 +20,7 @@ VERDICT_COLOURS = {"holds": "#2a9d4b", "refuted": "#c0392b", "inconclusive": "#7
 
 def _ordered(chains) -> list[str]:
     """Chain labels in the order T, then start step (T10, T50, T50-from10-invert, T50-from45)."""
+
     def key(label: str):
         parts = label.split("-")
         start = next((int(p[4:]) for p in parts if p.startswith("from")), 0)
@@ -60,7 +61,9 @@ def _legend(figure, axes) -> None:
         for handle, label in zip(*axis.get_legend_handles_labels()):
             labels.setdefault(label, handle)
     if labels:
-        figure.legend(list(labels.values()), list(labels), loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+        figure.legend(
+            list(labels.values()), list(labels), loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False
+        )
 
 
 def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
@@ -89,7 +92,9 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
         if np.isfinite(row.ratio):
             axis.plot(row.ratio, yi, "o", color=colour, ms=6, label=row.verdict)
         if getattr(row, "reward_hacked", False) is True:
-            axis.text(row.ratio if np.isfinite(row.ratio) else 1, yi + 0.25, "reward hacked", fontsize=7, color="#c0392b")
+            axis.text(
+                row.ratio if np.isfinite(row.ratio) else 1, yi + 0.25, "reward hacked", fontsize=7, color="#c0392b"
+            )
     axis.axvline(claim, color="#2a9d4b", ls="--", lw=1)
     axis.axvline(1.0, color="0.3", ls=":", lw=1)
     axis.text(claim, len(rows) - 0.35, f" claim: <= {claim:g} x", fontsize=8, color="#2a9d4b", va="top")
@@ -98,8 +103,11 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
     axis.set_xlim(left, right)
     axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     unit = rows["unit"].iloc[0]
-    axis.set_xlabel(f"{rows['subject'].iloc[0]}'s cost to reach the target / the peer's ({unit}: forward-pass equivalents)"
-                    "\narrows: no limit on that side (runs that never reached the target)", fontsize=9)
+    axis.set_xlabel(
+        f"{rows['subject'].iloc[0]}'s cost to reach the target / the peer's ({unit}: forward-pass equivalents)"
+        "\narrows: no limit on that side (runs that never reached the target)",
+        fontsize=9,
+    )
     axis.grid(alpha=0.3, which="both", axis="x")
     axis.set_ylim(-0.7, len(rows) - 0.3)
     _legend(figure, np.array([axis]))
@@ -135,8 +143,12 @@ def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=(), full: str =
         axis.axhline(1.0, color="0.3", ls=":", lw=1)
         axis.set_xticks(range(len(chains)), chains, rotation=30, fontsize=8)
         axis.set_xlim(-0.5, len(chains) - 0.5)
-        axis.set(yscale="log", title=f"{model} · {task}", xlabel="chain (T, start step)",
-                 ylabel=f"{panel['subject'].iloc[0]}'s cost to target / full's")
+        axis.set(
+            yscale="log",
+            title=f"{model} · {task}",
+            xlabel="chain (T, start step)",
+            ylabel=f"{panel['subject'].iloc[0]}'s cost to target / full's",
+        )
         axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         axis.title.set_fontsize(9)
         axis.grid(alpha=0.3, which="both", axis="y")
@@ -159,16 +171,25 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
     metrics = [(m, label) for m, label in metrics if m in evaluations and evaluations[m].notna().any()]
     columns = [(t, metric, label) for t in _ordered(evaluations["chain"]) for metric, label in metrics]
     colours = _colours(evaluations["variant"].unique())
-    figure, axes = plt.subplots(len(groups), len(columns), figsize=(3.9 * len(columns), 2.9 * len(groups)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(groups), len(columns), figsize=(3.9 * len(columns), 2.9 * len(groups)), squeeze=False
+    )
     for i, (model, task) in enumerate(groups):
         for j, (t, metric, label) in enumerate(columns):
             axis = axes[i][j]
-            panel = evaluations[(evaluations["model"] == model) & (evaluations["task"] == task) & (evaluations["chain"] == t)]
+            panel = evaluations[
+                (evaluations["model"] == model) & (evaluations["task"] == task) & (evaluations["chain"] == t)
+            ]
             for variant, group in panel.groupby("variant"):
                 stats = group.groupby("iter").agg(x=(x, "mean"), y=(metric, "mean"), half=(metric, t_half_width))
                 axis.plot(stats["x"], stats["y"], "o-", ms=2.5, color=colours[str(variant)], label=variant, lw=1.5)
-                axis.fill_between(stats["x"], stats["y"] - stats["half"], stats["y"] + stats["half"],
-                                  color=colours[str(variant)], alpha=0.12)
+                axis.fill_between(
+                    stats["x"],
+                    stats["y"] - stats["half"],
+                    stats["y"] + stats["half"],
+                    color=colours[str(variant)],
+                    alpha=0.12,
+                )
             axis.set_title(f"{model} · {task} · {t}", fontsize=9)
             axis.set_xlabel(xlabel, fontsize=8)
             axis.set_ylabel(label, fontsize=8)
@@ -227,10 +248,15 @@ def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
             axis.axhline(float(threshold.iloc[0]), color="#c0392b", ls="--", lw=1)
             below = panel[panel["cosine"] < float(threshold.iloc[0])]
             axis.plot(below["iter"], below["cosine"], "x", color="#c0392b", ms=6, label="below threshold")
-        axis.set(title=f"{model} · {task} · {chain}", xlabel="iteration", ylabel="cosine with the exact gradient", ylim=(-0.05, 1.05))
+        axis.set(
+            title=f"{model} · {task} · {chain}",
+            xlabel="iteration",
+            ylabel="cosine with the exact gradient",
+            ylim=(-0.05, 1.05),
+        )
         axis.title.set_fontsize(9)
         axis.grid(alpha=0.3)
-    for axis in axes.flat[len(panels):]:
+    for axis in axes.flat[len(panels) :]:
         axis.set_visible(False)
     _legend(figure, axes)
     _save(figure, path, devices_of(audits))
@@ -255,12 +281,31 @@ def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
                 if column not in group:
                     continue
                 axis.plot(group["seconds_per_iter"], group[column], "-", color=colour, alpha=0.4, lw=1)
-                axis.scatter(group["seconds_per_iter"], group[column], s=group["chain"].map(sizes), color=colour, label=variant)
+                axis.scatter(
+                    group["seconds_per_iter"], group[column], s=group["chain"].map(sizes), color=colour, label=variant
+                )
             if "final_reward_ci95_seeds" in group:
-                reward.errorbar(group["seconds_per_iter"], group["final_reward_mean"], yerr=group["final_reward_ci95_seeds"],
-                                fmt="none", ecolor=colour, alpha=0.5, lw=1)
-        reward.set(xscale="log", xlabel="seconds per iteration", ylabel="final reward (mean over seeds)", title=f"{model} · {task}: reward")
-        realism.set(xscale="log", xlabel="seconds per iteration", ylabel="distance to real data", title=f"{model} · {task}: quality")
+                reward.errorbar(
+                    group["seconds_per_iter"],
+                    group["final_reward_mean"],
+                    yerr=group["final_reward_ci95_seeds"],
+                    fmt="none",
+                    ecolor=colour,
+                    alpha=0.5,
+                    lw=1,
+                )
+        reward.set(
+            xscale="log",
+            xlabel="seconds per iteration",
+            ylabel="final reward (mean over seeds)",
+            title=f"{model} · {task}: reward",
+        )
+        realism.set(
+            xscale="log",
+            xlabel="seconds per iteration",
+            ylabel="distance to real data",
+            title=f"{model} · {task}: quality",
+        )
         for axis in (reward, realism):
             axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 3, 5)))
             axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
@@ -301,26 +346,41 @@ def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path 
             group = group.sort_values("steps")
             for i, (column, _, _) in enumerate(rows):
                 if column in group:
-                    axes[i][j].plot(group["steps"], group[column], "o-", ms=3, color=colours[str(variant)], label=variant)
+                    axes[i][j].plot(
+                        group["steps"], group[column], "o-", ms=3, color=colours[str(variant)], label=variant
+                    )
         for i, (_, label, logy) in enumerate(rows):
             axis = axes[i][j]
             _log_axes(axis, ticks)
-            axis.set(yscale="log" if logy else "linear", xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}")
+            axis.set(
+                yscale="log" if logy else "linear", xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}"
+            )
     _legend(figure, axes)
     _save(figure, path, devices_of(frame), top=0.92)
 
 
 def fidelity_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
     """Cosine and relative error of each estimator's gradient against full backpropagation."""
-    _by_kind(fidelity, [("cosine", "cosine with full", False), ("rel_error", "relative error vs full", True)], path, "fidelity")
+    _by_kind(
+        fidelity,
+        [("cosine", "cosine with full", False), ("rel_error", "relative error vs full", True)],
+        path,
+        "fidelity",
+    )
 
 
 def bench_cost_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
     """Seconds per gradient, autograd bytes and peak memory against T, log scales."""
-    frame = fidelity.assign(saved_mib=fidelity.get("saved_bytes", np.nan) / 2**20, peak_mib=fidelity.get("peak_bytes", np.nan) / 2**20)
+    frame = fidelity.assign(
+        saved_mib=fidelity.get("saved_bytes", np.nan) / 2**20, peak_mib=fidelity.get("peak_bytes", np.nan) / 2**20
+    )
     _by_kind(
         frame,
-        [("seconds", "seconds per gradient", True), ("saved_mib", "autograd MiB (peak)", True), ("peak_mib", "peak memory MiB", True)],
+        [
+            ("seconds", "seconds per gradient", True),
+            ("saved_mib", "autograd MiB (peak)", True),
+            ("peak_mib", "peak memory MiB", True),
+        ],
         path,
         "cost",
     )
@@ -344,8 +404,10 @@ def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> N
     done = summary[(summary["status"] == "ok") & summary["samples_file"].notna()]
     if done.empty:
         return _empty(path, "finished runs with samples")
-    picked = [group[group["chain"] == _ordered(group["chain"])[-1]].sort_values("seed").drop_duplicates("variant")
-              for _, group in done.groupby(["model", "task"])]
+    picked = [
+        group[group["chain"] == _ordered(group["chain"])[-1]].sort_values("seed").drop_duplicates("variant")
+        for _, group in done.groupby(["model", "task"])
+    ]
     rows = pd.concat(picked)
     figure, axes = plt.subplots(len(rows), 2, figsize=(2 * per_row * 0.55, 0.75 * len(rows) + 0.6), squeeze=False)
     for (start, end), row in zip(axes, rows.itertuples()):
@@ -353,7 +415,9 @@ def sample_grids(summary: pd.DataFrame, path: Path | str, per_row: int = 8) -> N
         for axis, key in ((start, "start"), (end, "final")):
             axis.imshow(_strip(tensors[key][:per_row]), cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([]), axis.set_yticks([])
-        start.set_ylabel(f"{row.model}\n{row.task}\n{row.variant}\n{row.chain}", rotation=0, ha="right", va="center", fontsize=7)
+        start.set_ylabel(
+            f"{row.model}\n{row.task}\n{row.variant}\n{row.chain}", rotation=0, ha="right", va="center", fontsize=7
+        )
     axes[0][0].set_title("start (same noise)", fontsize=9)
     axes[0][1].set_title("end", fontsize=9)
     _save(figure, path, devices_of(rows), top=0.97)

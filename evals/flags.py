@@ -104,16 +104,22 @@ def add_flags(parser: argparse.ArgumentParser, cls, choices: dict | None = None,
             (inner,) = typing.get_args(kind) or (str,)
             nargs = "+"
             action = "extend" if spec_field.name in ("metrics", "variants") else "store"
-            parser.add_argument(flag, type=_converter(inner), nargs=nargs, action=action, required=required,
-                                default=None, **common)
+            parser.add_argument(
+                flag, type=_converter(inner), nargs=nargs, action=action, required=required, default=None, **common
+            )
         elif origin is tuple:
             inner = typing.get_args(kind)
             parser.add_argument(flag, type=_converter(inner[0]), nargs=len(inner), default=default, **common)
         elif meta.get("many"):
             parser.add_argument(flag, type=_converter(kind), nargs="+", default=[default], **common)
         else:
-            parser.add_argument(flag, type=_converter(kind), required=required,
-                                default=None if default is dataclasses.MISSING else default, **common)
+            parser.add_argument(
+                flag,
+                type=_converter(kind),
+                required=required,
+                default=None if default is dataclasses.MISSING else default,
+                **common,
+            )
 
 
 def _converter(kind):

@@ -40,10 +40,19 @@ def guide(spec: GuideSpec) -> dict:
                 chain.fix_noise(noise, generator)
             chain, state, warmup = starting_state(model, chain, cond, noise, options, spec.seed)
             record.update(warmup, sampler=chain.name)
-            seconds, (guided, stats) = timed(lambda: guided_sample(
-                chain, state, cond, lambda x0: -setup.reward(model.decode(x0)).sum(),
-                scale=spec.scale, schedule=spec.schedule, repeats=spec.repeats, generator=generator,
-            ), device)
+            seconds, (guided, stats) = timed(
+                lambda: guided_sample(
+                    chain,
+                    state,
+                    cond,
+                    lambda x0: -setup.reward(model.decode(x0)).sum(),
+                    scale=spec.scale,
+                    schedule=spec.schedule,
+                    repeats=spec.repeats,
+                    generator=generator,
+                ),
+                device,
+            )
             record.update(seconds=seconds, nfe_forward=stats["nfe_forward"], nfe_backward=stats["nfe_backward"])
             prompts = [options.prompt] * spec.batch
             with torch.no_grad():

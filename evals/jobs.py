@@ -20,8 +20,22 @@ from evals.chains import chain_label
 from evals.specs import BackwardCostSpec, BenchSpec, GuideSpec, ProfileSpec, QualitySpec, RunSpec, field_names
 
 AXES = ("task", "models", "variants", "steps", "chains", "seeds")
-JOB_FIELDS = ("task", "experiment", "method", "options", "variant", "steps", "seed", "out", "model", "model_options",
-              "mem_mb", "start_tolerance", "whole_chain", "device")
+JOB_FIELDS = (
+    "task",
+    "experiment",
+    "method",
+    "options",
+    "variant",
+    "steps",
+    "seed",
+    "out",
+    "model",
+    "model_options",
+    "mem_mb",
+    "start_tolerance",
+    "whole_chain",
+    "device",
+)
 RUN_SETTINGS = tuple(name for name in field_names(RunSpec) if name not in JOB_FIELDS)
 CHAIN_KEYS = ("steps", "start_step", "init", "sampler", "sampler_options", "models", "variants", "seeds")
 VARIANT_KEYS = ("method", "whole_chain")  # the rest are the estimator's options
@@ -92,8 +106,12 @@ class RunJob:
     seeds: tuple[int, ...]
 
     def records(self, pattern: str) -> list[str]:
-        return [pattern.format(model=slug(self.model), task=self.task, variant=self.variant, chain=self.chain.label,
-                               seed=seed) for seed in self.seeds]
+        return [
+            pattern.format(
+                model=slug(self.model), task=self.task, variant=self.variant, chain=self.chain.label, seed=seed
+            )
+            for seed in self.seeds
+        ]
 
 
 def run_jobs(config: dict) -> list[RunJob]:
@@ -138,12 +156,23 @@ def run_spec(config: dict, job: RunJob, seed: int | None = None) -> RunSpec:
     sampler = chain.sampler or settings.pop("sampler", None)
     task = registered_task(block, job.task)
     return RunSpec(
-        **settings, task=task, experiment=None if task == job.task else job.task, method=variant["method"],
-        options=estimator_options(variant), variant=job.variant,
-        steps=chain.steps, sampler=sampler, sampler_options=sampler_options, task_options=task_options,
-        model=job.model, model_options=model_options(config, job.model), mem_mb=config.get("mem_mb_per_run"),
-        start_tolerance=config["statistics"].get("start_tolerance"), whole_chain=bool(variant.get("whole_chain")),
-        seed=job.seeds[0] if seed is None else seed, device=config.get("device", "auto"),
+        **settings,
+        task=task,
+        experiment=None if task == job.task else job.task,
+        method=variant["method"],
+        options=estimator_options(variant),
+        variant=job.variant,
+        steps=chain.steps,
+        sampler=sampler,
+        sampler_options=sampler_options,
+        task_options=task_options,
+        model=job.model,
+        model_options=model_options(config, job.model),
+        mem_mb=config.get("mem_mb_per_run"),
+        start_tolerance=config["statistics"].get("start_tolerance"),
+        whole_chain=bool(variant.get("whole_chain")),
+        seed=job.seeds[0] if seed is None else seed,
+        device=config.get("device", "auto"),
     )
 
 
@@ -157,14 +186,41 @@ def guide_specs(config: dict) -> list[tuple[GuideSpec, tuple[int, ...]]]:
     block = tasks["latent"]
     steps = guidance.get("steps") or [c.steps for c in chains(block) if not c.start_step]
     seeds = tuple(block.get("seeds") or config["runs"]["seeds"])
-    shared = {key: block[key] for key in ("batch", "cfg_scale", "reward", "reward_options", "reward_tolerance",
-                                          "metrics", "metric_options", "task_options", "sampler", "sampler_options")
-              if key in block}
+    shared = {
+        key: block[key]
+        for key in (
+            "batch",
+            "cfg_scale",
+            "reward",
+            "reward_options",
+            "reward_tolerance",
+            "metrics",
+            "metric_options",
+            "task_options",
+            "sampler",
+            "sampler_options",
+        )
+        if key in block
+    }
     return [
-        (GuideSpec(**shared, model=model, model_options=model_options(config, model), steps=t, repeats=repeats,
-                   scale=guidance["scale"], schedule=guidance["schedule"], mem_mb=config.get("mem_mb_per_run"),
-                   seed=seeds[0], device=config.get("device", "auto")), seeds)
-        for model in block["models"] for t in dict.fromkeys(steps) for repeats in guidance["repeats"]
+        (
+            GuideSpec(
+                **shared,
+                model=model,
+                model_options=model_options(config, model),
+                steps=t,
+                repeats=repeats,
+                scale=guidance["scale"],
+                schedule=guidance["schedule"],
+                mem_mb=config.get("mem_mb_per_run"),
+                seed=seeds[0],
+                device=config.get("device", "auto"),
+            ),
+            seeds,
+        )
+        for model in block["models"]
+        for t in dict.fromkeys(steps)
+        for repeats in guidance["repeats"]
     ]
 
 
@@ -175,13 +231,20 @@ def backward_cost_spec(config: dict, task: str, source: str) -> BackwardCostSpec
 
     block = config["runs"]["tasks"][task]
     return BackwardCostSpec(
-        model=source, model_options=model_options(config, source), wrt=TASKS[registered_task(block, task)].wrt,
+        model=source,
+        model_options=model_options(config, source),
+        wrt=TASKS[registered_task(block, task)].wrt,
         batch=block.get("batch", 8),
-        steps=min(c.steps for c in chains(block)), rounds=config["statistics"].get("backward_rounds", 15),
-        lora_rank=(block.get("task_options") or {}).get("lora_rank"), cfg_scale=block.get("cfg_scale", 1.0),
-        reward=block.get("reward"), reward_options=dict(block.get("reward_options") or {}),
-        sampler=block.get("sampler"), sampler_options=dict(block.get("sampler_options") or {}),
-        mem_mb=config.get("mem_mb_per_run"), device=config.get("device", "auto"),
+        steps=min(c.steps for c in chains(block)),
+        rounds=config["statistics"].get("backward_rounds", 15),
+        lora_rank=(block.get("task_options") or {}).get("lora_rank"),
+        cfg_scale=block.get("cfg_scale", 1.0),
+        reward=block.get("reward"),
+        reward_options=dict(block.get("reward_options") or {}),
+        sampler=block.get("sampler"),
+        sampler_options=dict(block.get("sampler_options") or {}),
+        mem_mb=config.get("mem_mb_per_run"),
+        device=config.get("device", "auto"),
     )
 
 
@@ -202,9 +265,18 @@ def bench_spec(config: dict, source: str, wrt: str, steps: int, variant: str, sa
     bench = config["bench"]
     definition = bench["variants"][variant]
     shared = {key: bench[key] for key in ("batch", "seed", "rounds", "mem_mb") if key in bench}
-    return BenchSpec(**shared, model=source, model_options=model_options(config, source), wrt=wrt, steps=steps,
-                     method=definition["method"], options=estimator_options(definition), variant=variant,
-                     sampler=sampler, device=config.get("device", "auto"))
+    return BenchSpec(
+        **shared,
+        model=source,
+        model_options=model_options(config, source),
+        wrt=wrt,
+        steps=steps,
+        method=definition["method"],
+        options=estimator_options(definition),
+        variant=variant,
+        sampler=sampler,
+        device=config.get("device", "auto"),
+    )
 
 
 def profile_spec(block: dict, source: str, checkpointing: bool) -> ProfileSpec:
@@ -220,10 +292,17 @@ def profile_spec(block: dict, source: str, checkpointing: bool) -> ProfileSpec:
     if checkpointing:
         options["gradient_checkpointing"] = True
     shared = {key: block[key] for key in ("batch", "seed", "rounds", "mem_mb", "device") if key in block}
-    return ProfileSpec(**shared, model=source, model_options=options, variants=variants, wrt=list(block["wrt"]),
-                       steps=list(model.get("steps", block["steps"])), cfg_scale=model.get("cfg_scale",
-                                                                                          block.get("cfg_scale", 1.0)),
-                       plain_loop=model.get("plain_loop", block.get("plain_loop", True)), out_dir=Path("results/profile"))
+    return ProfileSpec(
+        **shared,
+        model=source,
+        model_options=options,
+        variants=variants,
+        wrt=list(block["wrt"]),
+        steps=list(model.get("steps", block["steps"])),
+        cfg_scale=model.get("cfg_scale", block.get("cfg_scale", 1.0)),
+        plain_loop=model.get("plain_loop", block.get("plain_loop", True)),
+        out_dir=Path("results/profile"),
+    )
 
 
 def _text(value) -> str:
@@ -234,7 +313,11 @@ def _text(value) -> str:
 
 def quality_spec(config: dict, source: str) -> QualitySpec:
     quality = config["quality"]
-    return QualitySpec(model=source, model_options=model_options(config, source), steps=quality["steps"],
-                       cfg_scales=list(quality["cfg_scales"]), per_label=quality["per_label"],
-                       device=config.get("device", "auto"))
-
+    return QualitySpec(
+        model=source,
+        model_options=model_options(config, source),
+        steps=quality["steps"],
+        cfg_scales=list(quality["cfg_scales"]),
+        per_label=quality["per_label"],
+        device=config.get("device", "auto"),
+    )

@@ -16,8 +16,18 @@ from sdo.models.base import DiffusionModel
 from sdo.timing import timed
 
 
-def bench_problem(model: DiffusionModel, reward, wrt: str, steps: int, batch: int, seed: int, cfg_scale: float = 1.0,
-                  lora_rank: int = 0, sampler: str | None = None, sampler_options: dict | None = None):
+def bench_problem(
+    model: DiffusionModel,
+    reward,
+    wrt: str,
+    steps: int,
+    batch: int,
+    seed: int,
+    cfg_scale: float = 1.0,
+    lora_rank: int = 0,
+    sampler: str | None = None,
+    sampler_options: dict | None = None,
+):
     """The benchmark's problem: latents from `seed`, prompts cycling through the model's, loss
     minus the mean reward of the decoded samples; the weights are the trainable ones of
     `model.with_lora(lora_rank)` (rank 0: every weight of the noise network); the chain is

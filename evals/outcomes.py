@@ -67,9 +67,14 @@ def recorded_failures(record: dict):
     except InvalidStart as error:
         record.update(status="invalid_start", reason=str(error), start_deviation=error.deviation)
     except Diverged as error:
-        record.update(status="unstable" if isinstance(error, Unstable) else "diverged", reason=str(error),
-                      iterations=error.trace.rows, evaluations=error.evaluations, audits=error.trace.audits,
-                      saved_bytes=error.trace.saved_bytes)
+        record.update(
+            status="unstable" if isinstance(error, Unstable) else "diverged",
+            reason=str(error),
+            iterations=error.trace.rows,
+            evaluations=error.evaluations,
+            audits=error.trace.audits,
+            saved_bytes=error.trace.saved_bytes,
+        )
     except Exception as error:
         if out_of_memory(error):
             record.update(status="out_of_memory", reason=str(error).splitlines()[0])
@@ -121,8 +126,11 @@ def write_record(record: dict, out: Path | str | None) -> dict:
     try:
         records.write_json(out, record)
     except OSError as error:
-        record.update(status="failed", reason=f"{record.get('reason') or 'the record'}; it could not be written to {out}: "
-                                              f"{error.strerror or error}")
+        record.update(
+            status="failed",
+            reason=f"{record.get('reason') or 'the record'}; it could not be written to {out}: "
+            f"{error.strerror or error}",
+        )
         log.error("%s", record["reason"])
         return record
     log.info("wrote %s (status %s)", out, record["status"])

@@ -71,9 +71,14 @@ def evaluations(spec, cls, schedule: dict) -> dict:
     estimate = make_estimator(spec.method, **spec.options)(problem, lambda x: (x**2).sum())
     evaluations_per_run = (spec.iters // spec.eval_every if spec.eval_every else 0) + 2
     audits = math.ceil(spec.iters / spec.audit_every) if spec.audit_every else 0
-    return {"forward": estimate.nfe_forward, "backward": estimate.nfe_backward, "warmup": start,
-            "evaluation": evaluations_per_run * chain.steps, "audit_forward": audits * chain.steps,
-            "audit_backward": audits * chain.steps}
+    return {
+        "forward": estimate.nfe_forward,
+        "backward": estimate.nfe_backward,
+        "warmup": start,
+        "evaluation": evaluations_per_run * chain.steps,
+        "audit_forward": audits * chain.steps,
+        "audit_backward": audits * chain.steps,
+    }
 
 
 def _architecture(source: str, cls) -> str | None:
@@ -96,16 +101,21 @@ def flops(source: str, options: dict, cls, batch: int, cfg_scale: float) -> tupl
     architecture = _architecture(source, cls)
     if architecture is None:
         return None
-    model = load_model(f"random:{architecture}", device="meta",
-                       **{k: v for k, v in options.items() if k in ("resolution", "dtype")})
+    model = load_model(
+        f"random:{architecture}", device="meta", **{k: v for k, v in options.items() if k in ("resolution", "dtype")}
+    )
     z = torch.zeros(batch, *model.state_shape, device="meta", dtype=model.dtype)
     chain = model.make_chain(2, cfg_scale)
     with FlopCounterMode(display=False) as denoiser, torch.no_grad():
         chain.predict(z, 0, model.encode([model.prompts[0]] * batch))
     with FlopCounterMode(display=False) as decoder, torch.no_grad():
         model.decode(z)
-    weight_bytes = sum(p.numel() * p.element_size() for m in model.parts.values() if isinstance(m, torch.nn.Module)
-                       for p in m.parameters())
+    weight_bytes = sum(
+        p.numel() * p.element_size()
+        for m in model.parts.values()
+        if isinstance(m, torch.nn.Module)
+        for p in m.parameters()
+    )
     return float(denoiser.get_total_flops()), float(decoder.get_total_flops()), float(weight_bytes)
 
 
@@ -127,47 +137,78 @@ def measured(rows: Path, sources: set[str]) -> tuple[float, int, float] | None:
     return (sum(f[0] for f in found) / len(found), found[0][1], max(f[2] for f in found))
 
 
-def plan(configfiles: list[Path | str], profile_rows: Path | str = "results/profile", throughput: float = 400.0,
-         base: Path | str = ".") -> list[dict]:
+def plan(
+    configfiles: list[Path | str],
+    profile_rows: Path | str = "results/profile",
+    throughput: float = 400.0,
+    base: Path | str = ".",
+) -> list[dict]:
     """One row per run rule (experiment, chain, variant, model): runs, iterations, network
     evaluations, device-hours and peak memory, estimated (see the module docstring)."""
     from sdo.models import planned_schedule, resolve
 
     root = Path(__file__).resolve().parents[1] / "config"
     config = layered([*(root / name for name in DEFAULTS), *configfiles])
-    config["weights"] = str(root.parent / config["weights"]) if not Path(config["weights"]).is_absolute() else config["weights"]
+    config["weights"] = (
+        str(root.parent / config["weights"]) if not Path(config["weights"]).is_absolute() else config["weights"]
+    )
     rows, cache = [], {}
     for job in jobs.run_jobs(config):
         spec = jobs.run_spec(config, job)
         try:
             cls = resolve(job.model).cls
         except ValueError as error:
-            rows.append({"experiment": job.task, "chain": job.chain.label, "variant": job.variant, "model": job.model,
-                         "runs": len(job.seeds), "iterations": len(job.seeds) * spec.iters, "forward_per_iteration": 0,
-                         "backward_per_iteration": 0, "forward_passes": 0, "device_hours": math.nan,
-                         "peak_gb": math.nan, "estimate": f"no estimate: {str(error).splitlines()[0]}"})
+            rows.append(
+                {
+                    "experiment": job.task,
+                    "chain": job.chain.label,
+                    "variant": job.variant,
+                    "model": job.model,
+                    "runs": len(job.seeds),
+                    "iterations": len(job.seeds) * spec.iters,
+                    "forward_per_iteration": 0,
+                    "backward_per_iteration": 0,
+                    "forward_passes": 0,
+                    "device_hours": math.nan,
+                    "peak_gb": math.nan,
+                    "estimate": f"no estimate: {str(error).splitlines()[0]}",
+                }
+            )
             continue
         try:
             schedule = planned_schedule(job.model, spec.model_options)[1]
         except (ValueError, FileNotFoundError):
             architecture = _architecture(job.model, cls)
-            schedule = {} if architecture is None else dict(resolve(f"random:{architecture}").cls.planned_schedule(
-                None, architecture))
+            schedule = (
+                {}
+                if architecture is None
+                else dict(resolve(f"random:{architecture}").cls.planned_schedule(None, architecture))
+            )
         count = evaluations(spec, cls, schedule)
         key = (job.model, spec.batch, spec.cfg_scale)
         if key not in cache:
             architecture = _architecture(job.model, cls)
             names = {job.model} | ({f"random:{architecture}"} if architecture else set())
-            cache[key] = (measured(Path(profile_rows), names),
-                          flops(job.model, spec.model_options, cls, spec.batch, spec.cfg_scale))
+            cache[key] = (
+                measured(Path(profile_rows), names),
+                flops(job.model, spec.model_options, cls, spec.batch, spec.cfg_scale),
+            )
         timing, counted = cache[key]
         backward = BACKWARD + bool(spec.model_options.get("gradient_checkpointing"))  # a recomputed forward
         per_iteration = count["forward"] + backward * count["backward"]
         once = count["warmup"] + count["evaluation"] + count["audit_forward"] + backward * count["audit_backward"]
         passes = len(job.seeds) * (spec.iters * per_iteration + once)
-        row = {"experiment": job.task, "chain": job.chain.label, "variant": job.variant, "model": job.model,
-               "runs": len(job.seeds), "iterations": len(job.seeds) * spec.iters, "forward_per_iteration": count["forward"],
-               "backward_per_iteration": count["backward"], "forward_passes": passes}
+        row = {
+            "experiment": job.task,
+            "chain": job.chain.label,
+            "variant": job.variant,
+            "model": job.model,
+            "runs": len(job.seeds),
+            "iterations": len(job.seeds) * spec.iters,
+            "forward_per_iteration": count["forward"],
+            "backward_per_iteration": count["backward"],
+            "forward_passes": passes,
+        }
         if timing is not None:
             seconds = timing[0] * spec.batch / timing[1]
             row.update(device_hours=passes * seconds / 3600, peak_gb=timing[2] / 1e9, estimate="measured profile rows")
@@ -175,11 +216,17 @@ def plan(configfiles: list[Path | str], profile_rows: Path | str = "results/prof
             denoiser, decoder, weight_bytes = counted
             loss_passes = len(job.seeds) * spec.iters * (1 + BACKWARD)
             total = passes * denoiser + loss_passes * decoder
-            row.update(device_hours=total / (throughput * 1e12) / 3600, peak_gb=weight_bytes / 1e9,
-                       estimate=f"FLOPs at {throughput:g} TFLOP/s (peak: weights only)")
+            row.update(
+                device_hours=total / (throughput * 1e12) / 3600,
+                peak_gb=weight_bytes / 1e9,
+                estimate=f"FLOPs at {throughput:g} TFLOP/s (peak: weights only)",
+            )
         else:
-            row.update(device_hours=math.nan, peak_gb=math.nan,
-                       estimate="no estimate: no published architecture here and no measured profile rows")
+            row.update(
+                device_hours=math.nan,
+                peak_gb=math.nan,
+                estimate="no estimate: no published architecture here and no measured profile rows",
+            )
         rows.append(row)
     return rows
 
@@ -190,13 +237,39 @@ def render(rows: list[dict]) -> str:
 
     if not rows:
         return "nothing planned"
-    shown = [[r["experiment"], r["chain"], r["variant"], r["model"], r["runs"], r["iterations"],
-              f"{r['forward_per_iteration']} + {r['backward_per_iteration']}", f"{r['device_hours']:.3g}",
-              f"{r['peak_gb']:.3g}", r["estimate"]] for r in rows]
+    shown = [
+        [
+            r["experiment"],
+            r["chain"],
+            r["variant"],
+            r["model"],
+            r["runs"],
+            r["iterations"],
+            f"{r['forward_per_iteration']} + {r['backward_per_iteration']}",
+            f"{r['device_hours']:.3g}",
+            f"{r['peak_gb']:.3g}",
+            r["estimate"],
+        ]
+        for r in rows
+    ]
     hours = sum(r["device_hours"] for r in rows if not math.isnan(r["device_hours"]))
     missing = sum(math.isnan(r["device_hours"]) for r in rows)
-    table = tabulate(shown, headers=["experiment", "chain", "variant", "model", "runs", "iterations",
-                                     "fwd + bwd / iter", "device-hours", "peak GB", "from"], tablefmt="github")
+    table = tabulate(
+        shown,
+        headers=[
+            "experiment",
+            "chain",
+            "variant",
+            "model",
+            "runs",
+            "iterations",
+            "fwd + bwd / iter",
+            "device-hours",
+            "peak GB",
+            "from",
+        ],
+        tablefmt="github",
+    )
     if missing == len(rows):
         time = "no device-hours estimate (no profile row or published architecture for these models)"
     else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 CALLABLE_FORMS = "'package.module:function' or 'path/to/file.py:function'"
 
@@ -46,8 +46,10 @@ def import_plugin(path: str | Path) -> None:
     named when a name is taken)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise PluginError(f"plug-in file {path} does not exist (allowed: a Python file that registers models, "
-                          "samplers, estimators, tasks or rewards)")
+        raise PluginError(
+            f"plug-in file {path} does not exist (allowed: a Python file that registers models, "
+            "samplers, estimators, tasks or rewards)"
+        )
     _module_from_file(path, "_sdo_plugin_")
 
 
@@ -66,8 +68,10 @@ def load_callable(name: str, base: Path | str = ".") -> Callable:
         try:
             module = importlib.import_module(source)
         except ImportError as error:
-            raise PluginError(f"{name!r}: module {source!r} cannot be imported ({error}); allowed: {CALLABLE_FORMS} "
-                              "with the module on the Python path") from None
+            raise PluginError(
+                f"{name!r}: module {source!r} cannot be imported ({error}); allowed: {CALLABLE_FORMS} "
+                "with the module on the Python path"
+            ) from None
         except Exception as error:
             raise PluginError(f"{name!r}: importing {source!r} raised {type(error).__name__}: {error}") from None
     function = getattr(module, attribute, None)

@@ -45,8 +45,13 @@ def environment(device: torch.device | str) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
-    return {"device": device_name(device), "physical_device": physical_device(device), "python": platform.python_version(),
-            "versions": versions, "commit": commit}
+    return {
+        "device": device_name(device),
+        "physical_device": physical_device(device),
+        "python": platform.python_version(),
+        "versions": versions,
+        "commit": commit,
+    }
 
 
 def write_atomic(path: Path | str, write) -> None:
@@ -106,7 +111,9 @@ def save_grid(path: Path | str, images: torch.Tensor, title: str = "") -> None:
     images = images.detach().float().cpu().clamp(-1, 1).numpy()
     columns = min(8, len(images))
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), squeeze=False
+    )
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):

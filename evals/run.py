@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 import torch
 
 from evals import records
@@ -30,10 +29,20 @@ def settings_of(spec: RunSpec, device: torch.device | str = "cpu") -> Settings:
     """The task loop's settings from a run's spec (the spec states every default) on `device`."""
     audit = Audit(spec.audit_every, spec.fallback_below, spec.audit_checkpoint) if spec.audit_every else None
     return Settings(
-        steps=spec.steps, iters=spec.iters, batch=spec.batch, cfg_scale=spec.cfg_scale, sampler=spec.sampler,
-        sampler_options=dict(spec.sampler_options), lr=spec.lr, seed=spec.seed, eval_every=spec.eval_every,
-        betas=tuple(spec.betas), audit=audit, budget_bytes=budget_bytes(spec.mem_mb, device),
-        start_tolerance=spec.start_tolerance, precision=spec.precision,
+        steps=spec.steps,
+        iters=spec.iters,
+        batch=spec.batch,
+        cfg_scale=spec.cfg_scale,
+        sampler=spec.sampler,
+        sampler_options=dict(spec.sampler_options),
+        lr=spec.lr,
+        seed=spec.seed,
+        eval_every=spec.eval_every,
+        betas=tuple(spec.betas),
+        audit=audit,
+        budget_bytes=budget_bytes(spec.mem_mb, device),
+        start_tolerance=spec.start_tolerance,
+        precision=spec.precision,
     )
 
 
@@ -42,8 +51,10 @@ def task_options_of(spec: RunSpec) -> dict:
     options = dict(spec.task_options)
     if spec.whole_chain:
         if options.get("init", "sample") != "sample":
-            raise ValueError("whole_chain compares with full backpropagation from the initial noise; an inverted "
-                             "start (init=invert) has no initial noise: compare on the same chain only")
+            raise ValueError(
+                "whole_chain compares with full backpropagation from the initial noise; an inverted "
+                "start (init=invert) has no initial noise: compare on the same chain only"
+            )
         options["start_step"] = 0
     return options
 
@@ -52,8 +63,9 @@ def check_sampler(model, spec: RunSpec, estimator) -> str:
     """The sampler the run uses; NotApplicable when the estimator's rule does not hold for it."""
     sampler = spec.sampler or model.default_sampler()
     model.check_sampler(sampler)
-    reason = refusal(estimator.name, estimator.needs, sampler,
-                     capabilities(sampler, spec.sampler_options, model.scheduler_config))
+    reason = refusal(
+        estimator.name, estimator.needs, sampler, capabilities(sampler, spec.sampler_options, model.scheduler_config)
+    )
     if reason:
         raise NotApplicable(reason)
     return sampler
@@ -76,8 +88,9 @@ def run(spec: RunSpec) -> dict:
             record["sampler"] = check_sampler(model, spec, estimator)
             setup = setup_for(model, spec.reward, spec.reward_options, spec.metrics, spec.metric_options, device)
             record["model_options"] = model.options
-            record["reward_check_error"] = check_differentiable(setup.reward, probe_images(model),
-                                                                tolerance=spec.reward_tolerance)
+            record["reward_check_error"] = check_differentiable(
+                setup.reward, probe_images(model), tolerance=spec.reward_tolerance
+            )
             result = task.run(model, setup.reward, estimator, settings, task_options, monitor=setup.monitor)
             record.update(result.warmup)
             record["iterations"], record["evaluations"] = result.trace.rows, result.evaluations

@@ -64,8 +64,9 @@ class Slot:
 _held: Slot | None = None
 
 
-def claim_device(gpus_per_job: int, lock_dir: Path | str = LOCK_DIR, *, timeout: float | None = None,
-                 poll: float = 0.5) -> Slot | None:
+def claim_device(
+    gpus_per_job: int, lock_dir: Path | str = LOCK_DIR, *, timeout: float | None = None, poll: float = 0.5
+) -> Slot | None:
     """Claim `gpus_per_job` free device slots for this process's lifetime and make them its only
     visible devices; None where nothing is to be claimed (see the module's rule). Waits for a
     free slot, polling every `poll` seconds; past `timeout` seconds (None: no limit) raises
@@ -134,7 +135,9 @@ def _device_count() -> int:
         return int(simulated)
     done = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if done.returncode != 0:
         raise RuntimeError(f"counting GPUs with torch failed: {done.stderr.strip()[-1000:]}")
@@ -189,13 +192,22 @@ def _wait_for_slots(wanted: int, devices: list[str], lock_dir: Path, timeout: fl
                 f"(last holders: {_holders(devices, lock_dir)})"
             )
         if not waited:
-            log.info("waiting for %d free GPU slot(s) of %d under %s (last holders: %s)", wanted, len(devices),
-                     lock_dir, _holders(devices, lock_dir))
+            log.info(
+                "waiting for %d free GPU slot(s) of %d under %s (last holders: %s)",
+                wanted,
+                len(devices),
+                lock_dir,
+                _holders(devices, lock_dir),
+            )
             waited = True
         time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
     indices = tuple(index for index, _ in taken)
     _held = Slot(indices, tuple(devices[i] for i in indices), lock_dir, tuple(fd for _, fd in taken))
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(_held.devices)
-    log.info("GPU slot %s under %s: CUDA_VISIBLE_DEVICES=%s", ",".join(map(str, indices)), lock_dir,
-             os.environ["CUDA_VISIBLE_DEVICES"])
+    log.info(
+        "GPU slot %s under %s: CUDA_VISIBLE_DEVICES=%s",
+        ",".join(map(str, indices)),
+        lock_dir,
+        os.environ["CUDA_VISIBLE_DEVICES"],
+    )
     return _held

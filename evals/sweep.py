@@ -17,7 +17,13 @@ import pandas as pd
 
 from evals import analysis
 from evals.tables import (
-    audits_table, evaluations_table, guidance_table, methods_table, pooled_quality, read_records, runs_table,
+    audits_table,
+    evaluations_table,
+    guidance_table,
+    methods_table,
+    pooled_quality,
+    read_records,
+    runs_table,
     status_counts,
 )
 
@@ -35,9 +41,11 @@ def backward_weights(paths: list[Path | str]) -> dict[tuple[str, str], dict]:
         if record["status"] == "ok":
             w = float(record["backward_vs_forward"])
             weights[record["config"]["model"], path.stem] = {
-                "w": w, "low": float(record.get("backward_vs_forward_low", w)),
+                "w": w,
+                "low": float(record.get("backward_vs_forward_low", w)),
                 "high": float(record.get("backward_vs_forward_high", w)),
-                "graph": float(record.get("graph_vs_forward", 1.0)), "loss": float(record.get("loss_vs_forward", 0.0)),
+                "graph": float(record.get("graph_vs_forward", 1.0)),
+                "loss": float(record.get("loss_vs_forward", 0.0)),
             }
     return weights
 
@@ -69,10 +77,18 @@ def guard_table(summary: pd.DataFrame, per_run: pd.DataFrame, full: str, chosen:
 
     frames = []
     for model, runs in summary.groupby("model"):
-        guard = (chosen["metric"], chosen.get("lower_is_better", True)) if chosen else DOMAINS[resolve(str(model)).cls.domain].guard
+        guard = (
+            (chosen["metric"], chosen.get("lower_is_better", True))
+            if chosen
+            else DOMAINS[resolve(str(model)).cls.domain].guard
+        )
         if guard is not None and len(per_run):
             frames.append(analysis.quality_guard(runs, per_run[per_run["model"] == model], *guard, full=full))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*analysis.KEYS, "variant", "reward_hacked"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[*analysis.KEYS, "variant", "reward_hacked"])
+    )
 
 
 def invalid_peers(summary: pd.DataFrame, subject: str) -> pd.DataFrame:
@@ -84,17 +100,29 @@ def invalid_peers(summary: pd.DataFrame, subject: str) -> pd.DataFrame:
     for key, runs in summary.groupby([*analysis.KEYS, "variant"]):
         if (runs["status"] == "invalid_start").all() and key[-1] != subject:
             deviation = pd.to_numeric(runs["start_deviation"], errors="coerce").max()
-            rows.append({**dict(zip(analysis.KEYS, key[:-1])), "subject": subject, "peer": key[-1],
-                         "claim": f"{subject} vs {key[-1]}", "verdict": "invalid_start", "start_deviation": deviation})
+            rows.append(
+                {
+                    **dict(zip(analysis.KEYS, key[:-1])),
+                    "subject": subject,
+                    "peer": key[-1],
+                    "claim": f"{subject} vs {key[-1]}",
+                    "verdict": "invalid_start",
+                    "start_deviation": deviation,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def build_tables(records: list, guided: list, backward: list, settings: dict, weights_dir: str | Path | None = None) -> dict:
+def build_tables(
+    records: list, guided: list, backward: list, settings: dict, weights_dir: str | Path | None = None
+) -> dict:
     """Every table of a sweep from its run records, guided records and backward-cost records,
     with the config's `statistics` block as `settings`."""
     options = analysis.Options(
-        target_fraction=settings.get("target_fraction", 0.9), confidence=settings.get("confidence", 0.95),
-        resamples=settings.get("resamples", 4000), seed=settings.get("seed", 0),
+        target_fraction=settings.get("target_fraction", 0.9),
+        confidence=settings.get("confidence", 0.95),
+        resamples=settings.get("resamples", 4000),
+        seed=settings.get("seed", 0),
         start_tolerance=settings.get("start_tolerance", 0.2),
     )
     full, subject = settings.get("full", "full"), settings.get("subject", "shortcut")
@@ -115,21 +143,36 @@ def build_tables(records: list, guided: list, backward: list, settings: dict, we
     per_run = analysis.runs_to_target(finished, iterations, summary, options, full) if len(finished) else pd.DataFrame()
     cost = analysis.cost_to_quality(per_run, options, full) if len(per_run) else pd.DataFrame(columns=analysis.KEYS)
     guard = guard_table(summary, per_run, full, settings.get("guard")) if len(summary) else pd.DataFrame()
-    verdicts = (analysis.verdicts(per_run, guard, options, subject, full, settings.get("claim", 0.1))
-                if len(per_run) else pd.DataFrame(columns=[*analysis.KEYS, "claim", "verdict"]))
+    verdicts = (
+        analysis.verdicts(per_run, guard, options, subject, full, settings.get("claim", 0.1))
+        if len(per_run)
+        else pd.DataFrame(columns=[*analysis.KEYS, "claim", "verdict"])
+    )
     verdicts = pd.concat([verdicts, invalid_peers(summary, subject)], ignore_index=True)
     if len(verdicts):
         found = [weights.get((m, t), {}) for m, t in zip(verdicts["model"], verdicts["task"])]
-        for column, key in (("backward_weight", "w"), ("backward_weight_low", "low"), ("backward_weight_high", "high"),
-                            ("graph_weight", "graph"), ("loss_weight", "loss")):
+        for column, key in (
+            ("backward_weight", "w"),
+            ("backward_weight_low", "low"),
+            ("backward_weight_high", "high"),
+            ("graph_weight", "graph"),
+            ("loss_weight", "loss"),
+        ):
             verdicts[column] = [w.get(key, math.nan) for w in found]
         verdicts["runs_per_status"] = json.dumps(status_counts(summary))
     counts = status_counts(summary)
     log.info("runs by status: %s", ", ".join(f"{status} {n}" for status, n in counts.items()))
     return {
-        "verdicts": verdicts, "cost": cost, "iterations": iterations, "summary": summary, "methods": methods,
-        "evaluations": evaluations, "audits": audits_table(loaded), "per_run": per_run,
-        "guidance": guidance_table(guided, evaluations), "status_counts": counts,
+        "verdicts": verdicts,
+        "cost": cost,
+        "iterations": iterations,
+        "summary": summary,
+        "methods": methods,
+        "evaluations": evaluations,
+        "audits": audits_table(loaded),
+        "per_run": per_run,
+        "guidance": guidance_table(guided, evaluations),
+        "status_counts": counts,
     }
 
 

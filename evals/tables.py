@@ -33,8 +33,13 @@ def _run_columns(record: dict, path: Path) -> dict:
     columns["variant"] = record.get("variant") or config.get("variant")
     columns["wrt"] = TASKS[config["task"]].wrt if config.get("task") in TASKS else None
     columns["options"] = json.dumps(config.get("options") or {}, sort_keys=True)
-    columns.update(status=record["status"], reason=record.get("reason"), device=record.get("device"), record=str(path),
-                   samples_file=record.get("samples_file"))
+    columns.update(
+        status=record["status"],
+        reason=record.get("reason"),
+        device=record.get("device"),
+        record=str(path),
+        samples_file=record.get("samples_file"),
+    )
     return columns
 
 
@@ -54,24 +59,28 @@ def runs_table(records: list[tuple[Path, dict]]) -> tuple[pd.DataFrame, pd.DataF
         iteration_rows += [{**run, **row} for row in iterations] or [run]
         timed = [row["seconds"] for row in iterations[1:]] or [row["seconds"] for row in iterations]
         audits = record.get("audits") or []
-        summary_rows.append({
-            **run,
-            "iters": len(iterations),
-            "seconds_per_iter": pd.Series(timed, dtype=float).median(),
-            "saved_bytes": record.get("saved_bytes"),
-            "nfe_forward": iterations[0]["nfe_forward"] if iterations else None,
-            "nfe_backward": iterations[0]["nfe_backward"] if iterations else None,
-            "start_deviation": record.get("start_deviation", 0.0),
-            "warmup_cost": record.get("warmup_nfe_forward", 0),
-            "warmup_seconds": record.get("warmup_seconds", 0.0),
-            "skipped_steps": record.get("skipped_steps", 0),
-            "audits": len(audits),
-            "audit_min_cosine": min((a["cosine"] for a in audits), default=None),
-            "fallbacks": sum(bool(a.get("fallback")) for a in audits),
-            **{f"final_{k}": v for k, v in (record.get("final") or {}).items()},
-            **{f"start_{k}": v for k, v in (record.get("start") or {}).items()},
-        })
-    return pd.DataFrame(iteration_rows), pd.DataFrame(summary_rows, columns=None if summary_rows else [*KEYS, "seed", "status"])
+        summary_rows.append(
+            {
+                **run,
+                "iters": len(iterations),
+                "seconds_per_iter": pd.Series(timed, dtype=float).median(),
+                "saved_bytes": record.get("saved_bytes"),
+                "nfe_forward": iterations[0]["nfe_forward"] if iterations else None,
+                "nfe_backward": iterations[0]["nfe_backward"] if iterations else None,
+                "start_deviation": record.get("start_deviation", 0.0),
+                "warmup_cost": record.get("warmup_nfe_forward", 0),
+                "warmup_seconds": record.get("warmup_seconds", 0.0),
+                "skipped_steps": record.get("skipped_steps", 0),
+                "audits": len(audits),
+                "audit_min_cosine": min((a["cosine"] for a in audits), default=None),
+                "fallbacks": sum(bool(a.get("fallback")) for a in audits),
+                **{f"final_{k}": v for k, v in (record.get("final") or {}).items()},
+                **{f"start_{k}": v for k, v in (record.get("start") or {}).items()},
+            }
+        )
+    return pd.DataFrame(iteration_rows), pd.DataFrame(
+        summary_rows, columns=None if summary_rows else [*KEYS, "seed", "status"]
+    )
 
 
 def evaluations_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
@@ -80,10 +89,17 @@ def evaluations_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
     rows = []
     for _, record in records:
         config = record["config"]
-        run = {"model": config.get("model"), "task": experiment_of(config), "steps": config.get("steps"),
-               **chain_of(config), "variant": record.get("variant"), "seed": config.get("seed"),
-               "status": record["status"], "wrt": TASKS[config["task"]].wrt if config.get("task") in TASKS else None,
-               "device": record.get("device")}
+        run = {
+            "model": config.get("model"),
+            "task": experiment_of(config),
+            "steps": config.get("steps"),
+            **chain_of(config),
+            "variant": record.get("variant"),
+            "seed": config.get("seed"),
+            "status": record["status"],
+            "wrt": TASKS[config["task"]].wrt if config.get("task") in TASKS else None,
+            "device": record.get("device"),
+        }
         rows += [{**run, **row} for row in record.get("evaluations") or []]
     return pd.DataFrame(rows, columns=None if rows else [*KEYS, "seed", "status", "iter", "reward", "seconds", "nfe"])
 
@@ -94,13 +110,36 @@ def audits_table(records: list[tuple[Path, dict]]) -> pd.DataFrame:
     rows = []
     for _, record in records:
         config = record["config"]
-        run = {"model": config.get("model"), "task": experiment_of(config), "steps": config.get("steps"),
-               **chain_of(config), "variant": record.get("variant"), "seed": config.get("seed"),
-               "status": record["status"], "fallback_below": config.get("fallback_below"),
-               "device": record.get("device")}
+        run = {
+            "model": config.get("model"),
+            "task": experiment_of(config),
+            "steps": config.get("steps"),
+            **chain_of(config),
+            "variant": record.get("variant"),
+            "seed": config.get("seed"),
+            "status": record["status"],
+            "fallback_below": config.get("fallback_below"),
+            "device": record.get("device"),
+        }
         rows += [{**run, **row} for row in record.get("audits") or []]
-    return pd.DataFrame(rows, columns=None if rows else ["model", "task", "steps", "chain", "variant", "seed", "iter",
-                                                           "cosine", "rel_error", "norm_ratio", "fallback"])
+    return pd.DataFrame(
+        rows,
+        columns=None
+        if rows
+        else [
+            "model",
+            "task",
+            "steps",
+            "chain",
+            "variant",
+            "seed",
+            "iter",
+            "cosine",
+            "rel_error",
+            "norm_ratio",
+            "fallback",
+        ],
+    )
 
 
 def status_counts(summary: pd.DataFrame) -> dict[str, int]:
@@ -132,8 +171,13 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
     finished = summary[summary["status"] == "ok"]
     if finished.empty:
         return counts.reset_index()
-    metrics = [c for c in finished.columns if c.startswith(("final_", "start_")) and c not in ("start_step", "start_deviation")
-               and pd.api.types.is_numeric_dtype(finished[c])]
+    metrics = [
+        c
+        for c in finished.columns
+        if c.startswith(("final_", "start_"))
+        and c not in ("start_step", "start_deviation")
+        and pd.api.types.is_numeric_dtype(finished[c])
+    ]
     averages = finished.groupby(KEYS, dropna=False).agg(
         device=("device", lambda d: "; ".join(sorted(set(map(str, d))))),
         seconds_per_iter=("seconds_per_iter", "median"),
@@ -142,7 +186,9 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
         **{c: (c, "mean") for c in metrics},
     )
     if "final_reward_mean" in finished:
-        averages["final_reward_ci95_seeds"] = finished.groupby(KEYS, dropna=False)["final_reward_mean"].agg(t_half_width)
+        averages["final_reward_ci95_seeds"] = finished.groupby(KEYS, dropna=False)["final_reward_mean"].agg(
+            t_half_width
+        )
     return counts.join(averages, how="left").reset_index()
 
 
@@ -181,7 +227,9 @@ def fidelity_table(paths: list[Path | str]) -> pd.DataFrame:
     frame = pd.json_normalize([json.loads(Path(p).read_text()) for p in paths])
     if "config.model" in frame:
         frame.insert(0, "model", frame["config.model"])
-    return frame.sort_values([c for c in ("model", "wrt", "steps", "variant") if c in frame], kind="stable").reset_index(drop=True)
+    return frame.sort_values(
+        [c for c in ("model", "wrt", "steps", "variant") if c in frame], kind="stable"
+    ).reset_index(drop=True)
 
 
 def guidance_table(guided: list[Path | str], evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -189,8 +237,11 @@ def guidance_table(guided: list[Path | str], evaluations: pd.DataFrame) -> pd.Da
     guidance's seconds and final reward (and the domain's distance to real data where it has
     one), beside the variant's held-out evaluation at the most training seconds that fit the
     same budget (`optimised_*`; empty when not even the first update fits)."""
-    latent = (evaluations[(evaluations["task"] == "latent") & (evaluations["status"] == "ok")]
-              if len(evaluations) else evaluations)
+    latent = (
+        evaluations[(evaluations["task"] == "latent") & (evaluations["status"] == "ok")]
+        if len(evaluations)
+        else evaluations
+    )
     shown = ("seconds", "reward", "target_accuracy", "nn_distance")
     rows = []
     for path in map(Path, guided):
@@ -198,19 +249,41 @@ def guidance_table(guided: list[Path | str], evaluations: pd.DataFrame) -> pd.Da
         if record["status"] != "ok":
             continue
         config, final = record["config"], record["final"]
-        base = {"model": config["model"], "chain": chain_of(config)["chain"], "steps": config["steps"],
-                "seed": config["seed"], "guided_pass": record["variant"], "repeats": config["repeats"],
-                "scale": config["scale"], "seconds": record["seconds"],
-                "nfe": record["nfe_forward"] + record["nfe_backward"], "reward": final.get("reward_mean"),
-                "target_accuracy": final.get("target_accuracy"), "nn_distance": final.get("nn_distance"),
-                "device": record["device"]}
-        same = latent[(latent["model"] == base["model"]) & (latent["chain"] == base["chain"])
-                      & (latent["seed"] == base["seed"])] if len(latent) else latent
-        for variant, run in (same.groupby("variant") if len(same) else []):
+        base = {
+            "model": config["model"],
+            "chain": chain_of(config)["chain"],
+            "steps": config["steps"],
+            "seed": config["seed"],
+            "guided_pass": record["variant"],
+            "repeats": config["repeats"],
+            "scale": config["scale"],
+            "seconds": record["seconds"],
+            "nfe": record["nfe_forward"] + record["nfe_backward"],
+            "reward": final.get("reward_mean"),
+            "target_accuracy": final.get("target_accuracy"),
+            "nn_distance": final.get("nn_distance"),
+            "device": record["device"],
+        }
+        same = (
+            latent[
+                (latent["model"] == base["model"])
+                & (latent["chain"] == base["chain"])
+                & (latent["seed"] == base["seed"])
+            ]
+            if len(latent)
+            else latent
+        )
+        for variant, run in same.groupby("variant") if len(same) else []:
             within = run[run["seconds"] <= base["seconds"]].sort_values("seconds")
             best = within.iloc[-1] if len(within) else None
-            rows.append({**base, "variant": variant, "optimised_iter": None if best is None else best["iter"],
-                         **{f"optimised_{k}": (None if best is None else best.get(k)) for k in shown}})
+            rows.append(
+                {
+                    **base,
+                    "variant": variant,
+                    "optimised_iter": None if best is None else best["iter"],
+                    **{f"optimised_{k}": (None if best is None else best.get(k)) for k in shown},
+                }
+            )
         if not len(same):
             rows.append(base)
     return pd.DataFrame(rows)

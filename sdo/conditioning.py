@@ -7,11 +7,11 @@ differentiates; the others stay fixed.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Union
+from collections.abc import Callable, Mapping
 
 import torch
 
-Cond = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+Cond = torch.Tensor | Mapping[str, torch.Tensor]
 PRIMARY = "embeddings"
 
 

@@ -26,7 +26,7 @@ guided sample, counted in `chain.meter`; autograd holds one step's graph.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -93,6 +93,7 @@ def guided_sample(
     for k in range(chain.steps):
         keep = _renoise_ratio(chain, k)
         fresh = math.sqrt(max(chain.levels[k][1] ** 2 - keep * chain.levels[k + 1][1] ** 2, 0.0))
+        z_next = z
         for r in range(repeats):
             if r:
                 noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)

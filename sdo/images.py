@@ -33,8 +33,6 @@ def load_image_folder(directory: str | Path, size: tuple[int, int] | None = None
     return torch.cat(images)
 
 
-
-
 def pick(images: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """`count` of `images` for a run of seed `seed`: image (seed * count + b) mod N for sample b,
     so every seed has its own images and a rerun the same ones."""

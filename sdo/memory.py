@@ -65,7 +65,7 @@ class SavedTensors:
             del self._holders[key]
             self.live -= nbytes
 
-    def __enter__(self) -> "SavedTensors":
+    def __enter__(self) -> SavedTensors:
         self._hooks.__enter__()
         return self
 
@@ -132,9 +132,10 @@ def check_budget(estimator, problem, loss, budget_bytes: int) -> int:
     used = used_bytes(problem.latent.device)
     if used + predicted > budget_bytes:
         raise OverBudget(
-            f"a gradient of {estimator.name} at batch {problem.latent.shape[0]} would keep {predicted / 2**20:.0f} MiB for "
-            f"autograd beside the {used / 2**20:.0f} MiB in use, over the budget of {budget_bytes / 2**20:.0f} MiB "
-            "(predicted from batches 1 and 2); lower the batch or raise the budget (mem_mb)"
+            f"a gradient of {estimator.name} at batch {problem.latent.shape[0]} would keep "
+            f"{predicted / 2**20:.0f} MiB for autograd beside the {used / 2**20:.0f} MiB in use, over the budget of "
+            f"{budget_bytes / 2**20:.0f} MiB (predicted from batches 1 and 2); lower the batch or raise the budget "
+            "(mem_mb)"
         )
     return predicted
 
@@ -198,7 +199,9 @@ def enforce_budget(budget_bytes: int | None, device: torch.device):
         return
     held = used_bytes(device) if device.type == "cuda" else (_status_kib("VmData") * 1024 if _linux() else 0)
     if held > budget_bytes:
-        raise OverBudget(f"the process already holds {held / 2**20:.0f} MiB, over the budget of {budget_bytes / 2**20:.0f} MiB")
+        raise OverBudget(
+            f"the process already holds {held / 2**20:.0f} MiB, over the budget of {budget_bytes / 2**20:.0f} MiB"
+        )
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)

@@ -64,4 +64,3 @@ def make_options(cls, values: dict | None, owner: str):
         return cls(**values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{owner}: {error}") from None
-

@@ -59,9 +59,7 @@ def residual(new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def refresh(
-    chain: Chain, states: list[torch.Tensor], cond: Cond, sweeps: int
-) -> tuple[list[torch.Tensor], float]:
+def refresh(chain: Chain, states: list[torch.Tensor], cond: Cond, sweeps: int) -> tuple[list[torch.Tensor], float]:
     """`sweeps` Picard sweeps from `states` (z_0..z_T, z_0 the current latent): the refreshed
     states and the residual of the last sweep."""
     if sweeps < 1:

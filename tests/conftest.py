@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from sdo import Problem
-from sdo.samplers import SAMPLERS as SAMPLER_CLASSES, make_chain
 from sdo.models.denoiser import DEFAULT_CONFIG, DigitDenoiser
+from sdo.samplers import SAMPLERS as SAMPLER_CLASSES
+from sdo.samplers import make_chain
 
 TINY_CONFIG = copy.deepcopy(DEFAULT_CONFIG)
-TINY_CONFIG["unet"].update(sample_size=8, block_out_channels=[8, 16], cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4)
+TINY_CONFIG["unet"].update(
+    sample_size=8, block_out_channels=[8, 16], cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4
+)
 TINY_CONFIG["tokens"] = 2
 FLOW_SCHEDULE = {"num_train_timesteps": 1000, "shift": 3.0}  # SD3's static shift
 SAMPLERS = ["ddim", "flow_euler"]
@@ -29,8 +32,15 @@ def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
 
 
 def tiny_problem_parts(
-    steps: int, eta: float = 0.0, cfg_scale: float = 2.0, batch: int = 2, seed: int = 0, perturb: float = 0.3,
-    sampler: str = "ddim", options: dict | None = None, schedule: dict | None = None,
+    steps: int,
+    eta: float = 0.0,
+    cfg_scale: float = 2.0,
+    batch: int = 2,
+    seed: int = 0,
+    perturb: float = 0.3,
+    sampler: str = "ddim",
+    options: dict | None = None,
+    schedule: dict | None = None,
 ):
     """A guided float64 chain of any registered `sampler` (a diffusion sampler on the digits'
     schedule, a flow one on SD3's shift, or `schedule`; ddim's `eta` or the sampler's `options`)
@@ -42,7 +52,9 @@ def tiny_problem_parts(
         diffusion = SAMPLER_CLASSES.lookup(sampler).process == "diffusion"
         schedule = TINY_CONFIG["scheduler"] if diffusion else FLOW_SCHEDULE
     options = {**({"eta": eta} if eta else {}), **(options or {})}
-    chain = make_chain(sampler, net, steps, schedule, cfg_scale=cfg_scale, null_cond=net.null(1).clone(), options=options)
+    chain = make_chain(
+        sampler, net, steps, schedule, cfg_scale=cfg_scale, null_cond=net.null(1).clone(), options=options
+    )
     generator = torch.Generator().manual_seed(seed + 1)
     latent = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
     cond = net.embed(torch.arange(batch) % 10).detach().clone()
@@ -116,18 +128,30 @@ def planned_commands(config: dict) -> list[list[str]]:
     from evals import jobs
     from evals.flags import to_flags
 
-    commands = [["run", *to_flags(jobs.run_spec(config, job), exclude=("seed", "out")), "--seed", "0", "--out", "r.json"]
-                for job in jobs.run_jobs(config)]
-    commands += [["guide", *to_flags(spec, exclude=("seed", "out")), "--out", "g.json"] for spec, _ in jobs.guide_specs(config)]
-    commands += [["bench", *to_flags(jobs.bench_spec(config, m, w, t, v), exclude=("out",)), "--out", "b.json"]
-                 for m in config["bench"]["models"] for w in config["bench"]["wrt"] for t in config["bench"]["steps"]
-                 for v in config["bench"]["variants"]]
-    commands += [["backward-cost", *to_flags(jobs.backward_cost_spec(config, task, m), exclude=("out",)), "--out", "c.json"]
-                 for task, block in jobs.active_tasks(config).items() for m in block["models"]]
-    commands += [["quality", *to_flags(jobs.quality_spec(config, m), exclude=("out",)), "--out", "q.json"]
-                 for m in config["quality"]["models"]]
+    commands = [
+        ["run", *to_flags(jobs.run_spec(config, job), exclude=("seed", "out")), "--seed", "0", "--out", "r.json"]
+        for job in jobs.run_jobs(config)
+    ]
+    commands += [
+        ["guide", *to_flags(spec, exclude=("seed", "out")), "--out", "g.json"] for spec, _ in jobs.guide_specs(config)
+    ]
+    commands += [
+        ["bench", *to_flags(jobs.bench_spec(config, m, w, t, v), exclude=("out",)), "--out", "b.json"]
+        for m in config["bench"]["models"]
+        for w in config["bench"]["wrt"]
+        for t in config["bench"]["steps"]
+        for v in config["bench"]["variants"]
+    ]
+    commands += [
+        ["backward-cost", *to_flags(jobs.backward_cost_spec(config, task, m), exclude=("out",)), "--out", "c.json"]
+        for task, block in jobs.active_tasks(config).items()
+        for m in block["models"]
+    ]
+    commands += [
+        ["quality", *to_flags(jobs.quality_spec(config, m), exclude=("out",)), "--out", "q.json"]
+        for m in config["quality"]["models"]
+    ]
     return commands
-
 
 
 def snakemake_plan(configfile, target: str = "all", env: dict | None = None, cwd=None) -> list[list[str]]:
@@ -141,7 +165,11 @@ def snakemake_plan(configfile, target: str = "all", env: dict | None = None, cwd
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--configfile", str(configfile)],
-        cwd=cwd or root, capture_output=True, text=True, timeout=300, env=env,
+        cwd=cwd or root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
     commands = []

@@ -123,7 +123,9 @@ class _Cheap(nn.Module):
 @pytest.mark.parametrize(("last", "window"), [(3, {5, 6, 7}), (20, set(range(8)))])
 def test_refl_draws_uniformly_from_the_last_steps(last, window):
     chain = DDIM(_Cheap(), 8, TINY_CONFIG["scheduler"])
-    problem = Problem(chain, torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.ones(2, 2, 3, dtype=torch.float64), "cond")
+    problem = Problem(
+        chain, torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.ones(2, 2, 3, dtype=torch.float64), "cond"
+    )
     estimator = make_estimator("refl", last=last, seed=0)
     counts = Counter(estimator(problem, smooth_loss()).graph_steps[0] for _ in range(80 * len(window)))
     assert set(counts) == window, counts
@@ -170,7 +172,9 @@ def test_guided_step_moves_the_output_by_the_scheduled_gradient():
     for k in range(2):
         z_in = z.detach().requires_grad_()
         eps = _net_eps(chain, z_in, k, cond)
-        (g,) = torch.autograd.grad(loss((z_in - math.sqrt(1 - chain.alphas_cumprod[k]) * eps) / math.sqrt(chain.alphas_cumprod[k])), z_in)
+        (g,) = torch.autograd.grad(
+            loss((z_in - math.sqrt(1 - chain.alphas_cumprod[k]) * eps) / math.sqrt(chain.alphas_cumprod[k])), z_in
+        )
         with torch.no_grad():
             z = chain.update(z, k, eps) - 0.3 * 2 * ratios[k] / sum(ratios) * g
     torch.testing.assert_close(sample, z, rtol=1e-12, atol=1e-12)
@@ -186,10 +190,12 @@ def test_time_travel_renoises_with_the_generator_and_counts_every_call():
     assert torch.equal(runs[0][0], runs[1][0])
     assert runs[0][1]["nfe_forward"] == 3 and runs[0][1]["nfe_backward"] == 3
     generator, back = torch.Generator().manual_seed(9), chain.alphas_cumprod[0] / chain.alphas_cumprod[1]
-    z = latent
+    z = z_next = latent
     for r in range(3):
         if r:
-            z = math.sqrt(back) * z_next + math.sqrt(1 - back) * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+            z = math.sqrt(back) * z_next + math.sqrt(1 - back) * torch.randn(
+                z.shape, generator=generator, dtype=z.dtype
+            )
         eps, _, g = guidance_gradient(chain, z, 0, cond, loss)
         z_next = chain.update(z, 0, eps) - 0.2 * g
     torch.testing.assert_close(runs[0][0], z_next, rtol=1e-12, atol=1e-12)  # DDIM's re-noising written out

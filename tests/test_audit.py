@@ -31,7 +31,10 @@ def test_the_audit_reproduces_the_bench_cosine_on_the_same_batch(method, options
     assert not audit["fallback"] and audit["cosine"] < 1 - 1e-6  # not full itself
     # the audit is not training cost: the iteration counts the estimator's evaluations only
     estimate = make_estimator(method, **options)(problem, smooth_loss())
-    assert (trace.rows[0]["nfe_forward"], trace.rows[0]["nfe_backward"]) == (estimate.nfe_forward, estimate.nfe_backward)
+    assert (trace.rows[0]["nfe_forward"], trace.rows[0]["nfe_backward"]) == (
+        estimate.nfe_forward,
+        estimate.nfe_backward,
+    )
 
 
 def test_a_fallback_iteration_steps_with_the_exact_gradient_and_counts_its_cost():

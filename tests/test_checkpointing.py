@@ -42,7 +42,9 @@ FAMILIES = (*EMBEDDED, *BUILDERS)
 # FLUX.1-dev guides through its guidance embedding, one call per step
 CFG = {"embedded": 2.0, "embedded-flow": 2.0, "sd": 2.0, "sdxl": 4.0, "sd3": 4.0, "flux": 1.0}
 OPTIONS = {  # 8x8 latents (64 tokens) and 16 T5 tokens keep the tiny networks fast
-    "sd": {}, "sdxl": {"resolution": 16}, "sd3": {"resolution": 8, "max_sequence_length": 16},
+    "sd": {},
+    "sdxl": {"resolution": 16},
+    "sd3": {"resolution": 8, "max_sequence_length": 16},
     "flux": {"resolution": 16, "max_sequence_length": 16},
 }
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -81,8 +83,9 @@ def models(saved):
             elif family in EMBEDDED:
                 cache[key] = load_model(family)
             else:
-                cache[key] = load_model(str(saved[family]), dtype="float64", gradient_checkpointing=option,
-                                        **OPTIONS[family])
+                cache[key] = load_model(
+                    str(saved[family]), dtype="float64", gradient_checkpointing=option, **OPTIONS[family]
+                )
         return cache[key]
 
     return get
@@ -114,8 +117,12 @@ def perturbed_lora(model):
 
 
 def run(model, family: str, wrt: str, estimator):
-    problem = Problem(model.make_chain(STEPS, CFG[family]), model.latent_batch(2, torch.Generator().manual_seed(2)),
-                      model.encode(prompts(family)), wrt)
+    problem = Problem(
+        model.make_chain(STEPS, CFG[family]),
+        model.latent_batch(2, torch.Generator().manual_seed(2)),
+        model.encode(prompts(family)),
+        wrt,
+    )
     return problem, estimator(problem, image_loss(model, wavy))
 
 
@@ -136,6 +143,7 @@ def counting_calls(modules):
         def call(*args, **kwargs):
             counts[index] += 1
             return forward(*args, **kwargs)
+
         return call
 
     for i, module in enumerate(modules):
@@ -156,8 +164,11 @@ def unreachable_adapters(model) -> set[str]:
     """Adapter weights no loss reaches: an attention with `context_pre_only` (SD3's last block)
     discards the text tokens' outputs, so the LoRA on its text queries (`add_q_proj`) has a zero
     gradient with or without checkpointing."""
-    prefixes = tuple(f"{name}.add_q_proj." for name, module in model.net.named_modules()
-                     if getattr(module, "context_pre_only", False) and hasattr(module, "add_q_proj"))
+    prefixes = tuple(
+        f"{name}.add_q_proj."
+        for name, module in model.net.named_modules()
+        if getattr(module, "context_pre_only", False) and hasattr(module, "add_q_proj")
+    )
     return {name for name, p in model.net.named_parameters() if p.requires_grad and name.startswith(prefixes)}
 
 
@@ -170,8 +181,12 @@ def assert_every_adapter_has_a_gradient(model, grads):
         assert bool(grad.abs().max() > 0) != (name in unreachable), name
 
 
-CASES = [(family, wrt, kind) for family in FAMILIES for wrt in WRT
-         for kind in (("per_step",) if family in EMBEDDED else KINDS)]
+CASES = [
+    (family, wrt, kind)
+    for family in FAMILIES
+    for wrt in WRT
+    for kind in (("per_step",) if family in EMBEDDED else KINDS)
+]
 
 
 @pytest.mark.parametrize("family, wrt, kind", CASES)

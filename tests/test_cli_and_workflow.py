@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evals.measure import bench_problem
 from evals.cli import main
+from evals.measure import bench_problem
 from evals.rewards.digits import ClassifierLogProb
 from sdo import make_estimator
 from sdo.models import store
@@ -50,8 +50,29 @@ def test_the_shortcut_s_network_term_moves_it_towards_full_on_the_trained_models
 
 def test_run_writes_a_complete_record(tmp_path):
     out = tmp_path / "run.json"
-    code = main(["--threads", "1", "run", "--task", "latent", "--method", "shortcut", "--steps", "3", "--iters", "2",
-                 "--batch", "4", "--seed", "1", "--variant", "sdo_first", "--out", str(out)])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--task",
+            "latent",
+            "--method",
+            "shortcut",
+            "--steps",
+            "3",
+            "--iters",
+            "2",
+            "--batch",
+            "4",
+            "--seed",
+            "1",
+            "--variant",
+            "sdo_first",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads(out.read_text())
     assert code == 0 and record["variant"] == "sdo_first"
     assert RUN_FIELDS <= set(record) and record["status"] == "ok"
@@ -80,8 +101,30 @@ def test_same_seed_same_record(tmp_path):
     for name in ("a", "b"):
         out = tmp_path / f"{name}.json"
         torch.rand(3)  # the global RNG moves between the runs
-        assert main(["run", "--task", "conditioning", "--method", "full", "--steps", "2", "--iters", "2", "--batch", "2",
-                     "--task-option", "eval_samples=6", "--seed", "5", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--task",
+                    "conditioning",
+                    "--method",
+                    "full",
+                    "--steps",
+                    "2",
+                    "--iters",
+                    "2",
+                    "--batch",
+                    "2",
+                    "--task-option",
+                    "eval_samples=6",
+                    "--seed",
+                    "5",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         records.append(json.loads(out.read_text()))
     a, b = (_without_timings(r) for r in records)
     for record in (a, b):
@@ -94,11 +137,28 @@ def test_same_seed_same_record(tmp_path):
 def test_several_seeds_in_one_process(tmp_path):
     """`--seed 5 6` writes one record per seed, each the record its seed gives alone (LoRA
     adapters and noise included); several seeds need {seed} in --out."""
-    flags = ["run", "--task", "finetune", "--method", "shortcut", "--steps", "2", "--iters", "2", "--batch", "2",
-             "--task-option", "eval_samples=4", "--task-option", "monitor_samples=2"]
+    flags = [
+        "run",
+        "--task",
+        "finetune",
+        "--method",
+        "shortcut",
+        "--steps",
+        "2",
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--task-option",
+        "eval_samples=4",
+        "--task-option",
+        "monitor_samples=2",
+    ]
     assert main(flags + ["--seed", "5", "6", "--out", str(tmp_path / "seed{seed}.json")]) == 0
     assert main(flags + ["--seed", "6", "--out", str(tmp_path / "alone.json")]) == 0
-    together, alone = (_without_timings(json.loads((tmp_path / name).read_text())) for name in ("seed6.json", "alone.json"))
+    together, alone = (
+        _without_timings(json.loads((tmp_path / name).read_text())) for name in ("seed6.json", "alone.json")
+    )
     for record in (together, alone):
         record["config"].pop("out"), record.pop("samples_file")
     assert together == alone and together["config"]["seed"] == 6
@@ -110,7 +170,21 @@ def test_several_seeds_in_one_process(tmp_path):
 
 def test_inapplicable_pair_is_a_row_with_its_status(tmp_path, capsys):
     out = tmp_path / "run.json"
-    flags = ["run", "--method", "truncated", "--option", "tail=1", "--steps", "3", "--iters", "1", "--batch", "2", "--out", str(out)]
+    flags = [
+        "run",
+        "--method",
+        "truncated",
+        "--option",
+        "tail=1",
+        "--steps",
+        "3",
+        "--iters",
+        "1",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(flags) == 1
     record = json.loads(out.read_text())
     assert record["status"] == "not_applicable" and "initial latent" in record["reason"]
@@ -122,7 +196,9 @@ def test_inapplicable_pair_is_a_row_with_its_status(tmp_path, capsys):
 
 def test_bad_estimator_option_exits_non_zero_with_one_line(tmp_path, capsys):
     out = tmp_path / "run.json"
-    code = main(["run", "--method", "shortcut", "--option", "at=middle", "--steps", "2", "--iters", "1", "--out", str(out)])
+    code = main(
+        ["run", "--method", "shortcut", "--option", "at=middle", "--steps", "2", "--iters", "1", "--out", str(out)]
+    )
     record = json.loads(out.read_text())
     assert code == 1 and record["status"] == "failed" and "middle" in record["reason"]
     error = capsys.readouterr().err
@@ -132,9 +208,28 @@ def test_bad_estimator_option_exits_non_zero_with_one_line(tmp_path, capsys):
 def test_bench_row_compares_with_the_reference(tmp_path):
     reference = tmp_path / "full.safetensors"
     common = ["bench", "--wrt", "cond", "--steps", "3", "--batch", "2", "--rounds", "1"]
-    assert main(common + ["--method", "full", "--save-gradient", str(reference), "--out", str(tmp_path / "full.json")]) == 0
-    assert main(common + ["--method", "full", "--option", "checkpoint=true", "--variant", "full_checkpoint",
-                          "--exact-gradient", str(reference), "--out", str(tmp_path / "ck.json")]) == 0
+    assert (
+        main(common + ["--method", "full", "--save-gradient", str(reference), "--out", str(tmp_path / "full.json")])
+        == 0
+    )
+    assert (
+        main(
+            common
+            + [
+                "--method",
+                "full",
+                "--option",
+                "checkpoint=true",
+                "--variant",
+                "full_checkpoint",
+                "--exact-gradient",
+                str(reference),
+                "--out",
+                str(tmp_path / "ck.json"),
+            ]
+        )
+        == 0
+    )
     row = json.loads((tmp_path / "ck.json").read_text())
     assert row["status"] == "ok" and row["cosine"] == pytest.approx(1, abs=1e-6) and row["rel_error"] < 1e-5
     assert row["nfe_forward"] == 6 and row["depth"] == 9 and row["peak_bytes"] > 0

@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import planned_commands
 
 from evals.cli import build_parser
@@ -32,17 +31,31 @@ def _every_option() -> dict:
         doodl_mix={"method": "doodl", "mix": 0.9},
         shortcut_random={"method": "shortcut", "at": "random", "seed": 1},
     )
-    common = {"seeds": [4], "metrics": ["evals.images:mean_ci95"], "reward_options": {"target": 1}, "cfg_scale": 2.0,
-              "lr": 0.01, "reward_tolerance": 0.05, "betas": [0.9, 0.9], "audit_every": 2, "precision": "bf16-autocast",
-              "fallback_below": 0.5, "audit_checkpoint": True, "metric_options": {"clip_model": ""}}
+    common = {
+        "seeds": [4],
+        "metrics": ["evals.images:mean_ci95"],
+        "reward_options": {"target": 1},
+        "cfg_scale": 2.0,
+        "lr": 0.01,
+        "reward_tolerance": 0.05,
+        "betas": [0.9, 0.9],
+        "audit_every": 2,
+        "precision": "bf16-autocast",
+        "fallback_below": 0.5,
+        "audit_checkpoint": True,
+        "metric_options": {"clip_model": ""},
+    }
     tasks = config["runs"]["tasks"]
     for task in tasks.values():
         task.update(common, variants=list(config["runs"]["variants"]))
     tasks["latent"]["task_options"] = {"prompt": 3, "renormalize": True}
-    tasks["conditioning"]["chains"] = [{"steps": 6, "sampler": "ddim", "sampler_options": {"eta": 0.3},
-                                        "variants": ["full", "shortcut"]}]  # the conditioning task runs the DDIM model
-    tasks["latent"]["chains"] = [{"steps": 20, "start_step": 18, "variants": ["full", "shortcut", "adjoint"]},
-                                 {"steps": 20, "start_step": 10, "init": "invert", "variants": ["full", "shortcut"]}]
+    tasks["conditioning"]["chains"] = [
+        {"steps": 6, "sampler": "ddim", "sampler_options": {"eta": 0.3}, "variants": ["full", "shortcut"]}
+    ]  # the conditioning task runs the DDIM model
+    tasks["latent"]["chains"] = [
+        {"steps": 20, "start_step": 18, "variants": ["full", "shortcut", "adjoint"]},
+        {"steps": 20, "start_step": 10, "init": "invert", "variants": ["full", "shortcut"]},
+    ]
     tasks["conditioning"]["task_options"] = {"prompt": "none", "eval_samples": 6, "monitor_samples": 4}
     tasks["finetune"]["task_options"] = {"lora_rank": 0, "eval_samples": 6, "prompts": ["1", "2"]}
     return config
@@ -60,36 +73,88 @@ def _with(path: str, value) -> dict:
 
 TASK = {"models": ["embedded"], "variants": ["full"], "steps": [2], "iters": 1, "batch": 2, "reward": "classifier"}
 BAD = [
-    ("runs.variants.shortcut", {"method": "shortcut", "steps": "first"}, ["runs.variants.shortcut", "'steps'", "at (str), seed (int)"]),
-    ("runs.variants.shortcut", {"method": "shortcut", "at": "middle"}, ["runs.variants.shortcut", "'middle'", "'first', 'last', 'random', 'all'"]),
+    (
+        "runs.variants.shortcut",
+        {"method": "shortcut", "steps": "first"},
+        ["runs.variants.shortcut", "'steps'", "at (str), seed (int)"],
+    ),
+    (
+        "runs.variants.shortcut",
+        {"method": "shortcut", "at": "middle"},
+        ["runs.variants.shortcut", "'middle'", "'first', 'last', 'random', 'all'"],
+    ),
     ("runs.variants.full", {"method": "sgd"}, ["runs.variants.full", "'sgd'", "adjoint", "shortcut"]),
-    ("runs.variants.truncated", {"method": "truncated", "tail": 0}, ["runs.variants.truncated", "tail must be >= 1, got 0"]),
+    (
+        "runs.variants.truncated",
+        {"method": "truncated", "tail": 0},
+        ["runs.variants.truncated", "tail must be >= 1, got 0"],
+    ),
     ("runs.variants.doodl", {"method": "doodl", "mix": 0.4}, ["runs.variants.doodl", "0.4", "(0.5, 1)"]),
     ("runs.variants.full", {"method": "full", "checkpoint": "yes"}, ["runs.variants.full", "'yes'", "is not a bool"]),
     ("runs.tasks.latent.steps", [10, 0], ["runs.tasks.latent.steps.1", "0", "positive"]),
     ("runs.tasks.latent.iters", 0, ["runs.tasks.latent.iters", "0", "a positive integer"]),
-    ("runs.tasks.latent.reward", "beauty", ["runs.tasks.latent.reward", "'beauty'", "classifier, inpaint, style, superres"]),
+    (
+        "runs.tasks.latent.reward",
+        "beauty",
+        ["runs.tasks.latent.reward", "'beauty'", "classifier, inpaint, style, superres"],
+    ),
     ("runs.tasks.latent.reward", "clip", ["runs.tasks.latent.reward", "'clip' is not offered for digits images"]),
     ("runs.tasks.latent.reward", "a:b:c", ["runs.tasks.latent.reward", "'a:b:c'", "package.module:function"]),
-    ("runs.tasks.latent.reward", "nosuchpkg.mod:fn", ["runs.tasks.latent.reward", "'nosuchpkg.mod'", "cannot be imported"]),
-    ("runs.tasks.latent.reward", "config/rewards/saturation.py:nosuch", ["runs.tasks.latent.reward", "defines no 'nosuch'"]),
+    (
+        "runs.tasks.latent.reward",
+        "nosuchpkg.mod:fn",
+        ["runs.tasks.latent.reward", "'nosuchpkg.mod'", "cannot be imported"],
+    ),
+    (
+        "runs.tasks.latent.reward",
+        "config/rewards/saturation.py:nosuch",
+        ["runs.tasks.latent.reward", "defines no 'nosuch'"],
+    ),
     ("runs.tasks.latent.metrics", ["evals.images:nosuch"], ["runs.tasks.latent.metrics", "defines no 'nosuch'"]),
     ("runs.seeds", [1, 1, 1], ["runs.seeds", "non-unique"]),
     ("runs.tasks.latent.steps", [5000], ["runs.tasks.latent", "T = 5000", "at most 1000"]),
     ("runs.tasks.latent.sampler", "nonsense", ["runs.tasks.latent", "'nonsense'", "ddim", "flow_euler"]),
     ("runs.tasks.latent.precision", "fp8", ["runs.tasks.latent.precision", "'fp8'", "fp16-autocast"]),
-    ("runs.tasks.latent.chains", [{"steps": 10, "start_step": 10}], ["runs.tasks.latent", "start_step 10", "below T = 10"]),
+    (
+        "runs.tasks.latent.chains",
+        [{"steps": 10, "start_step": 10}],
+        ["runs.tasks.latent", "start_step 10", "below T = 10"],
+    ),
     ("runs.tasks.conditioning.task_options", {"start_step": 4}, ["runs.tasks.conditioning.task_options", "truncation"]),
-    ("runs.tasks.latent.task_options", {"lora_rank": 2}, ["runs.tasks.latent.task_options", "'lora_rank'", "prompt (str)"]),
+    (
+        "runs.tasks.latent.task_options",
+        {"lora_rank": 2},
+        ["runs.tasks.latent.task_options", "'lora_rank'", "prompt (str)"],
+    ),
     ("runs.tasks.latent.task_options", {"monitor_samples": 2}, ["runs.tasks.latent.task_options", "'monitor_samples'"]),
-    ("runs.tasks.latent.reward_options", {"target": "three"}, ["runs.tasks.latent.reward_options", "'three' is not a int"]),
+    (
+        "runs.tasks.latent.reward_options",
+        {"target": "three"},
+        ["runs.tasks.latent.reward_options", "'three' is not a int"],
+    ),
     ("runs.tasks.latent.lora_rank", 2, ["runs.tasks.latent", "'lora_rank'", "allowed keys"]),
     ("runs.tasks.painting", TASK, ["runs.tasks", "'painting'", "conditioning, finetune, latent"]),
     ("runs.tasks.latent.variants", ["full", "sdo_fast"], ["runs.tasks.latent.variants", "'sdo_fast'", "runs.variants"]),
-    ("runs.tasks.latent.models", ["embedded", "elsewhere"], ["runs.tasks.latent.models", "'elsewhere'", "model_options"]),
-    ("runs.tasks.latent.reward", "nowhere/reward.py:score", ["runs.tasks.latent.reward", "nowhere/reward.py", "does not exist"]),
-    ("model_options", {"embedded": {}, "sd:/nonexistent/sd15": {}}, ["model_options.sd:/nonexistent/sd15", "not found", "/nonexistent/sd15"]),
-    ("model_options", {"embedded": {"dtype": "float16"}, "embedded-flow": {}}, ["model_options.embedded", "'dtype'", "weights (str)"]),
+    (
+        "runs.tasks.latent.models",
+        ["embedded", "elsewhere"],
+        ["runs.tasks.latent.models", "'elsewhere'", "model_options"],
+    ),
+    (
+        "runs.tasks.latent.reward",
+        "nowhere/reward.py:score",
+        ["runs.tasks.latent.reward", "nowhere/reward.py", "does not exist"],
+    ),
+    (
+        "model_options",
+        {"embedded": {}, "sd:/nonexistent/sd15": {}},
+        ["model_options.sd:/nonexistent/sd15", "not found", "/nonexistent/sd15"],
+    ),
+    (
+        "model_options",
+        {"embedded": {"dtype": "float16"}, "embedded-flow": {}},
+        ["model_options.embedded", "'dtype'", "weights (str)"],
+    ),
     ("tasks", ["latent", "painting"], ["config key tasks", "'painting'", "latent"]),
     ("variants", ["shortcut", "magic"], ["config key variants", "'magic'", "shortcut"]),
     ("bench.wrt", ["latent", "noise"], ["bench.wrt.1", "'noise'", "latent, cond or weights"]),
@@ -133,11 +198,18 @@ def test_every_generated_command_parses_back_to_its_spec(name):
     for words in planned_commands(config):
         args = parser.parse_args(words)
         seen.add(args.command)
-        spec = from_args(COMMANDS[args.command][0], args, **({"seed": args.seed[0]} if args.command in ("run", "guide") else {}))
+        spec = from_args(
+            COMMANDS[args.command][0], args, **({"seed": args.seed[0]} if args.command in ("run", "guide") else {})
+        )
         if args.command == "run":
             assert spec.variant
-            assert any(spec == jobs.run_spec(config, job, seed=0).__class__(**{**vars(jobs.run_spec(config, job, 0)), "out": spec.out})
-                       for job in jobs.run_jobs(config))
+            assert any(
+                spec
+                == jobs.run_spec(config, job, seed=0).__class__(
+                    **{**vars(jobs.run_spec(config, job, 0)), "out": spec.out}
+                )
+                for job in jobs.run_jobs(config)
+            )
     assert {"run", "quality", "bench", "backward-cost", "guide"} <= seen
     if name == "every_option":
         renormalized = [w for w in planned_commands(config) if "renormalize=true" in w]
@@ -148,8 +220,13 @@ def test_every_generated_command_parses_back_to_its_spec(name):
 def test_snakemake_dry_run_refuses_a_bad_config(tmp_path):
     configfile = tmp_path / "bad.yaml"
     configfile.write_text(yaml.safe_dump(_with("runs.variants.shortcut", {"method": "shortcut", "at": "middle"})))
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(configfile)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(configfile)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "runs.variants.shortcut" in done.stdout + done.stderr and "'middle'" in done.stdout + done.stderr
 
@@ -157,14 +234,43 @@ def test_snakemake_dry_run_refuses_a_bad_config(tmp_path):
 def test_methods_table_means_and_intervals():
     """Two ok seeds (rewards 1 and 3), one diverged run counted apart, one failed variant."""
     rows = [
-        {"model": "embedded", "task": "latent", "wrt": "latent", "variant": "full", "chain": "T10", "seed": s, "status": status,
-         "device": "cpu",
-         "seconds_per_iter": sec, "saved_bytes": 100, "start_deviation": 0.0, "final_reward_mean": reward, "final_fid": fid}
-        for s, status, sec, reward, fid in [(0, "ok", 1.0, 1.0, 10.0), (1, "ok", 3.0, 3.0, 20.0), (2, "diverged", 9.0, None, None)]
-    ] + [{"model": "embedded", "task": "latent", "wrt": "latent", "variant": "adjoint", "chain": "T10", "seed": 0,
-          "status": "failed", "device": "cpu",
-          "seconds_per_iter": None, "saved_bytes": None, "start_deviation": None, "final_reward_mean": None,
-          "final_fid": None}]
+        {
+            "model": "embedded",
+            "task": "latent",
+            "wrt": "latent",
+            "variant": "full",
+            "chain": "T10",
+            "seed": s,
+            "status": status,
+            "device": "cpu",
+            "seconds_per_iter": sec,
+            "saved_bytes": 100,
+            "start_deviation": 0.0,
+            "final_reward_mean": reward,
+            "final_fid": fid,
+        }
+        for s, status, sec, reward, fid in [
+            (0, "ok", 1.0, 1.0, 10.0),
+            (1, "ok", 3.0, 3.0, 20.0),
+            (2, "diverged", 9.0, None, None),
+        ]
+    ] + [
+        {
+            "model": "embedded",
+            "task": "latent",
+            "wrt": "latent",
+            "variant": "adjoint",
+            "chain": "T10",
+            "seed": 0,
+            "status": "failed",
+            "device": "cpu",
+            "seconds_per_iter": None,
+            "saved_bytes": None,
+            "start_deviation": None,
+            "final_reward_mean": None,
+            "final_fid": None,
+        }
+    ]
     table = methods_table(pd.DataFrame(rows)).set_index("variant")
     full = table.loc["full"]
     assert full["runs"] == 2 and full["runs_diverged"] == 1 and full["runs_failed"] == 0
@@ -200,7 +306,7 @@ def test_a_config_naming_some_tasks_is_told_which_others_still_run():
     the defaults still run and the key that limits the sweep; with that key, no note."""
     from evals.config import layered, layering_note
 
-    mine = {"runs": {"tasks": {"latent": {"steps": [5]}}}}
+    mine = {"runs": {"tasks": {"latent": {"steps": [5], "chains": []}}}}
     config = layered([DEFAULT, mine])
     note = layering_note([mine], config)
     running = [task for task in DEFAULT["runs"]["tasks"] if task != "latent"]
@@ -209,3 +315,13 @@ def test_a_config_naming_some_tasks_is_told_which_others_still_run():
     limited = {**mine, "tasks": ["latent"]}
     assert layering_note([limited], layered([DEFAULT, limited])) is None
     assert layering_note([{"seed": 3}], layered([DEFAULT, {"seed": 3}])) is None
+
+
+def test_a_config_setting_a_task_s_steps_is_told_of_the_chains_it_inherits():
+    from evals.config import layered, layering_note
+
+    mine = {"tasks": ["latent"], "runs": {"tasks": {"latent": {"steps": [5]}}}}
+    note = layering_note([mine], layered([DEFAULT, mine]))
+    assert note is not None and "T50-from45" in note and "chains: []" in note
+    only = {"tasks": ["latent"], "runs": {"tasks": {"latent": {"steps": [5], "chains": []}}}}
+    assert layering_note([only], layered([DEFAULT, only])) is None

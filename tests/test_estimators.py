@@ -32,9 +32,12 @@ def test_checkpointed_full_equals_full(wrt, sampler):
 def test_truncated_equals_reference_that_detaches_the_head(wrt, sampler):
     problem = tiny_problem(wrt, steps=5, sampler=sampler)
     chain, loss = problem.chain, smooth_loss()
-    assert relative_error(
-        make_estimator("truncated", tail=5)(problem, loss).grads, make_estimator("full")(problem, loss).grads
-    ) <= 1e-12
+    assert (
+        relative_error(
+            make_estimator("truncated", tail=5)(problem, loss).grads, make_estimator("full")(problem, loss).grads
+        )
+        <= 1e-12
+    )
     z = problem.latent
     for k in range(5):
         z = chain.step(z, k, problem.cond)
@@ -156,7 +159,9 @@ def test_shortcut_random_is_an_unbiased_draw_of_all():
     problem = tiny_problem("cond", steps=4)
     loss = smooth_loss()
     terms = [OneStep(k)(problem, loss).grads[0] for k in range(4)]
-    torch.testing.assert_close(sum(terms), make_estimator("shortcut", at="all")(problem, loss).grads[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        sum(terms), make_estimator("shortcut", at="all")(problem, loss).grads[0], rtol=1e-10, atol=1e-12
+    )
     estimator = make_estimator("shortcut", at="random", seed=3)
     drawn = []
     for _ in range(16):

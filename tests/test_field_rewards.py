@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_pipelines import build_tiny_sd
 from transformers import (
-    BertTokenizer, BlipTextModel, BlipVisionModel, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor,
+    BertTokenizer,
+    BlipTextModel,
+    BlipVisionModel,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
     CLIPTokenizer,
 )
 
@@ -76,12 +82,18 @@ def fill(shapes: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
 
 def _block(prefix: str, width: int, mlp: int) -> dict[str, tuple]:
     return {
-        f"{prefix}ln_1.weight": (width,), f"{prefix}ln_1.bias": (width,),
-        f"{prefix}attn.in_proj_weight": (3 * width, width), f"{prefix}attn.in_proj_bias": (3 * width,),
-        f"{prefix}attn.out_proj.weight": (width, width), f"{prefix}attn.out_proj.bias": (width,),
-        f"{prefix}ln_2.weight": (width,), f"{prefix}ln_2.bias": (width,),
-        f"{prefix}mlp.c_fc.weight": (mlp, width), f"{prefix}mlp.c_fc.bias": (mlp,),
-        f"{prefix}mlp.c_proj.weight": (width, mlp), f"{prefix}mlp.c_proj.bias": (width,),
+        f"{prefix}ln_1.weight": (width,),
+        f"{prefix}ln_1.bias": (width,),
+        f"{prefix}attn.in_proj_weight": (3 * width, width),
+        f"{prefix}attn.in_proj_bias": (3 * width,),
+        f"{prefix}attn.out_proj.weight": (width, width),
+        f"{prefix}attn.out_proj.bias": (width,),
+        f"{prefix}ln_2.weight": (width,),
+        f"{prefix}ln_2.bias": (width,),
+        f"{prefix}mlp.c_fc.weight": (mlp, width),
+        f"{prefix}mlp.c_fc.bias": (mlp,),
+        f"{prefix}mlp.c_proj.weight": (width, mlp),
+        f"{prefix}mlp.c_proj.bias": (width,),
     }
 
 
@@ -90,13 +102,20 @@ def open_clip_shapes(config: dict) -> dict[str, tuple]:
     vision, text, embed = config["vision_cfg"], config["text_cfg"], config["embed_dim"]
     width, patch, grid = vision["width"], vision["patch_size"], vision["image_size"] // vision["patch_size"]
     shapes = {
-        "visual.class_embedding": (width,), "visual.positional_embedding": (grid * grid + 1, width),
-        "visual.proj": (width, embed), "visual.conv1.weight": (width, 3, patch, patch),
-        "visual.ln_pre.weight": (width,), "visual.ln_pre.bias": (width,),
-        "visual.ln_post.weight": (width,), "visual.ln_post.bias": (width,),
-        "positional_embedding": (text["context_length"], text["width"]), "text_projection": (text["width"], embed),
-        "logit_scale": (), "token_embedding.weight": (text["vocab_size"], text["width"]),
-        "ln_final.weight": (text["width"],), "ln_final.bias": (text["width"],),
+        "visual.class_embedding": (width,),
+        "visual.positional_embedding": (grid * grid + 1, width),
+        "visual.proj": (width, embed),
+        "visual.conv1.weight": (width, 3, patch, patch),
+        "visual.ln_pre.weight": (width,),
+        "visual.ln_pre.bias": (width,),
+        "visual.ln_post.weight": (width,),
+        "visual.ln_post.bias": (width,),
+        "positional_embedding": (text["context_length"], text["width"]),
+        "text_projection": (text["width"], embed),
+        "logit_scale": (),
+        "token_embedding.weight": (text["vocab_size"], text["width"]),
+        "ln_final.weight": (text["width"],),
+        "ln_final.bias": (text["width"],),
     }
     for i in range(vision["layers"]):
         shapes.update(_block(f"visual.transformer.resblocks.{i}.", width, 4 * width))
@@ -115,42 +134,75 @@ def image_reward_shapes(vision: dict, med: dict) -> dict[str, tuple]:
     width, patch, count = vision["width"], vision["patch_size"], (vision["image_size"] // vision["patch_size"]) ** 2
     v = "blip.visual_encoder."
     shapes = {
-        f"{v}cls_token": (1, 1, width), f"{v}pos_embed": (1, count + 1, width),
-        f"{v}patch_embed.proj.weight": (width, 3, patch, patch), f"{v}patch_embed.proj.bias": (width,),
-        f"{v}norm.weight": (width,), f"{v}norm.bias": (width,),
+        f"{v}cls_token": (1, 1, width),
+        f"{v}pos_embed": (1, count + 1, width),
+        f"{v}patch_embed.proj.weight": (width, 3, patch, patch),
+        f"{v}patch_embed.proj.bias": (width,),
+        f"{v}norm.weight": (width,),
+        f"{v}norm.bias": (width,),
     }
     for i in range(vision["depth"]):
         b = f"{v}blocks.{i}."
-        shapes.update({
-            f"{b}norm1.weight": (width,), f"{b}norm1.bias": (width,), f"{b}attn.qkv.weight": (3 * width, width),
-            f"{b}attn.qkv.bias": (3 * width,), f"{b}attn.proj.weight": (width, width), f"{b}attn.proj.bias": (width,),
-            f"{b}norm2.weight": (width,), f"{b}norm2.bias": (width,), f"{b}mlp.fc1.weight": (4 * width, width),
-            f"{b}mlp.fc1.bias": (4 * width,), f"{b}mlp.fc2.weight": (width, 4 * width), f"{b}mlp.fc2.bias": (width,),
-        })
+        shapes.update(
+            {
+                f"{b}norm1.weight": (width,),
+                f"{b}norm1.bias": (width,),
+                f"{b}attn.qkv.weight": (3 * width, width),
+                f"{b}attn.qkv.bias": (3 * width,),
+                f"{b}attn.proj.weight": (width, width),
+                f"{b}attn.proj.bias": (width,),
+                f"{b}norm2.weight": (width,),
+                f"{b}norm2.bias": (width,),
+                f"{b}mlp.fc1.weight": (4 * width, width),
+                f"{b}mlp.fc1.bias": (4 * width,),
+                f"{b}mlp.fc2.weight": (width, 4 * width),
+                f"{b}mlp.fc2.bias": (width,),
+            }
+        )
     hidden, inner, t = med["hidden_size"], med["intermediate_size"], "blip.text_encoder."
-    shapes.update({
-        f"{t}embeddings.word_embeddings.weight": (med["vocab_size"], hidden),
-        f"{t}embeddings.position_embeddings.weight": (med["max_position_embeddings"], hidden),
-        f"{t}embeddings.LayerNorm.weight": (hidden,), f"{t}embeddings.LayerNorm.bias": (hidden,),
-    })
+    shapes.update(
+        {
+            f"{t}embeddings.word_embeddings.weight": (med["vocab_size"], hidden),
+            f"{t}embeddings.position_embeddings.weight": (med["max_position_embeddings"], hidden),
+            f"{t}embeddings.LayerNorm.weight": (hidden,),
+            f"{t}embeddings.LayerNorm.bias": (hidden,),
+        }
+    )
     for i in range(med["num_hidden_layers"]):
         b = f"{t}encoder.layer.{i}."
         for attention, source in (("attention", hidden), ("crossattention", width)):
-            shapes.update({
-                f"{b}{attention}.self.query.weight": (hidden, hidden), f"{b}{attention}.self.query.bias": (hidden,),
-                f"{b}{attention}.self.key.weight": (hidden, source), f"{b}{attention}.self.key.bias": (hidden,),
-                f"{b}{attention}.self.value.weight": (hidden, source), f"{b}{attention}.self.value.bias": (hidden,),
-                f"{b}{attention}.output.dense.weight": (hidden, hidden), f"{b}{attention}.output.dense.bias": (hidden,),
-                f"{b}{attention}.output.LayerNorm.weight": (hidden,),
-                f"{b}{attention}.output.LayerNorm.bias": (hidden,),
-            })
-        shapes.update({
-            f"{b}intermediate.dense.weight": (inner, hidden), f"{b}intermediate.dense.bias": (inner,),
-            f"{b}output.dense.weight": (hidden, inner), f"{b}output.dense.bias": (hidden,),
-            f"{b}output.LayerNorm.weight": (hidden,), f"{b}output.LayerNorm.bias": (hidden,),
-        })
-    shapes.update({"blip.vision_proj.weight": (256, width), "blip.vision_proj.bias": (256,),
-                   "blip.text_proj.weight": (256, hidden), "blip.text_proj.bias": (256,)})
+            shapes.update(
+                {
+                    f"{b}{attention}.self.query.weight": (hidden, hidden),
+                    f"{b}{attention}.self.query.bias": (hidden,),
+                    f"{b}{attention}.self.key.weight": (hidden, source),
+                    f"{b}{attention}.self.key.bias": (hidden,),
+                    f"{b}{attention}.self.value.weight": (hidden, source),
+                    f"{b}{attention}.self.value.bias": (hidden,),
+                    f"{b}{attention}.output.dense.weight": (hidden, hidden),
+                    f"{b}{attention}.output.dense.bias": (hidden,),
+                    f"{b}{attention}.output.LayerNorm.weight": (hidden,),
+                    f"{b}{attention}.output.LayerNorm.bias": (hidden,),
+                }
+            )
+        shapes.update(
+            {
+                f"{b}intermediate.dense.weight": (inner, hidden),
+                f"{b}intermediate.dense.bias": (inner,),
+                f"{b}output.dense.weight": (hidden, inner),
+                f"{b}output.dense.bias": (hidden,),
+                f"{b}output.LayerNorm.weight": (hidden,),
+                f"{b}output.LayerNorm.bias": (hidden,),
+            }
+        )
+    shapes.update(
+        {
+            "blip.vision_proj.weight": (256, width),
+            "blip.vision_proj.bias": (256,),
+            "blip.text_proj.weight": (256, hidden),
+            "blip.text_proj.bias": (256,),
+        }
+    )
     for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), ((hidden, 1024), (1024, 128), (128, 64), (64, 16), (16, 1))):
         shapes.update({f"mlp.layers.{index}.weight": (fan_out, fan_in), f"mlp.layers.{index}.bias": (fan_out,)})
     return shapes
@@ -204,8 +256,17 @@ def pick_dir(tmp_path_factory):
     """A tiny CLIPModel and CLIPProcessor in PickScore_v1's layout (one directory)."""
     directory = tmp_path_factory.mktemp("pickscore")
     torch.manual_seed(0)
-    text = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    text = dict(
+        vocab_size=514,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
     vision = dict(
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30, patch_size=6
     )
@@ -410,14 +471,21 @@ def test_registered_rewards_build_from_options(pick_dir, hps_dir, ir_dir):
     images = noise_images((24, 24))
     built = {
         "pickscore": build_reward("pickscore", "rgb", {"model": str(pick_dir)}, context()),
-        "hpsv2": build_reward("hpsv2", "rgb", {"checkpoint": str(hps_dir / "HPS_v2_compressed.pt"),
-                                               "architecture": str(hps_dir / "tiny.json")}, context()),
+        "hpsv2": build_reward(
+            "hpsv2",
+            "rgb",
+            {"checkpoint": str(hps_dir / "HPS_v2_compressed.pt"), "architecture": str(hps_dir / "tiny.json")},
+            context(),
+        ),
         "imagereward": build_reward(
             "imagereward", "rgb", {"checkpoint": str(ir_dir / "ImageReward.pt"), "vision_heads": 4}, context()
         ),
     }
-    direct = {"pickscore": pickscore(pick_dir, "a photo of a cat"), "hpsv2": hpsv2(hps_dir, "a photo of a cat"),
-              "imagereward": imagereward(ir_dir, "a photo of a cat")}
+    direct = {
+        "pickscore": pickscore(pick_dir, "a photo of a cat"),
+        "hpsv2": hpsv2(hps_dir, "a photo of a cat"),
+        "imagereward": imagereward(ir_dir, "a photo of a cat"),
+    }
     with torch.no_grad():
         for name, reward in built.items():
             torch.testing.assert_close(reward(images), direct[name](images))
@@ -436,11 +504,17 @@ def test_missing_files_are_refused_when_built(tmp_path, pick_dir, hps_dir, ir_di
         ("pickscore", {"model": str(tmp_path)}, "huggingface.co/yuvalkirstain/PickScore_v1"),
         ("hpsv2", {"checkpoint": str(absent)}, "HPS_v2.1_compressed.pt from huggingface.co/xswu/HPSv2"),
         ("hpsv2", {"checkpoint": str(hps_dir / "HPS_v2_compressed.pt"), "tokenizer": str(absent)}, "CLIP tokenizer"),
-        ("hpsv2", {"checkpoint": str(hps_dir / "HPS_v2_compressed.pt"), "architecture": str(absent) + ".json"},
-         "open_clip model config"),
+        (
+            "hpsv2",
+            {"checkpoint": str(hps_dir / "HPS_v2_compressed.pt"), "architecture": str(absent) + ".json"},
+            "open_clip model config",
+        ),
         ("imagereward", {"checkpoint": str(absent)}, "huggingface.co/THUDM/ImageReward"),
-        ("imagereward", {"checkpoint": str(ir_dir / "ImageReward.pt"), "med_config": str(absent)},
-         "med_config.json, the text encoder's configuration from huggingface.co/THUDM/ImageReward"),
+        (
+            "imagereward",
+            {"checkpoint": str(ir_dir / "ImageReward.pt"), "med_config": str(absent)},
+            "med_config.json, the text encoder's configuration from huggingface.co/THUDM/ImageReward",
+        ),
         ("imagereward", {"checkpoint": str(ir_dir / "ImageReward.pt"), "tokenizer": str(absent)}, "bert-base-uncased"),
     ]
     for name, options, source in cases:
@@ -478,8 +552,11 @@ def test_open_clip_layouts_that_do_not_map_are_refused(tmp_path, hps_dir):
         from_open_clip({**state, "visual.extra": torch.zeros(1)}, layout)
     with pytest.raises(ValueError, match=r"missing \['ln_final.bias'\]"):
         from_open_clip({key: value for key, value in state.items() if key != "ln_final.bias"}, layout)
-    for changed in ({"vision_cfg": {**HPS["architecture"]["vision_cfg"], "ls_init_value": 1e-5}}, {"custom_text": True},
-                    {"vision_cfg": {**HPS["architecture"]["vision_cfg"], "layers": [3, 4, 6, 3]}}):
+    for changed in (
+        {"vision_cfg": {**HPS["architecture"]["vision_cfg"], "ls_init_value": 1e-5}},
+        {"custom_text": True},
+        {"vision_cfg": {**HPS["architecture"]["vision_cfg"], "layers": [3, 4, 6, 3]}},
+    ):
         (tmp_path / "odd.json").write_text(json.dumps({**HPS["architecture"], **changed}))
         with pytest.raises(ValueError, match="not supported"):
             open_clip_architecture(str(tmp_path / "odd.json"))
@@ -520,13 +597,24 @@ def test_imagereward_maps_onto_blip_towers_at_its_published_sizes():
     """ViT-L/16 at 224 and the published med_config.json (BERT-base, vocabulary 30524, cross-attention
     to 1024-wide image tokens): parameter counts as ImageReward's own modules have them."""
     vision = {"image_size": 224, "patch_size": 16, "width": 1024, "depth": 24}
-    med = {"vocab_size": 30524, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-           "num_attention_heads": 12, "max_position_embeddings": 512, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
-           "pad_token_id": 0, "add_cross_attention": True}
+    med = {
+        "vocab_size": 30524,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 512,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "add_cross_attention": True,
+    }
     shapes = image_reward_shapes(vision, med)
     counts = IR["published_parameters"]
-    parts = {prefix: {n[len(prefix) :]: s for n, s in shapes.items() if n.startswith(prefix)}
-             for prefix in ("blip.visual_encoder.", "blip.text_encoder.", "mlp.")}
+    parts = {
+        prefix: {n[len(prefix) :]: s for n, s in shapes.items() if n.startswith(prefix)}
+        for prefix in ("blip.visual_encoder.", "blip.text_encoder.", "mlp.")
+    }
     for prefix, key in zip(parts, ("visual_encoder", "text_encoder", "mlp")):
         assert sum(math.prod(shape) for shape in parts[prefix].values()) == counts[key]
     mapped = vision_state(_meta(parts["blip.visual_encoder."]))
@@ -553,10 +641,21 @@ def test_a_run_optimises_each_reward(tmp_path, tiny_sd, pick_dir, hps_dir, ir_di
         "hpsv2": {"checkpoint": str(hps_dir / "HPS_v2_compressed.pt"), "architecture": str(hps_dir / "tiny.json")},
         "imagereward": {"checkpoint": str(ir_dir / "ImageReward.pt"), "vision_heads": 4},
     }[reward]
-    record = run(RunSpec(
-        task="latent", method="shortcut", model=f"sd:{tiny_sd}", steps=2, iters=1, batch=2, reward=reward,
-        reward_options=options, task_options={"prompt": "a photo of a cat"}, eval_every=0, device="cpu",
-        out=tmp_path / "run.json",
-    ))
+    record = run(
+        RunSpec(
+            task="latent",
+            method="shortcut",
+            model=f"sd:{tiny_sd}",
+            steps=2,
+            iters=1,
+            batch=2,
+            reward=reward,
+            reward_options=options,
+            task_options={"prompt": "a photo of a cat"},
+            eval_every=0,
+            device="cpu",
+            out=tmp_path / "run.json",
+        )
+    )
     assert record["status"] == "ok", record.get("reason")
     assert record["reward_check_error"] < 1e-2 and math.isfinite(record["final"]["reward_mean"])

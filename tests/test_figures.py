@@ -12,8 +12,21 @@ from evals import figures
 
 
 def _verdict(model, low, high, verdict, hacked=False):
-    return {"model": model, "task": "latent", "chain": "T10", "peer": "full", "peer_chain": "T10", "subject": "shortcut", "threshold": 0.1,
-            "unit": "cost", "ratio": 0.4, "ratio_low": low, "ratio_high": high, "verdict": verdict, "reward_hacked": hacked}
+    return {
+        "model": model,
+        "task": "latent",
+        "chain": "T10",
+        "peer": "full",
+        "peer_chain": "T10",
+        "subject": "shortcut",
+        "threshold": 0.1,
+        "unit": "cost",
+        "ratio": 0.4,
+        "ratio_low": low,
+        "ratio_high": high,
+        "verdict": verdict,
+        "reward_hacked": hacked,
+    }
 
 
 def _drawn(monkeypatch):
@@ -33,15 +46,26 @@ def test_verdicts_draw_open_intervals_inside_the_axes(tmp_path, monkeypatch):
     """Each row is a bar from its lower to its upper limit; a limit that is 0 or infinite runs to
     the axis's edge with an arrow there; the reward-hacked row says so; the device is named."""
     kept = _drawn(monkeypatch)
-    table = pd.DataFrame([_verdict("a", 0.3, 0.5, "refuted", True), _verdict("b", 0.0, 0.5, "inconclusive"),
-                          _verdict("c", 0.0, math.inf, "inconclusive"), _verdict("d", 0.05, 0.08, "holds")])
+    table = pd.DataFrame(
+        [
+            _verdict("a", 0.3, 0.5, "refuted", True),
+            _verdict("b", 0.0, 0.5, "inconclusive"),
+            _verdict("c", 0.0, math.inf, "inconclusive"),
+            _verdict("d", 0.05, 0.08, "holds"),
+        ]
+    )
     figures.verdicts(table, tmp_path / "verdicts.png", ["cpu"])
     (axis,) = kept[0]["axes"]
     left, right = axis.get_xlim()
-    bars = {int(round(line.get_ydata()[0])): tuple(line.get_xdata()) for line in axis.lines
-            if len(line.get_xdata()) == 2 and line.get_linewidth() == 3}
+    bars = {
+        int(round(line.get_ydata()[0])): tuple(line.get_xdata())
+        for line in axis.lines
+        if len(line.get_xdata()) == 2 and line.get_linewidth() == 3
+    }
     assert bars == {3: (0.3, 0.5), 2: (left, 0.5), 1: (left, right), 0: (0.05, 0.08)}  # rows top to bottom
-    arrows = sorted((line.get_marker(), int(round(line.get_ydata()[0]))) for line in axis.lines if line.get_marker() in "<>")
+    arrows = sorted(
+        (line.get_marker(), int(round(line.get_ydata()[0]))) for line in axis.lines if line.get_marker() in "<>"
+    )
     assert arrows == [("<", 1), ("<", 2), (">", 1)]
     assert [t.get_text() for t in axis.texts if t.get_text() == "reward hacked"] == ["reward hacked"]
     assert "device: cpu" in kept[0]["texts"] and matplotlib.image.imread(tmp_path / "verdicts.png").shape[1] > 800

@@ -62,7 +62,9 @@ def test_shortcut_latent_matches_closed_form(sampler):
     _, jvp_term = torch.autograd.functional.vjp(lambda z: _guided_eps(chain, z, 0, cond), latent, g)
     expected = math.sqrt(aT / a0) * (g + math.sqrt(a0) * (sigma[1] - sigma[0]) * jvp_term)
     torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
-    assert estimate.nfe_forward == 4 and estimate.nfe_backward == 1 and estimate.graph_steps == [0]  # graph kept in the pass
+    assert (
+        estimate.nfe_forward == 4 and estimate.nfe_backward == 1 and estimate.graph_steps == [0]
+    )  # graph kept in the pass
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -81,7 +83,7 @@ def test_shortcut_conditioning_matches_closed_form(at, sampler):
     sigma, (_, aT) = chain.sigmas, _abar(chain, sampler)
     expected = torch.zeros_like(cond)
     for k in chosen:
-        _, part = torch.autograd.functional.vjp(lambda c: _guided_eps(chain, states[k], k, c), cond, g)
+        _, part = torch.autograd.functional.vjp(lambda c, k=k: _guided_eps(chain, states[k], k, c), cond, g)
         expected += math.sqrt(aT) * (sigma[k + 1] - sigma[k]) * part
     torch.testing.assert_close(estimate.grads[0], expected, rtol=1e-10, atol=1e-12)
     assert estimate.nfe_backward == len(chosen)
@@ -89,10 +91,21 @@ def test_shortcut_conditioning_matches_closed_form(at, sampler):
 
 FLOW_SCHEDULES = {
     "static shift": (FLOW_SCHEDULE, {}),
-    "dynamic shift": ({"num_train_timesteps": 1000, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
-                       "time_shift_type": "exponential"}, {"mu": 0.8}),
+    "dynamic shift": (
+        {
+            "num_train_timesteps": 1000,
+            "use_dynamic_shifting": True,
+            "base_shift": 0.5,
+            "max_shift": 1.15,
+            "time_shift_type": "exponential",
+        },
+        {"mu": 0.8},
+    ),
     "terminal": ({"num_train_timesteps": 1000, "shift": 3.0, "shift_terminal": 0.1}, {}),
-    "pipeline sigmas": ({"num_train_timesteps": 1000, "use_dynamic_shifting": True}, {"mu": 1.1, "sigmas": [1.0, 0.8, 0.6, 0.4, 0.2]}),
+    "pipeline sigmas": (
+        {"num_train_timesteps": 1000, "use_dynamic_shifting": True},
+        {"mu": 1.1, "sigmas": [1.0, 0.8, 0.6, 0.4, 0.2]},
+    ),
 }
 
 
@@ -166,7 +179,9 @@ def test_saved_bytes_linear_for_full_flat_for_shortcut():
     for steps in (4, 16):
         chain, latent, cond = tiny_problem_parts(steps=steps)
         for name in ("full", "shortcut"):
-            counted[name, steps] = saved_bytes(make_estimator(name), Problem(chain, latent, cond, "latent"), smooth_loss())
+            counted[name, steps] = saved_bytes(
+                make_estimator(name), Problem(chain, latent, cond, "latent"), smooth_loss()
+            )
     assert counted["full", 16] > 3.5 * counted["full", 4]
     assert counted["shortcut", 16] == counted["shortcut", 4]
     assert counted["shortcut", 16] < counted["full", 16] / 10

@@ -65,7 +65,9 @@ def test_plain_loops_give_the_project_gradients(rule, wrt):
 
 def test_plain_rule_names_only_the_variants_it_mirrors():
     assert plain_rule_for("full", {}) == "full" and plain_rule_for("full", {"checkpoint": True}) is None
-    assert plain_rule_for("shortcut", {"at": "first"}) == "shortcut" and plain_rule_for("shortcut", {"at": "all"}) is None
+    assert (
+        plain_rule_for("shortcut", {"at": "first"}) == "shortcut" and plain_rule_for("shortcut", {"at": "all"}) is None
+    )
     assert plain_rule_for("adjoint", {}) is None
 
 
@@ -130,4 +132,8 @@ def test_the_backward_weight_s_interval_is_the_median_s_order_statistics(monkeyp
     problem.chain.net = Paced(problem.chain.net)
     monkeypatch.setattr(Clock, "backward_costs", [1.0] + [4.0, 9.0, 1.0, 7.0, 3.0, 8.0, 2.0, 6.0, 5.0])  # warm-up first
     row = backward_cost(problem, smooth_loss(), rounds=9, calls=1)
-    assert (row["backward_vs_forward_low"], row["backward_vs_forward"], row["backward_vs_forward_high"]) == (2.0, 5.0, 8.0)
+    assert (row["backward_vs_forward_low"], row["backward_vs_forward"], row["backward_vs_forward_high"]) == (
+        2.0,
+        5.0,
+        8.0,
+    )

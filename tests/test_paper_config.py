@@ -42,23 +42,36 @@ def test_the_paper_config_plans_the_released_scripts_protocols(hf_cache, monkeyp
     config = _merged("config.yaml", "profile.yaml", "paper.yaml")
     check_config(config, base=tmp_path)
     runs = [args for args in map(build_parser().parse_args, planned_commands(config)) if args.command == "run"]
-    chains = {(args.experiment, dict(args.task_options).get("start_step", 0), dict(args.task_options).get("init", "sample"))
-              for args in runs}
+    chains = {
+        (args.experiment, dict(args.task_options).get("start_step", 0), dict(args.task_options).get("init", "sample"))
+        for args in runs
+    }
     assert chains == {("style", 45, "sample"), ("aesthetic", 10, "invert"), ("clip_guide", 0, "sample")}
-    assert all(args.task == "latent" and args.steps == 50 and args.lr == 0.01 and tuple(args.betas) == (0.9, 0.9)
-               for args in runs)
+    assert all(
+        args.task == "latent" and args.steps == 50 and args.lr == 0.01 and tuple(args.betas) == (0.9, 0.9)
+        for args in runs
+    )
     by = {args.experiment: args for args in runs}
     assert (by["style"].reward, by["style"].iters, by["style"].cfg_scale, by["style"].precision) == (
-        "style_gram", 200, 5.0, "fp16-autocast")
+        "style_gram",
+        200,
+        5.0,
+        "fp16-autocast",
+    )
     assert (by["aesthetic"].reward, by["aesthetic"].iters, by["aesthetic"].cfg_scale) == ("aesthetic_target", 100, 1.0)
-    assert by["clip_guide"].model == "pixel:google/ddpm-celebahq-256" and dict(by["clip_guide"].reward_options)["alpha_from"] == 150
+    assert (
+        by["clip_guide"].model == "pixel:google/ddpm-celebahq-256"
+        and dict(by["clip_guide"].reward_options)["alpha_from"] == 150
+    )
     assert {args.variant for args in runs if args.experiment == "style"} >= {"full", "shortcut", "full_whole_chain"}
     assert "full_whole_chain" not in {args.variant for args in runs if args.experiment == "aesthetic"}
 
 
 def test_a_model_that_is_not_there_is_refused_before_any_job(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(ConfigError, match="model_options.sd:CompVis/stable-diffusion-v1-4.*not found.*Hugging Face cache"):
+    with pytest.raises(
+        ConfigError, match="model_options.sd:CompVis/stable-diffusion-v1-4.*not found.*Hugging Face cache"
+    ):
         check_config(_merged("config.yaml", "paper.yaml"), base=ROOT)
 
 
@@ -113,7 +126,9 @@ def test_a_layer_naming_another_reward_drops_the_lower_layers_reward_options():
     names another reward starts from none, and one that keeps its reward keeps them."""
     base = {"runs": {"tasks": {"finetune": {"reward": "classifier", "reward_options": {"target": 3}, "iters": 10}}}}
     other = layered([base, {"runs": {"tasks": {"finetune": {"reward": "config/rewards/saturation.py:saturation"}}}}])
-    assert "reward_options" not in other["runs"]["tasks"]["finetune"] and other["runs"]["tasks"]["finetune"]["iters"] == 10
+    assert (
+        "reward_options" not in other["runs"]["tasks"]["finetune"] and other["runs"]["tasks"]["finetune"]["iters"] == 10
+    )
     same = layered([base, {"runs": {"tasks": {"finetune": {"reward": "classifier", "iters": 20}}}}])
     assert same["runs"]["tasks"]["finetune"]["reward_options"] == {"target": 3}
     replaced = layered([base, {"runs": {"tasks": {"finetune": {"reward_options": {"target": 5}}}}}])

@@ -80,8 +80,9 @@ def test_the_adjoint_on_a_partial_chain_converges_to_full(sampler):
     for steps in (8, 32):
         _, _, problem = _tail(sampler, steps=steps, start=steps // 2)
         loss = smooth_loss()
-        errors.append(relative_error(make_estimator("adjoint")(problem, loss).grads,
-                                     make_estimator("full")(problem, loss).grads))
+        errors.append(
+            relative_error(make_estimator("adjoint")(problem, loss).grads, make_estimator("full")(problem, loss).grads)
+        )
     assert errors[1] < errors[0] / 2, errors
 
 
@@ -152,12 +153,22 @@ def test_the_latent_task_starts_part_way_and_counts_its_warm_up_once():
     reward = lambda images: -(images**2).flatten(1).mean(1)  # noqa: E731
     task = TASKS["latent"]
     for method, backwards in (("shortcut", 1), ("full", 2)):
-        result = task.run(model, reward, make_estimator(method), run_settings(steps=5, iters=2, batch=2),
-                          task.make_options({"start_step": 3}))
+        result = task.run(
+            model,
+            reward,
+            make_estimator(method),
+            run_settings(steps=5, iters=2, batch=2),
+            task.make_options({"start_step": 3}),
+        )
         assert [(r["nfe_forward"], r["nfe_backward"]) for r in result.trace.rows] == [(2, backwards)] * 2
         assert result.warmup["warmup_nfe_forward"] == 3 and result.warmup["warmup_seconds"] > 0
-    inverted = task.run(model, reward, make_estimator("shortcut"), run_settings(steps=10, iters=1, batch=2),
-                        task.make_options({"start_step": 2, "init": "invert"}))
+    inverted = task.run(
+        model,
+        reward,
+        make_estimator("shortcut"),
+        run_settings(steps=10, iters=1, batch=2),
+        task.make_options({"start_step": 2, "init": "invert"}),
+    )
     assert inverted.warmup["inverted_to_timestep"] == 101 and inverted.warmup["denoised_from_timestep"] == 701
     with pytest.raises(ValueError, match="truncation"):
         TASKS["finetune"].make_options({"start_step": 2})
@@ -173,11 +184,16 @@ def test_autocast_runs_as_the_authors_run_it_and_stays_near_fp32(precision):
     model = load_model("embedded")
     reward = lambda images: -(images**2).flatten(1).mean(1)  # noqa: E731
     task, options = TASKS["latent"], TASKS["latent"].make_options({})
-    runs = {p: task.run(model, reward, make_estimator("shortcut"), run_settings(steps=4, iters=1, batch=2, precision=p),
-                        options) for p in ("fp32", precision)}
+    runs = {
+        p: task.run(
+            model, reward, make_estimator("shortcut"), run_settings(steps=4, iters=1, batch=2, precision=p), options
+        )
+        for p in ("fp32", precision)
+    }
     ours, theirs = (runs[p].trace.rows[0] for p in (precision, "fp32"))
     assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=0.05) and not ours["skipped"]
     if precision == "fp16-autocast":
+
         class SometimesHuge:
             """A reward whose iteration-1 gradient overflows float16 (the loop says the iteration)."""
 
@@ -189,7 +205,12 @@ def test_autocast_runs_as_the_authors_run_it_and_stays_near_fp32(precision):
             def __call__(self, images):
                 return -(images**2).flatten(1).mean(1) * (1e30 if self.iteration == 1 else 1.0)
 
-        result = task.run(model, SometimesHuge(), make_estimator("shortcut"),
-                          run_settings(steps=4, iters=3, batch=2, precision=precision, eval_every=0), options)
+        result = task.run(
+            model,
+            SometimesHuge(),
+            make_estimator("shortcut"),
+            run_settings(steps=4, iters=3, batch=2, precision=precision, eval_every=0),
+            options,
+        )
         assert result.trace.skipped_steps >= 1 and len(result.trace.rows) == 3
         assert sum(row["skipped"] for row in result.trace.rows) == result.trace.skipped_steps

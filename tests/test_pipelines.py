@@ -7,16 +7,16 @@ the published architectures' parameter counts on the meta device."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 from conftest import directional_fd, run_settings, wavy
+from diffusers import DDIMScheduler, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 from hf_cache import cache_as
 from tiny_pipelines import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
 
@@ -39,7 +39,6 @@ OPTIONS_OF = {"sdxl": {}, "sd3": {}, "flux": {"resolution": 16}}  # FLUX's defau
 
 def _load(saved, family, **options):
     return load_model(str(saved[family]), **OPTIONS_OF[family], **options)
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,8 +64,12 @@ def test_a_bare_directory_is_recognised_by_its_pipeline_class(saved, family):
     assert torch.equal(cond["embeddings"], same.encode(PROMPTS)["embeddings"])
     latent = model.latent_batch(1, torch.Generator().manual_seed(0))
     assert model.decode(latent).shape == (1, 3, model.resolution, model.resolution)
-    assert not any(p.requires_grad for module in model.parts.values() if isinstance(module, torch.nn.Module)
-                   for p in module.parameters())
+    assert not any(
+        p.requires_grad
+        for module in model.parts.values()
+        if isinstance(module, torch.nn.Module)
+        for p in module.parameters()
+    )
 
 
 @pytest.mark.slow
@@ -75,14 +78,47 @@ def test_a_model_id_loads_from_the_local_cache_and_a_missing_one_is_named(saved,
     not there fails the record saying where it looked and how to provide it."""
     cache = cache_as(saved["flux"], "tiny-org/tiny-flux", tmp_path / "cache")
     env = {**os.environ, "HF_HUB_CACHE": str(cache)}
-    flags = [sys.executable, "-m", "evals.cli", "--threads", "1", "run", "--task", "latent", "--method", "shortcut",
-             "--steps", "2", "--iters", "1", "--batch", "1", "--reward", "mean_square", "--device", "cpu",
-             "--model-option", "resolution=16"]
-    done = subprocess.run(flags + ["--model", "flux:tiny-org/tiny-flux", "--out", str(tmp_path / "ok.json")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    flags = [
+        sys.executable,
+        "-m",
+        "evals.cli",
+        "--threads",
+        "1",
+        "run",
+        "--task",
+        "latent",
+        "--method",
+        "shortcut",
+        "--steps",
+        "2",
+        "--iters",
+        "1",
+        "--batch",
+        "1",
+        "--reward",
+        "mean_square",
+        "--device",
+        "cpu",
+        "--model-option",
+        "resolution=16",
+    ]
+    done = subprocess.run(
+        flags + ["--model", "flux:tiny-org/tiny-flux", "--out", str(tmp_path / "ok.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    done = subprocess.run(flags + ["--model", "flux:tiny-org/absent", "--out", str(tmp_path / "absent.json")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        flags + ["--model", "flux:tiny-org/absent", "--out", str(tmp_path / "absent.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     record = json.loads((tmp_path / "absent.json").read_text())
     assert done.returncode == 1 and record["status"] == "failed"
     assert str(cache) in record["reason"] and "--model-option allow_download=true" in record["reason"]
@@ -99,17 +135,27 @@ def test_the_chain_samples_what_the_pipeline_samples(saved, family):
     ours, pipeline = _load(saved, family), _pipeline(saved, family)
     latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
     size = ours.resolution
-    runs = [(1.0, {}), (CFG[family], {"guidance_scale": CFG[family]})] if family != "flux" else [
-        (1.0, {"guidance_scale": 3.5}), (2.0, {"guidance_scale": 3.5, "true_cfg_scale": 2.0, "negative_prompt": ""}),
-    ]
+    runs = (
+        [(1.0, {}), (CFG[family], {"guidance_scale": CFG[family]})]
+        if family != "flux"
+        else [
+            (1.0, {"guidance_scale": 3.5}),
+            (2.0, {"guidance_scale": 3.5, "true_cfg_scale": 2.0, "negative_prompt": ""}),
+        ]
+    )
     for cfg_scale, arguments in runs:
         arguments = {"guidance_scale": 1.0, **arguments}
-        expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, height=size,
-                            width=size, **arguments).images
+        expected = pipeline(
+            PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, height=size, width=size, **arguments
+        ).images
         with torch.no_grad():
             sample = ours.make_chain(4, cfg_scale).sample(latents, ours.encode(PROMPTS), graph_from=None)
         scale = max(1.0, float(expected.abs().max()))  # float32 round-off of the states' size (SDXL's Euler: ~20)
-        assert (sample - expected).abs().max() <= 1e-6 * scale, (family, cfg_scale, float((sample - expected).abs().max()))
+        assert (sample - expected).abs().max() <= 1e-6 * scale, (
+            family,
+            cfg_scale,
+            float((sample - expected).abs().max()),
+        )
 
 
 def _rotary_in_the_input_dtype(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
@@ -161,8 +207,13 @@ def test_every_estimator_runs_one_iteration_of_every_task(saved, family):
         options = TASKS[task].make_options({} if task == "latent" else {"eval_samples": 1, "monitor_samples": 1})
         for method in sorted(ESTIMATORS):
             try:
-                result = TASKS[task].run(model, lambda x: -(x**2).flatten(1).mean(1), make_estimator(method, **OPTIONS.get(method, {})),
-                                         settings, options)
+                result = TASKS[task].run(
+                    model,
+                    lambda x: -(x**2).flatten(1).mean(1),
+                    make_estimator(method, **OPTIONS.get(method, {})),
+                    settings,
+                    options,
+                )
             except NotApplicable:
                 outcomes[task, method] = "not_applicable"
                 continue
@@ -203,7 +254,11 @@ def test_lora_sits_on_the_attention_projections_and_starts_as_the_base(saved, fa
     trainable = [name for name, p in tuned.net.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     assert any(".to_q." in name for name in trainable)
-    x, t, cond = model.latent_batch(1, torch.Generator().manual_seed(0)), torch.tensor([500.0]), model.encode(PROMPTS[:1])
+    x, t, cond = (
+        model.latent_batch(1, torch.Generator().manual_seed(0)),
+        torch.tensor([500.0]),
+        model.encode(PROMPTS[:1]),
+    )
     with torch.no_grad():
         assert torch.equal(tuned.net(x, t, cond), model.net(x, t, cond))
 
@@ -211,12 +266,25 @@ def test_lora_sits_on_the_attention_projections_and_starts_as_the_base(saved, fa
 PUBLISHED = {  # parameters per network, as the published configs give them
     "sd1.5": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
     "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
-    "sd3.5-medium": {"transformer": 2_243_171_520, "vae": 83_819_683, "text_encoder": 123_650_304,
-                     "text_encoder_2": 694_659_840, "text_encoder_3": 4_762_310_656},
-    "flux-dev": {"transformer": 11_901_408_320, "vae": 83_819_683, "text_encoder": 123_060_480,
-                 "text_encoder_2": 4_762_310_656},
-    "flux-schnell": {"transformer": 11_891_178_560, "vae": 83_819_683, "text_encoder": 123_060_480,
-                     "text_encoder_2": 4_762_310_656},
+    "sd3.5-medium": {
+        "transformer": 2_243_171_520,
+        "vae": 83_819_683,
+        "text_encoder": 123_650_304,
+        "text_encoder_2": 694_659_840,
+        "text_encoder_3": 4_762_310_656,
+    },
+    "flux-dev": {
+        "transformer": 11_901_408_320,
+        "vae": 83_819_683,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 4_762_310_656,
+    },
+    "flux-schnell": {
+        "transformer": 11_891_178_560,
+        "vae": 83_819_683,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 4_762_310_656,
+    },
 }
 
 
@@ -236,8 +304,11 @@ def test_published_architectures_have_their_sizes(architecture):
         assert (model.distilled_guidance, model.max_sequence_length) == ((0.0, 256) if schnell else (3.5, 512))
 
 
-CONFIG_IDS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd3": "stabilityai/stable-diffusion-3.5-medium",
-              "flux": "black-forest-labs/FLUX.1-dev"}
+CONFIG_IDS = {
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "sd3": "stabilityai/stable-diffusion-3.5-medium",
+    "flux": "black-forest-labs/FLUX.1-dev",
+}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -261,7 +332,10 @@ def test_each_family_config_plans_every_estimator(saved, family, tmp_path, monke
     assert {args.method for args in runs} == set(ESTIMATORS)
     assert {args.model for args in runs} == {f"{family}:{CONFIG_IDS[family]}"}
     assert {args.reward for args in runs} == {"clip", "aesthetic", "hpsv2"}
-    assert all(args.metrics == ["pickscore"] for args in runs) and config["statistics"]["guard"]["metric"] == "metric:pickscore"
+    assert (
+        all(args.metrics == ["pickscore"] for args in runs)
+        and config["statistics"]["guard"]["metric"] == "metric:pickscore"
+    )
 
 
 def _edit_config(path: Path, drop: tuple[str, ...] = (), **values) -> None:
@@ -278,8 +352,15 @@ def test_a_dynamic_shift_with_keys_left_out_samples_what_the_pipeline_samples(sa
     _edit_config(tmp_path / "sd3" / "scheduler" / "scheduler_config.json", drop=keys, use_dynamic_shifting=True)
     ours, pipeline = load_model(str(tmp_path / "sd3")), _pipeline({"sd3": tmp_path / "sd3"}, "sd3")
     latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
-    expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=1.0,
-                        height=ours.resolution, width=ours.resolution).images
+    expected = pipeline(
+        PROMPTS,
+        output_type="latent",
+        latents=latents,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        height=ours.resolution,
+        width=ours.resolution,
+    ).images
     with torch.no_grad():
         sample = ours.make_chain(4, 1.0).sample(latents, ours.encode(PROMPTS), graph_from=None)
     assert (sample - expected).abs().max() <= 1e-6 * max(1.0, float(expected.abs().max()))
@@ -289,11 +370,16 @@ def test_sdxl_decodes_with_latents_mean_and_std_and_upcasts_in_float16(saved, tm
     """A VAE config with `latents_mean`/`latents_std` and `force_upcast`: in float16 the decode
     runs the VAE in float32 and unscales per channel, giving the pipeline's images."""
     shutil.copytree(saved["sdxl"], tmp_path / "sdxl")
-    _edit_config(tmp_path / "sdxl" / "vae" / "config.json", force_upcast=True, latents_mean=[0.3, -0.2, 0.1, 0.5],
-                 latents_std=[2.0, 0.5, 1.5, 0.8])
+    _edit_config(
+        tmp_path / "sdxl" / "vae" / "config.json",
+        force_upcast=True,
+        latents_mean=[0.3, -0.2, 0.1, 0.5],
+        latents_std=[2.0, 0.5, 1.5, 0.8],
+    )
     ours = load_model(str(tmp_path / "sdxl"), dtype="float16")
-    pipeline = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl", local_files_only=True,
-                                                         torch_dtype=torch.float16)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(
+        tmp_path / "sdxl", local_files_only=True, torch_dtype=torch.float16
+    )
     pipeline.set_progress_bar_config(disable=True)
     latents = ours.latent_batch(1, torch.Generator().manual_seed(0))
     run = dict(latents=latents, num_inference_steps=2, guidance_scale=1.0)
@@ -316,12 +402,15 @@ def test_sdxl_on_a_ddim_config_honours_its_offset_and_final_alpha(saved, tmp_pat
     """SDXL's pipeline takes a DDIM config as it is (no legacy amendment, unlike SD 1.x's): with
     `steps_offset` 0 and `set_alpha_to_one` the default sampler is DDIM and samples the same."""
     pipeline = _pipeline(saved, "sdxl")
-    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config, steps_offset=0, set_alpha_to_one=True,
-                                                   clip_sample=False)
+    pipeline.scheduler = DDIMScheduler.from_config(
+        pipeline.scheduler.config, steps_offset=0, set_alpha_to_one=True, clip_sample=False
+    )
     pipeline.save_pretrained(tmp_path / "sdxl")
     ours = load_model(str(tmp_path / "sdxl"))
     latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
-    expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=1.0).images
+    expected = pipeline(
+        PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=1.0
+    ).images
     with torch.no_grad():
         chain = ours.make_chain(4, 1.0)
         sample = chain.sample(latents, ours.encode(PROMPTS), graph_from=None)

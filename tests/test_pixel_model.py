@@ -56,8 +56,13 @@ def test_loads_the_saved_layout(tiny_dir, model):
     assert cond.shape == (2, 1) and not cond.any() and torch.equal(model.null_cond(), torch.zeros(1, 1))
     images = torch.randn(2, 3, 16, 16)
     assert model.decode(images) is images
-    assert model.options == {"model": str(tiny_dir), "resolution": 16, "dtype": "float32",
-                             "gradient_checkpointing": False, "allow_download": False}
+    assert model.options == {
+        "model": str(tiny_dir),
+        "resolution": 16,
+        "dtype": "float32",
+        "gradient_checkpointing": False,
+        "allow_download": False,
+    }
     saved = json.loads((tiny_dir / "scheduler" / "scheduler_config.json").read_text())
     assert saved["clip_sample"] and model.scheduler_config == {**saved, "clip_sample": False, "thresholding": False}
     assert not any(p.requires_grad for p in model.net.parameters())
@@ -93,11 +98,13 @@ def test_chain_reproduces_the_diffusers_ddim_pipeline(tmp_path, prediction_type,
         return output
 
     pipeline.scheduler.step = recorded
-    images = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, eta=0.0,
-                      output_type="pt").images
+    images = pipeline(
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, eta=0.0, output_type="pt"
+    ).images
     with torch.no_grad():
-        sample = ours.make_chain(4).sample(ours.latent_batch(2, torch.Generator().manual_seed(0)), ours.null_cond(),
-                                           graph_from=None)
+        sample = ours.make_chain(4).sample(
+            ours.latent_batch(2, torch.Generator().manual_seed(0)), ours.null_cond(), graph_from=None
+        )
     expected = states[-1]
     assert len(states) == 4 and expected.std() > 0.1
     assert (sample - expected).abs().max() <= 1e-6 * max(1.0, float(expected.abs().max()))
@@ -197,15 +204,48 @@ def test_run_record(tiny_dir, tmp_path):
     """`sdo run` of the latent task with the shortcut ends ok; the conditioning task is recorded
     as not applicable, saying why."""
     out = tmp_path / "r.json"
-    code = main(["--threads", "1", "run", "--model", f"pixel:{tiny_dir}", "--task", "latent", "--method", "shortcut",
-                 "--steps", "3", "--iters", "1", "--batch", "2", "--reward", "mean_square", "--device", "cpu",
-                 "--out", str(out)])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--model",
+            f"pixel:{tiny_dir}",
+            "--task",
+            "latent",
+            "--method",
+            "shortcut",
+            "--steps",
+            "3",
+            "--iters",
+            "1",
+            "--batch",
+            "2",
+            "--reward",
+            "mean_square",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads(out.read_text())
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert record["model_options"]["model"] == str(tiny_dir) and record["final"]["samples"] == 2
     assert record["iterations"][0]["nfe_forward"] == 3 and record["iterations"][0]["nfe_backward"] == 1
-    failed = run(RunSpec(task="conditioning", method="full", steps=2, iters=1, batch=1, model=str(tiny_dir),
-                         reward="mean_square", task_options={"eval_samples": 1, "monitor_samples": 1}, device="cpu"))
+    failed = run(
+        RunSpec(
+            task="conditioning",
+            method="full",
+            steps=2,
+            iters=1,
+            batch=1,
+            model=str(tiny_dir),
+            reward="mean_square",
+            task_options={"eval_samples": 1, "monitor_samples": 1},
+            device="cpu",
+        )
+    )
     assert failed["status"] == "not_applicable" and "no conditioning to optimise" in failed["reason"]
 
 

@@ -20,7 +20,10 @@ def test_the_paper_config_plans_without_its_weights(tmp_path):
     style, whole = by["style", "shortcut"], by["style", "full_whole_chain"]
     assert (style["forward_per_iteration"], style["backward_per_iteration"]) == (5, 1)  # the last 5 of 50 steps
     assert (whole["forward_per_iteration"], whole["backward_per_iteration"]) == (50, 50)
-    assert (by["aesthetic", "full"]["forward_per_iteration"], by["aesthetic", "full"]["backward_per_iteration"]) == (40, 40)
+    assert (by["aesthetic", "full"]["forward_per_iteration"], by["aesthetic", "full"]["backward_per_iteration"]) == (
+        40,
+        40,
+    )
     assert style["runs"] == 8 and style["iterations"] == 8 * 200
     assert 0 < style["device_hours"] < whole["device_hours"] and "FLOPs at 400 TFLOP/s" in style["estimate"]
     guide = by["clip_guide", "full"]
@@ -28,8 +31,20 @@ def test_the_paper_config_plans_without_its_weights(tmp_path):
 
 
 def test_sdo_plan_prints_an_estimate(tmp_path, capsys):
-    assert main(["plan", "--configfile", str(ROOT / "config" / "paper.yaml"), "--throughput", "200",
-                 "--out", str(tmp_path / "plan.csv")]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--configfile",
+                str(ROOT / "config" / "paper.yaml"),
+                "--throughput",
+                "200",
+                "--out",
+                str(tmp_path / "plan.csv"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "ESTIMATE: 104 runs" in printed and "device-hours in all (+ 4 rules with no estimate)" in printed
     assert (tmp_path / "plan.csv").read_text().startswith("experiment,chain,variant,model")

@@ -22,8 +22,15 @@ from evals.rewards.protocols import AestheticTarget, ClipGuide, StyleGram, draw_
 from sdo.models.pipelines import character_tokenizer
 
 TEXT = dict(
-    vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+    vocab_size=1000,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    bos_token_id=512,
+    eos_token_id=513,
+    pad_token_id=513,
 )
 SIDE = 32  # the tiny CLIPs' input side (224 for the published ones)
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64)
@@ -50,9 +57,14 @@ def save_clip(directory, projection: int, seed: int):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocols")
     paths = SimpleNamespace(
-        large=save_clip(root / "large", 16, 0), base=save_clip(root / "base", 12, 1), root=root,
-        head_large=root / "sa_0_4_vit_l_14_linear.pth", head_base=root / "sa_0_4_vit_b_32_linear.pth",
-        style=root / "style.png", face=root / "face.png", face25=root / "face25.png",
+        large=save_clip(root / "large", 16, 0),
+        base=save_clip(root / "base", 12, 1),
+        root=root,
+        head_large=root / "sa_0_4_vit_l_14_linear.pth",
+        head_base=root / "sa_0_4_vit_b_32_linear.pth",
+        style=root / "style.png",
+        face=root / "face.png",
+        face25=root / "face25.png",
     )
     torch.manual_seed(2)
     for path, width in ((paths.head_large, 16), (paths.head_base, 12)):  # LAION's layout, some scores beyond [1, 10]

@@ -29,10 +29,13 @@ ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), 
 CHECKOUT = "<checkout>"
 HEREDOC = re.compile(r"<<'(\w+)'$")
 # the model ids the family and paper configs name, and the tiny pipelines that stand in for them
-CACHED = {"CompVis/stable-diffusion-v1-4": "build_tiny_sd", "google/ddpm-celebahq-256": "build_tiny_ddpm",
-          "stabilityai/stable-diffusion-xl-base-1.0": "build_tiny_sdxl",
-          "stabilityai/stable-diffusion-3.5-medium": "build_tiny_sd3",
-          "black-forest-labs/FLUX.1-dev": "build_tiny_flux"}
+CACHED = {
+    "CompVis/stable-diffusion-v1-4": "build_tiny_sd",
+    "google/ddpm-celebahq-256": "build_tiny_ddpm",
+    "stabilityai/stable-diffusion-xl-base-1.0": "build_tiny_sdxl",
+    "stabilityai/stable-diffusion-3.5-medium": "build_tiny_sd3",
+    "black-forest-labs/FLUX.1-dev": "build_tiny_flux",
+}
 
 
 def blocks(page: Path) -> list[str]:
@@ -81,7 +84,7 @@ def planned(command: str) -> list[str]:
     words = shlex.split(command)
     if "--report" in words:
         at = words.index("--report")
-        del words[at:at + 2]
+        del words[at : at + 2]
     return [*words, "-n"]
 
 
@@ -90,8 +93,18 @@ def test_every_command_parses_and_every_make_target_exists(tmp_path_factory):
     readme = [c for c, page in found.items() if page == "README.md"]
     for needed in ("make run", "make test", "snakemake --report results/report.html", "sdo plan --configfile"):
         assert any(c.startswith(needed) for c in readme), needed
-    for needed in ("config/quick.yaml", "tasks=[latent]", " bench", "rerun_failed=true", "config/profiles/slurm",
-                   "--resources gpu=", " profile", "config/paper.yaml", "config/steps.yaml", "config/samplers.yaml"):
+    for needed in (
+        "config/quick.yaml",
+        "tasks=[latent]",
+        " bench",
+        "rerun_failed=true",
+        "config/profiles/slurm",
+        "--resources gpu=",
+        " profile",
+        "config/paper.yaml",
+        "config/steps.yaml",
+        "config/samplers.yaml",
+    ):
         assert any(needed in c for c in readme), needed
     assert "snakemake --unlock" in found and any("--rerun-incomplete" in c for c in found)
     targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
@@ -112,8 +125,13 @@ def test_every_command_parses_and_every_make_target_exists(tmp_path_factory):
 
 def _files(root: Path) -> list[str]:
     """The files a fresh clone of this tree has: the tracked ones and those about to be."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     return [name for name in listed if name and (root / name).is_file()]
 
 

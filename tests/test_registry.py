@@ -70,36 +70,128 @@ def test_a_model_family_of_ones_own_runs_from_its_safetensors(plugins, tmp_path)
     source = f"mine:{tmp_path / 'weights'}"
     assert resolve(source).cls is family
     out = tmp_path / "mine.json"
-    code = _run("--plugin", str(plugins["my_denoiser.py"]), "run", "--model", source, "--task", "latent", "--method",
-                "shortcut", "--steps", "3", "--iters", "2", "--batch", "2", "--reward", "mean_square",
-                "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["my_denoiser.py"]),
+        "run",
+        "--model",
+        source,
+        "--task",
+        "latent",
+        "--method",
+        "shortcut",
+        "--steps",
+        "3",
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--reward",
+        "mean_square",
+        "--out",
+        str(out),
+    )
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert record["sampler"] == "ddim" and len(record["iterations"]) == 2
     out = tmp_path / "tuned.json"
-    code = _run("--plugin", str(plugins["my_denoiser.py"]), "run", "--model", source, "--task", "finetune", "--method",
-                "full", "--task-option", "lora_rank=0", "--task-option", "eval_samples=2", "--task-option",
-                "monitor_samples=2", "--steps", "2", "--iters", "1", "--batch", "2", "--reward", "mean_square",
-                "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["my_denoiser.py"]),
+        "run",
+        "--model",
+        source,
+        "--task",
+        "finetune",
+        "--method",
+        "full",
+        "--task-option",
+        "lora_rank=0",
+        "--task-option",
+        "eval_samples=2",
+        "--task-option",
+        "monitor_samples=2",
+        "--steps",
+        "2",
+        "--iters",
+        "1",
+        "--batch",
+        "2",
+        "--reward",
+        "mean_square",
+        "--out",
+        str(out),
+    )
     assert code == 0 and _record(out)["status"] == "ok", _record(out).get("reason")
     out = tmp_path / "missing.json"
-    code = _run("--plugin", str(plugins["my_denoiser.py"]), "run", "--model", f"mine:{tmp_path / 'nowhere'}",
-                "--method", "shortcut", "--steps", "2", "--iters", "1", "--reward", "mean_square", "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["my_denoiser.py"]),
+        "run",
+        "--model",
+        f"mine:{tmp_path / 'nowhere'}",
+        "--method",
+        "shortcut",
+        "--steps",
+        "2",
+        "--iters",
+        "1",
+        "--reward",
+        "mean_square",
+        "--out",
+        str(out),
+    )
     assert code == 1 and "model.safetensors not found" in _record(out)["reason"]
 
 
 def test_a_reward_and_a_task_from_their_own_files(plugins, tmp_path):
     out = tmp_path / "two.json"
-    code = _run("--plugin", str(plugins["contrast_reward.py"]), "--plugin", str(plugins["two_prompt_task.py"]), "run",
-                "--task", "two_prompt_latent", "--task-option", 'prompts=["3", "8"]', "--reward", "contrast",
-                "--reward-option", "power=2", "--method", "shortcut", "--steps", "3", "--iters", "2", "--batch", "2",
-                "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["contrast_reward.py"]),
+        "--plugin",
+        str(plugins["two_prompt_task.py"]),
+        "run",
+        "--task",
+        "two_prompt_latent",
+        "--task-option",
+        'prompts=["3", "8"]',
+        "--reward",
+        "contrast",
+        "--reward-option",
+        "power=2",
+        "--method",
+        "shortcut",
+        "--steps",
+        "3",
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+    )
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert "two_prompt_latent" in TASKS and TASKS["two_prompt_latent"].wrt == "latent"
     out = tmp_path / "bad.json"
-    _run("--plugin", str(plugins["contrast_reward.py"]), "run", "--method", "shortcut", "--steps", "2", "--iters", "1",
-         "--reward", "contrast", "--reward-option", "power=-1", "--out", str(out))
+    _run(
+        "--plugin",
+        str(plugins["contrast_reward.py"]),
+        "run",
+        "--method",
+        "shortcut",
+        "--steps",
+        "2",
+        "--iters",
+        "1",
+        "--reward",
+        "contrast",
+        "--reward-option",
+        "power=-1",
+        "--out",
+        str(out),
+    )
     assert "power must be positive, got -1" in _record(out)["reason"]
 
 
@@ -119,8 +211,25 @@ def test_the_sampler_example_steps_as_its_diffusers_scheduler_and_runs(plugins, 
     assert relative_error([ours], [x]) < 1e-6
     assert SAMPLERS["ddim_trailing"].capabilities_for(None, {}).deterministic
     out = tmp_path / "trailing.json"
-    code = _run("--plugin", str(plugins["ddim_trailing.py"]), "run", "--task", "latent", "--sampler", "ddim_trailing",
-                "--method", "shortcut", "--steps", "3", "--iters", "2", "--batch", "2", "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["ddim_trailing.py"]),
+        "run",
+        "--task",
+        "latent",
+        "--sampler",
+        "ddim_trailing",
+        "--method",
+        "shortcut",
+        "--steps",
+        "3",
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+    )
     record = _record(out)
     assert code == 0 and record["status"] == "ok" and record["sampler"] == "ddim_trailing", record.get("reason")
 
@@ -142,13 +251,46 @@ def test_the_estimator_example_spans_the_shortcut_s_last_and_all(plugins, tmp_pa
     with pytest.raises(ValueError, match="tail must be >= 1, got 0"):
         make_estimator("shortcut_tail", tail=0)
     out = tmp_path / "tail.json"
-    code = _run("--plugin", str(plugins["shortcut_tail.py"]), "run", "--task", "conditioning", "--method",
-                "shortcut_tail", "--option", "tail=2", "--steps", "3", "--iters", "2", "--batch", "2", "--task-option",
-                "eval_samples=2", "--task-option", "monitor_samples=2", "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["shortcut_tail.py"]),
+        "run",
+        "--task",
+        "conditioning",
+        "--method",
+        "shortcut_tail",
+        "--option",
+        "tail=2",
+        "--steps",
+        "3",
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--task-option",
+        "eval_samples=2",
+        "--task-option",
+        "monitor_samples=2",
+        "--out",
+        str(out),
+    )
     assert code == 0 and _record(out)["status"] == "ok", _record(out).get("reason")
     out = tmp_path / "latent.json"
-    code = _run("--plugin", str(plugins["shortcut_tail.py"]), "run", "--method", "shortcut_tail", "--steps", "3",
-                "--iters", "1", "--batch", "2", "--out", str(out))
+    code = _run(
+        "--plugin",
+        str(plugins["shortcut_tail.py"]),
+        "run",
+        "--method",
+        "shortcut_tail",
+        "--steps",
+        "3",
+        "--iters",
+        "1",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 1 and _record(out)["status"] == "not_applicable"
 
 
@@ -156,8 +298,10 @@ def test_a_name_taken_by_another_file_is_refused_naming_both(plugins, tmp_path):
     import_plugin(plugins["contrast_reward.py"])
     copy = tmp_path / "contrast_again.py"
     copy.write_text(plugins["contrast_reward.py"].read_text())
-    with pytest.raises(PluginError, match=f"registered twice: by {re.escape(str(plugins['contrast_reward.py']))} "
-                                          f"and by {re.escape(str(copy))}"):
+    with pytest.raises(
+        PluginError,
+        match=f"registered twice: by {re.escape(str(plugins['contrast_reward.py']))} and by {re.escape(str(copy))}",
+    ):
         import_plugin(copy)
 
 
@@ -166,10 +310,21 @@ def test_the_registries_hold_the_built_in_plug_ins():
     assert {"full", "truncated", "adjoint", "doodl", "shortcut", "shortcut_warm", "drtune", "refl"} <= set(ESTIMATORS)
     assert {"latent", "conditioning", "finetune"} <= set(TASKS)
     assert {"embedded", "embedded-flow", "sd", "sdxl", "sd3", "flux", "pixel"} <= set(MODELS)
-    rgb = {"clip", "aesthetic", "style", "mean_square", "pickscore", "hpsv2", "imagereward", "style_gram",
-           "aesthetic_target", "clip_guide"}
-    assert {(name, "rgb") for name in rgb} | {(name, "digits") for name in ("classifier", "style", "inpaint",
-                                                                              "superres")} <= set(REWARDS)
+    rgb = {
+        "clip",
+        "aesthetic",
+        "style",
+        "mean_square",
+        "pickscore",
+        "hpsv2",
+        "imagereward",
+        "style_gram",
+        "aesthetic_target",
+        "clip_guide",
+    }
+    assert {(name, "rgb") for name in rgb} | {
+        (name, "digits") for name in ("classifier", "style", "inpaint", "superres")
+    } <= set(REWARDS)
     from sdo.samplers.base import NEEDS
 
     for cls in ESTIMATORS.values():

@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
 
 from evals.cli import main
 from evals.experiment import RunSpec, run
@@ -31,8 +29,24 @@ def test_a_rerun_moves_kept_records_back_untouched(tmp_path):
     """A job with one ok and one failed seed: staging moves both aside; the rerun moves the ok
     record back, the same file, and runs only the failed seed."""
     job = tmp_path / "results" / "runs" / "embedded" / "latent" / "shortcut" / "T2"
-    flags = ["run", "--task", "latent", "--method", "shortcut", "--variant", "shortcut", "--steps", "2", "--iters", "1",
-             "--batch", "2", "--device", "cpu", "--sweep"]
+    flags = [
+        "run",
+        "--task",
+        "latent",
+        "--method",
+        "shortcut",
+        "--variant",
+        "shortcut",
+        "--steps",
+        "2",
+        "--iters",
+        "1",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+        "--sweep",
+    ]
     assert main(flags + ["--seed", "0", "1", "--out", str(job / "seed{seed}.json")]) == 0
     failed = json.loads((job / "seed1.json").read_text())
     failed.update(status="failed", reason="ValueError: broken")
@@ -55,8 +69,29 @@ def test_a_run_past_its_memory_budget_ends_quickly_with_a_record(tmp_path):
     """The prediction from batches 1 and 2 refuses a gradient that would not fit, in seconds."""
     out = tmp_path / "big.json"
     start = time.perf_counter()
-    code = main(["--threads", "1", "run", "--task", "latent", "--method", "full", "--steps", "4", "--iters", "2",
-                 "--batch", "20000", "--mem-mb", "2500", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--task",
+            "latent",
+            "--method",
+            "full",
+            "--steps",
+            "4",
+            "--iters",
+            "2",
+            "--batch",
+            "20000",
+            "--mem-mb",
+            "2500",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     seconds = time.perf_counter() - start
     record = json.loads(out.read_text())
     assert code == 1 and record["status"] == "out_of_memory" and "budget of 2500 MiB" in record["reason"]
@@ -67,10 +102,34 @@ def test_an_allocation_past_the_budget_fails_at_once(tmp_path):
     """Beyond the prediction, the budget is a limit the allocator meets: a metric that asks for
     4 GiB under a 2.5 GiB budget ends the run as out_of_memory instead of swelling."""
     greedy = tmp_path / "greedy.py"
-    greedy.write_text("import torch\n\ndef hog(images):\n    block = torch.ones(2**30)\n    return images.mean(dim=(1, 2, 3)) + block[0]\n")
+    greedy.write_text(
+        "import torch\n\ndef hog(images):\n    block = torch.ones(2**30)\n"
+        "    return images.mean(dim=(1, 2, 3)) + block[0]\n"
+    )
     out = tmp_path / "greedy.json"
-    code = main(["--threads", "1", "run", "--method", "shortcut", "--steps", "2", "--iters", "1", "--batch", "2",
-                 "--metric", f"{greedy}:hog", "--mem-mb", "2500", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--method",
+            "shortcut",
+            "--steps",
+            "2",
+            "--iters",
+            "1",
+            "--batch",
+            "2",
+            "--metric",
+            f"{greedy}:hog",
+            "--mem-mb",
+            "2500",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads(out.read_text())
     assert code == 1 and record["status"] == "out_of_memory", record.get("reason")
     assert len(record["iterations"]) == 1  # the run's iterations are kept
@@ -86,8 +145,28 @@ def test_without_a_budget_a_run_takes_the_default_one(tmp_path):
     from sdo.memory import default_budget_mb
 
     out = tmp_path / "big.json"
-    command = [sys.executable, "-m", "evals.cli", "--threads", "1", "run", "--task", "latent", "--method", "shortcut",
-               "--steps", "4", "--iters", "2", "--batch", "20000", "--device", "cpu", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "evals.cli",
+        "--threads",
+        "1",
+        "run",
+        "--task",
+        "latent",
+        "--method",
+        "shortcut",
+        "--steps",
+        "4",
+        "--iters",
+        "2",
+        "--batch",
+        "20000",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     seconds = time.perf_counter() - start
@@ -97,8 +176,10 @@ def test_without_a_budget_a_run_takes_the_default_one(tmp_path):
     assert seconds < 60 and peak_mb < default_budget_mb() + 1024, (seconds, peak_mb)
 
 
-@pytest.mark.parametrize("device, words", [("cuda", "CUDA is not available"), ("tpu", "allowed: auto, cpu, cuda"),
-                                           ("gpu:0", "unknown device")])
+@pytest.mark.parametrize(
+    "device, words",
+    [("cuda", "CUDA is not available"), ("tpu", "allowed: auto, cpu, cuda"), ("gpu:0", "unknown device")],
+)
 def test_an_absent_or_unknown_device_still_writes_a_record(tmp_path, device, words):
     import torch
 
@@ -134,34 +215,78 @@ def test_a_run_that_leaves_any_sane_range_is_unstable_and_keeps_its_evaluations(
     """--lr 1e6 drives the held-out reward far below its start, past 100 times its spread: the
     run stops as unstable (kept out of verdicts like a divergence), its evaluations kept."""
     out = tmp_path / "wild.json"
-    main(["--threads", "1", "run", "--method", "shortcut", "--steps", "3", "--iters", "4", "--batch", "4",
-          "--eval-every", "1", "--lr", "1e6", "--out", str(out)])
+    main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--method",
+            "shortcut",
+            "--steps",
+            "3",
+            "--iters",
+            "4",
+            "--batch",
+            "4",
+            "--eval-every",
+            "1",
+            "--lr",
+            "1e6",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads(out.read_text())
     assert record["status"] == "unstable" and "100 times its starting spread" in record["reason"]
     assert len(record["evaluations"]) >= 2
 
 
-@pytest.mark.parametrize("content, words", [
-    (None, "does not exist"),
-    ("def broken(:\n", "syntax error on line 1"),
-    ("raise RuntimeError('no licence')\n", "importing it raised RuntimeError: no licence"),
-    ("from sdo.estimators import register_estimator\nfrom sdo.estimators.full import Full\n\n"
-     "@register_estimator\nclass Again(Full):\n    name = 'full'\n", "registered twice: by"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "does not exist"),
+        ("def broken(:\n", "syntax error on line 1"),
+        ("raise RuntimeError('no licence')\n", "importing it raised RuntimeError: no licence"),
+        (
+            "from sdo.estimators import register_estimator\nfrom sdo.estimators.full import Full\n\n"
+            "@register_estimator\nclass Again(Full):\n    name = 'full'\n",
+            "registered twice: by",
+        ),
+    ],
+)
 def test_a_plugin_that_does_not_load_is_one_line_and_exit_2(tmp_path, capsys, content, words):
     plugin = tmp_path / "plugin.py"
     if content is not None:
         plugin.write_text(content)
-    code = main(["--plugin", str(plugin), "run", "--method", "full", "--steps", "2", "--iters", "1",
-                 "--out", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "--plugin",
+            str(plugin),
+            "run",
+            "--method",
+            "full",
+            "--steps",
+            "2",
+            "--iters",
+            "1",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     error = capsys.readouterr().err
     assert code == 2 and words in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
     if "registered twice" in words:
         assert str(plugin.resolve()) in error and "sdo/estimators/full.py" in error  # both files named
 
 
-@pytest.mark.parametrize("name, words", [("a:b:c", "names no callable"), ("nosuchpkg.mod:fn", "cannot be imported"),
-                                         ("evals.images:nosuch", "defines no 'nosuch'")])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("a:b:c", "names no callable"),
+        ("nosuchpkg.mod:fn", "cannot be imported"),
+        ("evals.images:nosuch", "defines no 'nosuch'"),
+    ],
+)
 def test_a_reward_that_names_no_callable_says_what_is_allowed(tmp_path, name, words):
     out = tmp_path / "r.json"
     main(["run", "--method", "full", "--steps", "2", "--iters", "1", "--reward", name, "--out", str(out)])
@@ -176,8 +301,30 @@ def test_samplers_are_a_per_run_choice(tmp_path, capsys):
     is not applicable, saying why; an unknown sampler is refused, naming those there are."""
     for sampler in ("dpmpp_2m", "euler_ancestral"):
         out = tmp_path / f"{sampler}.json"
-        assert main(["--threads", "1", "run", "--task", "latent", "--method", "full", "--sampler", sampler, "--steps", "6",
-                     "--iters", "2", "--batch", "2", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "--threads",
+                    "1",
+                    "run",
+                    "--task",
+                    "latent",
+                    "--method",
+                    "full",
+                    "--sampler",
+                    sampler,
+                    "--steps",
+                    "6",
+                    "--iters",
+                    "2",
+                    "--batch",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         record = json.loads(out.read_text())
         assert record["status"] == "ok" and record["sampler"] == sampler
     out = tmp_path / "doodl.json"
@@ -200,21 +347,79 @@ def test_records_are_strict_json_and_diverged_ones_keep_evaluations(tmp_path):
         raise ValueError(f"bare {constant} in a record")
 
     out = tmp_path / "diverged.json"
-    main(["--threads", "1", "run", "--method", "full", "--steps", "2", "--iters", "3", "--batch", "2", "--eval-every", "1",
-          "--reward", f"{helpers}:steep", "--lr", "1e30", "--reward-tolerance", "1", "--out", str(out)])
+    main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--method",
+            "full",
+            "--steps",
+            "2",
+            "--iters",
+            "3",
+            "--batch",
+            "2",
+            "--eval-every",
+            "1",
+            "--reward",
+            f"{helpers}:steep",
+            "--lr",
+            "1e30",
+            "--reward-tolerance",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads(out.read_text(), parse_constant=refuse)
     assert record["status"] == "diverged" and len(record["iterations"]) == 1 and len(record["evaluations"]) == 1
     out = tmp_path / "nan.json"
-    assert main(["--threads", "1", "run", "--method", "shortcut", "--steps", "2", "--iters", "1", "--batch", "2",
-                 "--metric", f"{helpers}:undefined", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "run",
+                "--method",
+                "shortcut",
+                "--steps",
+                "2",
+                "--iters",
+                "1",
+                "--batch",
+                "2",
+                "--metric",
+                f"{helpers}:undefined",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text(), parse_constant=refuse)
     assert record["final"][f"metric:{helpers}:undefined"] is None  # NaN, written as null
 
 
 def test_task_options_are_the_tasks_own(tmp_path):
     out = tmp_path / "run.json"
-    code = main(["run", "--task", "latent", "--method", "full", "--steps", "2", "--iters", "1",
-                 "--task-option", "monitor_samples=2", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--task",
+            "latent",
+            "--method",
+            "full",
+            "--steps",
+            "2",
+            "--iters",
+            "1",
+            "--task-option",
+            "monitor_samples=2",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads(out.read_text())
     assert code == 1 and "unknown option 'monitor_samples' for task 'latent'" in record["reason"]
 
@@ -236,7 +441,8 @@ def test_a_selection_runs_only_what_it_names():
     from evals import jobs
     from evals.config import layered
 
-    config = layered([ROOT / "config" / "config.yaml", {"tasks": ["latent"], "models": ["embedded-flow"],
-                                                        "variants": ["shortcut"]}])
+    config = layered(
+        [ROOT / "config" / "config.yaml", {"tasks": ["latent"], "models": ["embedded-flow"], "variants": ["shortcut"]}]
+    )
     planned = {(job.model, job.task, job.variant) for job in jobs.run_jobs(config)}
     assert planned == {("embedded-flow", "latent", "shortcut")}

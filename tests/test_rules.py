@@ -23,7 +23,7 @@ def shell_commands(path: Path) -> list[str]:
     for i, line in enumerate(lines):
         if line.strip() == "shell:":
             block = []
-            for following in lines[i + 1:]:
+            for following in lines[i + 1 :]:
                 if not following.strip().startswith(('"', "'")):
                     break
                 block.append(following.strip())
@@ -37,7 +37,8 @@ def test_every_shell_placeholder_is_quoted(path):
         for name in PLACEHOLDER.findall(command):
             field, _, conversion = name.partition(":")
             assert conversion == "q" or field in SAFE or field.endswith("flags") or field == "params.plugins", (
-                f"{path.name}: {{{name}}} reaches the shell unquoted in {command!r}")
+                f"{path.name}: {{{name}}} reaches the shell unquoted in {command!r}"
+            )
 
 
 def test_the_flags_parameters_are_shell_quoted():
@@ -46,8 +47,12 @@ def test_the_flags_parameters_are_shell_quoted():
     from evals.config import layered
     from evals.flags import to_flags
 
-    config = layered([ROOT / "config" / "config.yaml", {"runs": {"tasks": {"latent": {"task_options": {
-        "prompt": "3", "init_images": "a dir; $(touch x) 'q'"}}}}}])
+    config = layered(
+        [
+            ROOT / "config" / "config.yaml",
+            {"runs": {"tasks": {"latent": {"task_options": {"prompt": "3", "init_images": "a dir; $(touch x) 'q'"}}}}},
+        ]
+    )
     spec = jobs.run_spec(config, jobs.run_jobs(config)[0])
     words = to_flags(spec)
     assert shlex.split(shlex.join(words)) == words and "--task-option" in words

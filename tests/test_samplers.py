@@ -66,28 +66,44 @@ DIFFUSION_CASES = {  # name: (sampler, scheduler config, sampler options, T)
     "euler": ("euler", DIGITS, {}, 6),
     "euler karras": ("euler", DIGITS, KARRAS, 6),
     "euler sdxl (leading)": ("euler", SDXL, {}, 5),
-    "euler trailing log_linear": ("euler", {**SDXL, "timestep_spacing": "trailing", "interpolation_type": "log_linear"},
-                                  {}, 5),
+    "euler trailing log_linear": (
+        "euler",
+        {**SDXL, "timestep_spacing": "trailing", "interpolation_type": "log_linear"},
+        {},
+        5,
+    ),
     "euler sigma_min": ("euler", {**DIGITS, "final_sigmas_type": "sigma_min"}, {}, 4),
     "euler_ancestral": ("euler_ancestral", DIGITS, {}, 6),
     "euler_ancestral sdxl (leading)": ("euler_ancestral", SDXL, {}, 5),
     "dpmpp_2m": ("dpmpp_2m", DIGITS, {}, 6),
     "dpmpp_2m karras": ("dpmpp_2m", DIGITS, KARRAS, 6),
     "dpmpp_2m sdxl (leading)": ("dpmpp_2m", SDXL, {}, 5),
-    "dpmpp_2m second-order last step": ("dpmpp_2m", {**DIGITS, "final_sigmas_type": "sigma_min",
-                                                      "lower_order_final": False}, {}, 5),
+    "dpmpp_2m second-order last step": (
+        "dpmpp_2m",
+        {**DIGITS, "final_sigmas_type": "sigma_min", "lower_order_final": False},
+        {},
+        5,
+    ),
     "dpmpp_2m T=16 (no lower order before the last)": ("dpmpp_2m", DIGITS, {}, 16),
     "dpmpp_2m heun": ("dpmpp_2m", {**DIGITS, "solver_type": "heun"}, {}, 5),
-    "dpmpp_2m from an sde config": ("dpmpp_2m", {**DIGITS, "algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-                                    {}, 5),
+    "dpmpp_2m from an sde config": (
+        "dpmpp_2m",
+        {**DIGITS, "algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        {},
+        5,
+    ),
     "unipc": ("unipc", DIGITS, {}, 6),
     "unipc karras": ("unipc", DIGITS, KARRAS, 6),
     "unipc sdxl (leading)": ("unipc", SDXL, {}, 5),
     "unipc order 3": ("unipc", {**DIGITS, "solver_order": 3}, {}, 7),
     "unipc bh1": ("unipc", {**DIGITS, "solver_type": "bh1"}, {}, 5),
     "unipc corrector off after steps 1, 2": ("unipc", {**DIGITS, "disable_corrector": [1, 2]}, {}, 6),
-    "unipc second-order last step": ("unipc", {**DIGITS, "final_sigmas_type": "sigma_min", "lower_order_final": False},
-                                     {}, 5),
+    "unipc second-order last step": (
+        "unipc",
+        {**DIGITS, "final_sigmas_type": "sigma_min", "lower_order_final": False},
+        {},
+        5,
+    ),
 }
 
 
@@ -97,8 +113,9 @@ def test_update_is_the_diffusers_schedulers_step(case, prediction, monkeypatch):
     """Step by step, given the same network output (and, for Euler ancestral, the same noise),
     the chain's update equals the scheduler's `step`, which computes in float32."""
     sampler, config, options, steps = DIFFUSION_CASES[case]
-    chain, latent, cond = tiny_problem_parts(steps, sampler=sampler, options=options,
-                                             schedule={**config, "prediction_type": prediction})
+    chain, latent, cond = tiny_problem_parts(
+        steps, sampler=sampler, options=options, schedule={**config, "prediction_type": prediction}
+    )
     if chain.noise is not None:
         _ancestral_noise(monkeypatch, chain.noise)
     assert _steps_against_scheduler(chain, latent, cond, chain.diffusers_scheduler()) <= STEP_TOLERANCE
@@ -120,8 +137,9 @@ def test_multistep_samplers_use_earlier_pairs_where_their_schedulers_do():
     depth = lambda chain: [len(step.earlier) for step in chain.coefficients]  # noqa: E731
     assert depth(make_chain("dpmpp_2m", None, 5, DIGITS)) == [0, 1, 1, 1, 0]
     assert depth(make_chain("dpmpp_2m", None, 4, {**DIGITS, "final_sigmas_type": "sigma_min"})) == [0, 1, 1, 0]
-    assert depth(make_chain("dpmpp_2m", None, 4, {**DIGITS, "final_sigmas_type": "sigma_min",
-                                                  "lower_order_final": False})) == [0, 1, 1, 1]
+    assert depth(
+        make_chain("dpmpp_2m", None, 4, {**DIGITS, "final_sigmas_type": "sigma_min", "lower_order_final": False})
+    ) == [0, 1, 1, 1]
     assert depth(make_chain("unipc", None, 5, DIGITS)) == [0, 1, 2, 2, 2]
     chain = make_chain("dpmpp_2m", None, 5, DIGITS)
     assert chain.capabilities.order == 2 and not chain.capabilities.invertible
@@ -132,8 +150,11 @@ def test_multistep_samplers_use_earlier_pairs_where_their_schedulers_do():
 FLOW_CASES = {
     "static shift (sigma_0 = 1)": (FLOW_SCHEDULE, {}, 5),
     "dynamic shift": ({"num_train_timesteps": 1000, "use_dynamic_shifting": True}, {"mu": 0.8}, 5),
-    "pipeline sigmas": ({"num_train_timesteps": 1000, "use_dynamic_shifting": True},
-                        {"mu": 1.1, "sigmas": [1.0, 0.8, 0.6, 0.4, 0.2]}, 5),
+    "pipeline sigmas": (
+        {"num_train_timesteps": 1000, "use_dynamic_shifting": True},
+        {"mu": 1.1, "sigmas": [1.0, 0.8, 0.6, 0.4, 0.2]},
+        5,
+    ),
     "shift 1, no sigma = 1": ({"num_train_timesteps": 1000, "shift": 1.0, "shift_terminal": 0.05}, {}, 4),
 }
 
@@ -171,8 +192,10 @@ def test_flow_sde_update_is_flow_grpos_step(case, noise_level):
 
 
 def test_flow_sde_without_noise_is_flow_euler():
-    chain, ode = make_chain("flow_sde", None, 6, FLOW_SCHEDULE, options={"noise_level": 0.0}), make_chain(
-        "flow_euler", None, 6, FLOW_SCHEDULE)
+    chain, ode = (
+        make_chain("flow_sde", None, 6, FLOW_SCHEDULE, options={"noise_level": 0.0}),
+        make_chain("flow_euler", None, 6, FLOW_SCHEDULE),
+    )
     assert chain.coefficients == ode.coefficients and chain.deterministic and chain.capabilities.invertible
 
 
@@ -217,8 +240,9 @@ def test_flow_sde_keeps_the_odes_marginals_on_a_gaussian():
     sde, ode = make_chain("flow_sde", net, steps, schedule), make_chain("flow_euler", net, steps, schedule)
     sde.fix_noise(latent, generator)
     with torch.no_grad():
-        samples = {name: chain.sample(latent, torch.zeros(1), graph_from=None)
-                   for name, chain in (("sde", sde), ("ode", ode))}
+        samples = {
+            name: chain.sample(latent, torch.zeros(1), graph_from=None) for name, chain in (("sde", sde), ("ode", ode))
+        }
     n = latent.numel()
     se_mean, se_var = std / math.sqrt(n), std**2 * math.sqrt(2 / n)
     for name, x in samples.items():
@@ -273,8 +297,9 @@ def test_the_chain_samples_what_the_sd_pipeline_samples_with_that_scheduler(save
     sampler, options, added = PIPELINE_CASES[case]
     model = load_model(str(saved / prediction))
     pipeline = _pipeline(diffusers.StableDiffusionPipeline, saved / prediction)
-    pipeline.scheduler = getattr(diffusers, SAMPLERS[sampler].scheduler_class).from_config(pipeline.scheduler.config,
-                                                                                          **added)
+    pipeline.scheduler = getattr(diffusers, SAMPLERS[sampler].scheduler_class).from_config(
+        pipeline.scheduler.config, **added
+    )
     generator = torch.Generator().manual_seed(0)
     latents = model.latent_batch(2, generator)
     prompts = ["a photo of a cat", "a red dog"]
@@ -282,8 +307,15 @@ def test_the_chain_samples_what_the_sd_pipeline_samples_with_that_scheduler(save
     if not chain.deterministic:
         chain.fix_noise(latents, generator)
         _ancestral_noise(monkeypatch, chain.noise)
-    expected = pipeline(prompts, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=3.0,
-                        height=model.resolution, width=model.resolution).images
+    expected = pipeline(
+        prompts,
+        output_type="latent",
+        latents=latents,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        height=model.resolution,
+        width=model.resolution,
+    ).images
     with torch.no_grad():
         sample = chain.sample(latents, model.encode(prompts), graph_from=None)
     assert float((sample - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
@@ -300,8 +332,15 @@ def test_sdxl_samples_with_its_own_euler_scheduler_by_default(saved):
     assert type(pipeline.scheduler).__name__ == SAMPLERS["euler"].scheduler_class
     latents = model.latent_batch(2, torch.Generator().manual_seed(0))
     prompts = ["a photo of a cat", "a red dog"]
-    expected = pipeline(prompts, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=4.0,
-                        height=model.resolution, width=model.resolution).images
+    expected = pipeline(
+        prompts,
+        output_type="latent",
+        latents=latents,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        height=model.resolution,
+        width=model.resolution,
+    ).images
     with torch.no_grad():
         sample = model.make_chain(4, 4.0).sample(latents, model.encode(prompts), graph_from=None)
     assert float((sample - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
@@ -327,8 +366,15 @@ def test_flow_sde_samples_what_sd3s_pipeline_samples_with_flow_grpos_step(saved,
 
     monkeypatch.setattr(scheduler, "step", step)
     prompts = ["a photo of a cat", "a red dog"]
-    expected = pipeline(prompts, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=4.0,
-                        height=model.resolution, width=model.resolution).images
+    expected = pipeline(
+        prompts,
+        output_type="latent",
+        latents=latents,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        height=model.resolution,
+        width=model.resolution,
+    ).images
     with torch.no_grad():
         sample = chain.sample(latents, model.encode(prompts), graph_from=None)
     assert float((sample - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
@@ -399,8 +445,11 @@ def test_shortcut_is_autograd_with_all_but_the_chosen_steps_detached(sampler):
     assert relative_error(make_estimator("shortcut", at="last")(problem, loss).grads, terms[-1]) <= 1e-10
 
 
-@pytest.mark.parametrize("config", [DIGITS, {**DIGITS, "final_sigmas_type": "sigma_min", "lower_order_final": False}],
-                         ids=["last step first order", "last step second order"])
+@pytest.mark.parametrize(
+    "config",
+    [DIGITS, {**DIGITS, "final_sigmas_type": "sigma_min", "lower_order_final": False}],
+    ids=["last step first order", "last step second order"],
+)
 def test_dpmpp_2m_shortcut_by_hand_at_three_steps(config):
     """T = 3 written out from the coefficients: z_1 = a0 z0 + b0 o0; z_2 = a1 z1 + b1 o1 + e11 z0 + b11 o0;
     z_3 = a2 z2 + b2 o2 + e21 z1 + b21 o1. So dz3/dz0 = a2 (a1 a0 + e11) + e21 a0 and
@@ -435,8 +484,9 @@ def test_adjoint_converges_to_full_or_is_not_applicable(sampler, wrt):
     for steps in (8, 16, 32):
         problem = tiny_problem(wrt, steps=steps, perturb=0.0, sampler=sampler, batch=1)
         loss = smooth_loss()
-        errors.append(relative_error(make_estimator("adjoint")(problem, loss).grads,
-                                     make_estimator("full")(problem, loss).grads))
+        errors.append(
+            relative_error(make_estimator("adjoint")(problem, loss).grads, make_estimator("full")(problem, loss).grads)
+        )
     assert errors[0] > errors[1] > errors[2] and errors[2] <= 0.1, errors
 
 
@@ -487,13 +537,16 @@ def test_a_stochastic_chain_is_a_function_of_its_drawn_noise(sampler):
 
 
 # ----------------------------------------------------------------------------- refusals and capabilities
-@pytest.mark.parametrize("sampler, options, config, message", [
-    ("euler", {"s_churn": 0.5}, DIGITS, "euler s_churn must be 0"),
-    ("euler_ancestral", KARRAS, DIGITS, "unknown option 'use_karras_sigmas' for sampler 'euler_ancestral'"),
-    ("flow_sde", {"noise_level": -0.1}, FLOW_SCHEDULE, "flow_sde noise_level must be a finite number >= 0"),
-    ("flow_sde", {"eta": 0.5}, FLOW_SCHEDULE, "unknown option 'eta' for sampler 'flow_sde'"),
-    ("dpmpp_2m", {"use_karras_sigmas": "yes"}, DIGITS, "option 'use_karras_sigmas' of sampler 'dpmpp_2m'"),
-])
+@pytest.mark.parametrize(
+    "sampler, options, config, message",
+    [
+        ("euler", {"s_churn": 0.5}, DIGITS, "euler s_churn must be 0"),
+        ("euler_ancestral", KARRAS, DIGITS, "unknown option 'use_karras_sigmas' for sampler 'euler_ancestral'"),
+        ("flow_sde", {"noise_level": -0.1}, FLOW_SCHEDULE, "flow_sde noise_level must be a finite number >= 0"),
+        ("flow_sde", {"eta": 0.5}, FLOW_SCHEDULE, "unknown option 'eta' for sampler 'flow_sde'"),
+        ("dpmpp_2m", {"use_karras_sigmas": "yes"}, DIGITS, "option 'use_karras_sigmas' of sampler 'dpmpp_2m'"),
+    ],
+)
 def test_bad_options_are_refused_by_name(sampler, options, config, message):
     with pytest.raises(ValueError, match=message):
         capabilities(sampler, options, config)
@@ -501,19 +554,30 @@ def test_bad_options_are_refused_by_name(sampler, options, config, message):
         make_chain(sampler, None, 4, config, options=options)
 
 
-@pytest.mark.parametrize("sampler, config, message", [
-    ("ddim", {**DIGITS, "clip_sample": True}, "ddim refuses clip_sample=True: clipping the predicted sample is not"),
-    ("ddim", {**DIGITS, "thresholding": True}, "ddim refuses thresholding=True"),
-    ("dpmpp_2m", {**DIGITS, "thresholding": True}, "dpmpp_2m refuses thresholding"),
-    ("dpmpp_2m", {**DIGITS, "variance_type": "learned_range"}, "dpmpp_2m refuses variance_type"),
-    ("dpmpp_2m", {**DIGITS, "use_flow_sigmas": True}, "dpmpp_2m refuses use_flow_sigmas"),
-    ("unipc", {**DIGITS, "predict_x0": False}, "unipc refuses predict_x0"),
-    ("unipc", {**DIGITS, "thresholding": True}, "unipc refuses thresholding"),
-    ("unipc", {**DIGITS, "lower_order_final": False}, "unipc refuses a predictor of order 2 into sigma 0"),
-    ("euler", {**DIGITS, "prediction_type": "sample"}, "euler refuses prediction_type='sample' with a final sigma"),
-    ("euler_ancestral", {**DIGITS, "prediction_type": "sample"}, "euler_ancestral takes prediction_type epsilon or"),
-    ("euler", DIGITS | {"num_train_timesteps": 10}, "euler runs 1..10 steps"),
-])
+@pytest.mark.parametrize(
+    "sampler, config, message",
+    [
+        (
+            "ddim",
+            {**DIGITS, "clip_sample": True},
+            "ddim refuses clip_sample=True: clipping the predicted sample is not",
+        ),
+        ("ddim", {**DIGITS, "thresholding": True}, "ddim refuses thresholding=True"),
+        ("dpmpp_2m", {**DIGITS, "thresholding": True}, "dpmpp_2m refuses thresholding"),
+        ("dpmpp_2m", {**DIGITS, "variance_type": "learned_range"}, "dpmpp_2m refuses variance_type"),
+        ("dpmpp_2m", {**DIGITS, "use_flow_sigmas": True}, "dpmpp_2m refuses use_flow_sigmas"),
+        ("unipc", {**DIGITS, "predict_x0": False}, "unipc refuses predict_x0"),
+        ("unipc", {**DIGITS, "thresholding": True}, "unipc refuses thresholding"),
+        ("unipc", {**DIGITS, "lower_order_final": False}, "unipc refuses a predictor of order 2 into sigma 0"),
+        ("euler", {**DIGITS, "prediction_type": "sample"}, "euler refuses prediction_type='sample' with a final sigma"),
+        (
+            "euler_ancestral",
+            {**DIGITS, "prediction_type": "sample"},
+            "euler_ancestral takes prediction_type epsilon or",
+        ),
+        ("euler", DIGITS | {"num_train_timesteps": 10}, "euler runs 1..10 steps"),
+    ],
+)
 def test_configurations_the_samplers_cannot_follow_are_refused(sampler, config, message):
     steps = 11 if "runs 1.." in message else 4
     with pytest.raises(ValueError, match=message):
@@ -534,10 +598,16 @@ def test_capabilities_say_what_each_sampler_can_do():
     for sampler, options, config, (deterministic, order, invertible) in table:
         declared = capabilities(sampler, options, config)
         assert (declared.deterministic, declared.order, declared.invertible, declared.inversion) == (
-            deterministic, order, invertible, False), sampler
+            deterministic,
+            order,
+            invertible,
+            False,
+        ), sampler
         assert declared.max_steps == 1000
         built = make_chain(sampler, None, 5, config, options=options).capabilities
         assert (built.deterministic, built.order, built.invertible) == (deterministic, order, invertible), sampler
     reason = refusal("adjoint", ESTIMATORS["adjoint"].needs, "dpmpp_2m", capabilities("dpmpp_2m", None, DIGITS))
-    assert reason == ("adjoint needs a sampler whose state can be rebuilt from the next one; "
-                      "dpmpp_2m is deterministic, multistep (order 2)")
+    assert reason == (
+        "adjoint needs a sampler whose state can be rebuilt from the next one; "
+        "dpmpp_2m is deterministic, multistep (order 2)"
+    )

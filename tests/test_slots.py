@@ -44,14 +44,18 @@ print(json.dumps({"ended": time.time()}), flush=True)
 class Job:
     """One job process: `report` is its claim, read as soon as it is printed."""
 
-    def __init__(self, tmp_path: Path, env: dict, gate: Path, hold: float = 0.0, wanted: int = 1,
-                 timeout: float = 10.0):
+    def __init__(
+        self, tmp_path: Path, env: dict, gate: Path, hold: float = 0.0, wanted: int = 1, timeout: float = 10.0
+    ):
         unset = ("SLURM_", "CUDA_VISIBLE_DEVICES", "SDO_")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
         self.process = subprocess.Popen(
             [sys.executable, "-c", JOB, str(tmp_path / "locks"), str(gate), str(hold), str(wanted), str(timeout)],
-            cwd=ROOT, env={**inherited, "PYTHONPATH": str(ROOT), **env},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env={**inherited, "PYTHONPATH": str(ROOT), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self._report = None
 
@@ -145,8 +149,10 @@ def test_a_timeout_names_the_holders(tmp_path, jobs):
 
 @pytest.mark.parametrize(
     "env, visible",
-    [({"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "2,3"}, "2,3"),
-     ({"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "0,1"}, None)],
+    [
+        ({"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "2,3"}, "2,3"),
+        ({"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "0,1"}, None),
+    ],
 )
 def test_slurm_keeps_its_devices(tmp_path, jobs, env, visible):
     opened = tmp_path / "open"
@@ -178,9 +184,12 @@ def test_nothing_is_claimed_without_a_choice_of_devices(tmp_path, monkeypatch, g
 
 @pytest.mark.parametrize(
     "gpus_per_job, simulated, message",
-    [(-1, "4", "gpus_per_job must be an integer >= 0, got -1"), (True, "4", "got True"),
-     (5, "4", "gpus_per_job=5 asks for more GPUs than the 4 visible (0,1,2,3)"),
-     (1, "two", "SDO_SIMULATED_GPUS must be")],
+    [
+        (-1, "4", "gpus_per_job must be an integer >= 0, got -1"),
+        (True, "4", "got True"),
+        (5, "4", "gpus_per_job=5 asks for more GPUs than the 4 visible (0,1,2,3)"),
+        (1, "two", "SDO_SIMULATED_GPUS must be"),
+    ],
 )
 def test_bad_requests_are_named(tmp_path, monkeypatch, gpus_per_job, simulated, message):
     monkeypatch.setenv(slots.SIMULATED, simulated)
@@ -192,8 +201,14 @@ def test_bad_requests_are_named(tmp_path, monkeypatch, gpus_per_job, simulated, 
 
 @pytest.mark.parametrize(
     "listed, device, physical",
-    [(None, "cuda", "0"), (None, "cuda:2", "2"), ("3,5,6,7", "cuda:1", "5"), ("GPU-ab12, GPU-cd34", "cuda", "GPU-ab12"),
-     ("3", "cuda:1", None), ("3", "cpu", None)],
+    [
+        (None, "cuda", "0"),
+        (None, "cuda:2", "2"),
+        ("3,5,6,7", "cuda:1", "5"),
+        ("GPU-ab12, GPU-cd34", "cuda", "GPU-ab12"),
+        ("3", "cuda:1", None),
+        ("3", "cpu", None),
+    ],
 )
 def test_physical_device(monkeypatch, listed, device, physical):
     if listed is None:

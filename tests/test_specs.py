@@ -77,11 +77,17 @@ def test_defaults_are_stated_once():
     assert from_args(specs.RunSpec, args, seed=args.seed[0]) == spec
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("iters", 0, ["iters", "positive"]), ("precision", "fp8", ["precision", "fp16-autocast"]),
-    ("betas", (0.9, 1.5), ["betas", "[0, 1)"]), ("fallback_below", 2.0, ["fallback_below", "[-1, 1]"]),
-    ("seed", -1, ["seed", ">= 0"]), ("mem_mb", 0, ["mem_mb", "positive"]),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("iters", 0, ["iters", "positive"]),
+        ("precision", "fp8", ["precision", "fp16-autocast"]),
+        ("betas", (0.9, 1.5), ["betas", "[0, 1)"]),
+        ("fallback_below", 2.0, ["fallback_below", "[-1, 1]"]),
+        ("seed", -1, ["seed", ">= 0"]),
+        ("mem_mb", 0, ["mem_mb", "positive"]),
+    ],
+)
 def test_a_spec_refuses_a_bad_value_naming_it(field, value, words):
     with pytest.raises(specs.SettingError) as caught:
         specs.RunSpec(**{"method": "full", "steps": 3, "iters": 2, field: value})

@@ -10,9 +10,9 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+from conftest import directional_fd, run_settings, wavy
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
-from conftest import directional_fd, run_settings, wavy
 from safetensors.torch import save_file
 from tiny_pipelines import TINY_TEXT
 from tiny_pipelines import build_tiny_sd as build_tiny
@@ -20,10 +20,10 @@ from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from evals.images import inception_fid_folder
-from sdo.images import load_image_folder
 from evals.rewards.checks import check_differentiable
 from evals.rewards.clip import AestheticScore, ClipSimilarity, ClipStyle, clip_score
 from sdo import NotApplicable, Problem, make_estimator
+from sdo.images import load_image_folder
 from sdo.models.pipelines import character_tokenizer
 from sdo.models.stable_diffusion import StableDiffusion
 from sdo.tasks import TASKS
@@ -34,7 +34,6 @@ PROMPTS = ["a photo of a cat", "a red dog"]
 
 def brightness(images: torch.Tensor) -> torch.Tensor:
     return images.mean(dim=(1, 2, 3))
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,7 +75,11 @@ def test_lora_starts_as_the_base_model(model):
     trainable = [name for name, p in tuned.net.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     assert tuned.vae is model.vae and tuned.options["lora_rank"] == 2
-    x, t, cond = model.latent_batch(2, torch.Generator().manual_seed(0)), torch.tensor([500.0, 20.0]), model.encode(PROMPTS)
+    x, t, cond = (
+        model.latent_batch(2, torch.Generator().manual_seed(0)),
+        torch.tensor([500.0, 20.0]),
+        model.encode(PROMPTS),
+    )
     with torch.no_grad():
         assert torch.equal(tuned.net(x, t, cond), model.net(x, t, cond))
     assert all(p.requires_grad for p in model.with_lora(0).net.denoiser.parameters())
@@ -85,7 +88,11 @@ def test_lora_starts_as_the_base_model(model):
 def test_memory_levers_keep_the_outputs(tiny_dir, model):
     levered = StableDiffusion.load(tiny_dir, attention_slicing=True, vae_slicing=True, vae_tiling=True)
     assert levered.options["attention_slicing"] and levered.options["vae_slicing"] and levered.options["vae_tiling"]
-    x, t, cond = model.latent_batch(2, torch.Generator().manual_seed(1)), torch.tensor([900.0, 300.0]), model.encode(PROMPTS)
+    x, t, cond = (
+        model.latent_batch(2, torch.Generator().manual_seed(1)),
+        torch.tensor([900.0, 300.0]),
+        model.encode(PROMPTS),
+    )
     with torch.no_grad():
         torch.testing.assert_close(levered.net(x, t, cond), model.net(x, t, cond), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(levered.decode(x), model.decode(x), rtol=1e-5, atol=1e-5)
@@ -116,8 +123,11 @@ DDIM_CONFIGS = {  # a DDIMScheduler config's own values, each one the chain must
     "alpha one, offset 0": {"set_alpha_to_one": True, "steps_offset": 0},
     "trailing": {"timestep_spacing": "trailing"},
     "linspace": {"timestep_spacing": "linspace"},
-    "zero terminal SNR, v": {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
-                             "prediction_type": "v_prediction"},
+    "zero terminal SNR, v": {
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "trailing",
+        "prediction_type": "v_prediction",
+    },
     "legacy, amended by the pipeline": {"steps_offset": 0, "clip_sample": True},
 }
 
@@ -125,8 +135,14 @@ DDIM_CONFIGS = {  # a DDIMScheduler config's own values, each one the chain must
 def _ddim_pipeline(tmp_path, **values) -> Path:
     """The tiny SD pipeline saved with a DDIMScheduler of SD's betas and `values`."""
     pipeline = StableDiffusionPipeline.from_pretrained(build_tiny(tmp_path / "pndm"), local_files_only=True)
-    sd = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
-          "set_alpha_to_one": False, "steps_offset": 1}
+    sd = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
     pipeline.scheduler = DDIMScheduler(**{**sd, **values})
     pipeline.save_pretrained(tmp_path / "ddim")
     return tmp_path / "ddim"
@@ -140,8 +156,9 @@ def test_the_chain_honours_the_ddim_config_it_is_given(tmp_path, values):
     pipeline.set_progress_bar_config(disable=True)
     assert type(pipeline.scheduler) is DDIMScheduler
     latents = ours.latent_batch(2, torch.Generator().manual_seed(0))
-    expected = pipeline(PROMPTS, output_type="latent", latents=latents, num_inference_steps=4,
-                        guidance_scale=1.0).images
+    expected = pipeline(
+        PROMPTS, output_type="latent", latents=latents, num_inference_steps=4, guidance_scale=1.0
+    ).images
     with torch.no_grad():
         sample = ours.make_chain(4, 1.0).sample(latents, ours.encode(PROMPTS), graph_from=None)
     assert (sample - expected).abs().max() <= 1e-4
@@ -274,7 +291,13 @@ def images():
 
 def test_clip_rewards_are_differentiable(tmp_path, clip_dir, images):
     mlp = nn.Sequential(  # the LAION layout, narrower
-        nn.Linear(16, 32), nn.Dropout(), nn.Linear(32, 8), nn.Dropout(), nn.Linear(8, 4), nn.Dropout(), nn.Linear(4, 2),
+        nn.Linear(16, 32),
+        nn.Dropout(),
+        nn.Linear(32, 8),
+        nn.Dropout(),
+        nn.Linear(8, 4),
+        nn.Dropout(),
+        nn.Linear(4, 2),
         nn.Linear(2, 1),
     )
     save_file({f"layers.{key}": value for key, value in mlp.state_dict().items()}, tmp_path / "mlp.safetensors")
@@ -326,13 +349,43 @@ def test_sdo_run_on_stable_diffusion(tmp_path, tiny_dir, clip_dir):
     from evals.cli import main
 
     out = tmp_path / "run.json"
-    code = main([
-        "--threads", "1", "run", "--model", f"sd:{tiny_dir}", "--task", "latent", "--method", "shortcut", "--steps", "2",
-        "--iters", "1", "--batch", "2", "--reward", "clip", "--reward-option", f"clip_model={clip_dir}",
-        "--metric-option", f"clip_model={clip_dir}", "--task-option", "prompt=a photo of a cat", "--eval-every", "0",
-        "--model-option", "gradient_checkpointing=true", "--model-option", "vae_slicing=true", "--device", "cpu",
-        "--out", str(out),
-    ])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--model",
+            f"sd:{tiny_dir}",
+            "--task",
+            "latent",
+            "--method",
+            "shortcut",
+            "--steps",
+            "2",
+            "--iters",
+            "1",
+            "--batch",
+            "2",
+            "--reward",
+            "clip",
+            "--reward-option",
+            f"clip_model={clip_dir}",
+            "--metric-option",
+            f"clip_model={clip_dir}",
+            "--task-option",
+            "prompt=a photo of a cat",
+            "--eval-every",
+            "0",
+            "--model-option",
+            "gradient_checkpointing=true",
+            "--model-option",
+            "vae_slicing=true",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert record["model_options"]["gradient_checkpointing"] and record["model_options"]["resolution"] == 16
@@ -348,12 +401,43 @@ def test_sdo_run_finetunes_for_the_aesthetic_reward(tmp_path, tiny_dir, clip_dir
     head = tmp_path / "head.pth"
     torch.save(nn.Linear(16, 1).state_dict(), head)
     out = tmp_path / "finetune.json"
-    code = main([
-        "--threads", "1", "run", "--model", f"sd:{tiny_dir}", "--task", "finetune", "--method", "full", "--steps", "2",
-        "--iters", "1", "--batch", "2", "--reward", "aesthetic", "--reward-option", f"clip_model={clip_dir}",
-        "--reward-option", f"head={head}", "--metric-option", f"clip_model={clip_dir}", "--task-option", "eval_samples=2",
-        "--task-option", "monitor_samples=2", "--task-option", "lora_rank=2", "--device", "cpu", "--out", str(out),
-    ])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "run",
+            "--model",
+            f"sd:{tiny_dir}",
+            "--task",
+            "finetune",
+            "--method",
+            "full",
+            "--steps",
+            "2",
+            "--iters",
+            "1",
+            "--batch",
+            "2",
+            "--reward",
+            "aesthetic",
+            "--reward-option",
+            f"clip_model={clip_dir}",
+            "--reward-option",
+            f"head={head}",
+            "--metric-option",
+            f"clip_model={clip_dir}",
+            "--task-option",
+            "eval_samples=2",
+            "--task-option",
+            "monitor_samples=2",
+            "--task-option",
+            "lora_rank=2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     record = _record(out)
     assert code == 0 and record["status"] == "ok", record.get("reason")
     assert record["final"]["clip_score"] >= 0 and "diversity" in record["final"]  # against each sample's prompt
@@ -363,8 +447,23 @@ def test_missing_stable_diffusion_weights_fail_the_record(tmp_path):
     from evals.cli import main
 
     out = tmp_path / "missing.json"
-    flags = ["run", "--model", f"sd:{tmp_path / 'absent'}", "--method", "full", "--steps", "2", "--iters", "1",
-             "--reward", "clip", "--device", "cpu", "--out", str(out)]
+    flags = [
+        "run",
+        "--model",
+        f"sd:{tmp_path / 'absent'}",
+        "--method",
+        "full",
+        "--steps",
+        "2",
+        "--iters",
+        "1",
+        "--reward",
+        "clip",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(flags) == 1
     record = _record(out)
     assert record["status"] == "failed" and record["reason"].startswith("FileNotFoundError")
@@ -378,8 +477,27 @@ def test_sdo_bench_on_stable_diffusion(tmp_path, tiny_dir, clip_dir, wrt):
     from evals.cli import main
 
     out = tmp_path / "row.json"
-    flags = ["--threads", "1", "bench", "--model", f"sd:{tiny_dir}", "--wrt", wrt, "--method", "shortcut", "--steps", "2",
-             "--batch", "1", "--rounds", "1", "--device", "cpu", "--out", str(out)]
+    flags = [
+        "--threads",
+        "1",
+        "bench",
+        "--model",
+        f"sd:{tiny_dir}",
+        "--wrt",
+        wrt,
+        "--method",
+        "shortcut",
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--rounds",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     clip = ["--reward", "clip", "--reward-option", f"clip_model={clip_dir}"] if wrt == "weights" else []
     assert main(flags + clip) == 0
     row = _record(out)
@@ -401,8 +519,17 @@ def test_random_weights_bench_is_cost_only(tmp_path, tiny_dir, monkeypatch):
         return StableDiffusion.load(tiny_dir, device=device, **options)
 
     monkeypatch.setattr(StableDiffusion, "random", tiny_random)
-    spec = experiment.BenchSpec(wrt="weights", method="full", steps=2, batch=1, rounds=1, seed=3, model="random:sd1.5",
-                                model_options={"resolution": 32}, device="cpu")
+    spec = experiment.BenchSpec(
+        wrt="weights",
+        method="full",
+        steps=2,
+        batch=1,
+        rounds=1,
+        seed=3,
+        model="random:sd1.5",
+        model_options={"resolution": 32},
+        device="cpu",
+    )
     row = experiment.bench(spec)
     assert row["status"] == "ok" and row["cost_only"] is True and row["model_options"]["resolution"] == 32
     assert drawn == {"architecture": "sd1.5", "seed": 3, "resolution": 32} and row["config"]["lora_rank"] is None
@@ -428,13 +555,41 @@ def test_sdo_profile_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_di
 
     monkeypatch.setattr(StableDiffusion, "random", tiny_random)
     monkeypatch.setattr(Adjoint, "gradient", out_of_memory)
-    flags = ["--threads", "1", "profile", "--model", "random:sd1.5", "--model-option", "resolution=16", "--wrt", "latent", "weights",
-             "--steps", "2", "3", "--variant", "full=full", "--variant", "draft_1=truncated:tail=1", "--variant", "adjoint=adjoint",
-             "--batch", "1", "--rounds", "1", "--device", "cpu", "--out-dir", str(tmp_path)]
+    flags = [
+        "--threads",
+        "1",
+        "profile",
+        "--model",
+        "random:sd1.5",
+        "--model-option",
+        "resolution=16",
+        "--wrt",
+        "latent",
+        "weights",
+        "--steps",
+        "2",
+        "3",
+        "--variant",
+        "full=full",
+        "--variant",
+        "draft_1=truncated:tail=1",
+        "--variant",
+        "adjoint=adjoint",
+        "--batch",
+        "1",
+        "--rounds",
+        "1",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+    ]
     assert main(flags) == 1
     assert built == ["sd1.5"]
     rows = {(row["wrt"], row["steps"], row["variant"]): row for row in map(_record, tmp_path.rglob("*.json"))}
-    assert sorted(rows) == sorted((w, t, v) for w in ("latent", "weights") for t in (2, 3) for v in ("full", "draft_1", "adjoint"))
+    assert sorted(rows) == sorted(
+        (w, t, v) for w in ("latent", "weights") for t in (2, 3) for v in ("full", "draft_1", "adjoint")
+    )
     for (wrt, steps, variant), row in rows.items():
         if variant == "adjoint":
             assert row["status"] == "out_of_memory" and "Tried to allocate" in row["reason"]
@@ -444,10 +599,19 @@ def test_sdo_profile_builds_the_model_once_and_keeps_every_row(tmp_path, tiny_di
             continue
         assert row["status"] == "ok" and row["cost_only"] and row["peak_bytes"] > 0 and row["nfe_backward"] > 0
         assert row["config"]["options"] == ({"tail": 1} if variant == "draft_1" else {})
-        alone = experiment.bench(experiment.BenchSpec(
-            wrt=wrt, method=row["method"], options=row["config"]["options"], steps=steps, batch=1, rounds=1,
-            model="random:sd1.5", model_options={"resolution": 16}, device="cpu",
-        ))
+        alone = experiment.bench(
+            experiment.BenchSpec(
+                wrt=wrt,
+                method=row["method"],
+                options=row["config"]["options"],
+                steps=steps,
+                batch=1,
+                rounds=1,
+                model="random:sd1.5",
+                model_options={"resolution": 16},
+                device="cpu",
+            )
+        )
         assert alone["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-6)
         assert (alone["nfe_forward"], alone["nfe_backward"]) == (row["nfe_forward"], row["nfe_backward"])
     assert main(flags + ["--sweep"]) == 0
@@ -457,19 +621,31 @@ def test_a_profile_is_every_variant_at_every_parameter_type_and_t():
     from evals.bench import profile_rows
     from evals.specs import ProfileSpec
 
-    spec = ProfileSpec(model="random:sd1.5", variants=["full=full", "all=shortcut:at=\"all\""], wrt=["latent", "weights"],
-                       steps=[2, 5], out_dir=Path("rows"))
+    spec = ProfileSpec(
+        model="random:sd1.5",
+        variants=["full=full", 'all=shortcut:at="all"'],
+        wrt=["latent", "weights"],
+        steps=[2, 5],
+        out_dir=Path("rows"),
+    )
     rows = profile_rows(spec)
     assert [(r.wrt, r.steps, r.variant, r.method, r.options) for r in rows][:2] == [
-        ("latent", 2, "full", "full", {}), ("latent", 2, "all", "shortcut", {"at": "all"})]
-    assert len(rows) == 8 and all(r.model == "random:sd1.5" and r.out.parent.parent.parent == Path("rows") for r in rows)
+        ("latent", 2, "full", "full", {}),
+        ("latent", 2, "all", "shortcut", {"at": "all"}),
+    ]
+    assert len(rows) == 8 and all(
+        r.model == "random:sd1.5" and r.out.parent.parent.parent == Path("rows") for r in rows
+    )
 
 
-@pytest.mark.parametrize("error, status", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out_of_memory"),
-    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"), "out_of_memory"),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "failed"),
-])
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out_of_memory"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"), "out_of_memory"),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "failed"),
+    ],
+)
 def test_out_of_memory_is_a_status(error, status):
     from evals.outcomes import recorded_failures
 

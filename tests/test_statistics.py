@@ -17,17 +17,40 @@ KEY = {"model": "embedded", "task": "latent", "wrt": "latent", "chain": "T10"}
 OPTIONS = Options(target_fraction=0.9, resamples=2000)
 
 
-def _run(variant, seed, rewards, cost_per_iter, every=1, start_deviation=0.0, seconds_per_iter=None, key=KEY,
-         ran_chain=None, warmup_cost=0.0):
+def _run(
+    variant,
+    seed,
+    rewards,
+    cost_per_iter,
+    every=1,
+    start_deviation=0.0,
+    seconds_per_iter=None,
+    key=KEY,
+    ran_chain=None,
+    warmup_cost=0.0,
+):
     """A run's evaluation rows (every `every` iterations), its iteration rows (constant cost)
     and its summary row (the chain it ran and its warm-up)."""
     iters = (len(rewards) - 1) * every
-    evaluations = [{**key, "variant": variant, "seed": seed, "iter": i * every, "reward": r} for i, r in enumerate(rewards)]
+    evaluations = [
+        {**key, "variant": variant, "seed": seed, "iter": i * every, "reward": r} for i, r in enumerate(rewards)
+    ]
     seconds = cost_per_iter / 10 if seconds_per_iter is None else seconds_per_iter
-    iterations = [{**key, "variant": variant, "seed": seed, "iter": i, "cost": cost_per_iter, "seconds": seconds}
-                  for i in range(iters)]
-    run = {**key, "variant": variant, "seed": seed, "status": "ok", "start_deviation": start_deviation, "sampler": "ddim",
-           "ran_chain": ran_chain or key["chain"], "warmup_cost": warmup_cost, "warmup_seconds": warmup_cost / 10}
+    iterations = [
+        {**key, "variant": variant, "seed": seed, "iter": i, "cost": cost_per_iter, "seconds": seconds}
+        for i in range(iters)
+    ]
+    run = {
+        **key,
+        "variant": variant,
+        "seed": seed,
+        "status": "ok",
+        "start_deviation": start_deviation,
+        "sampler": "ddim",
+        "ran_chain": ran_chain or key["chain"],
+        "warmup_cost": warmup_cost,
+        "warmup_seconds": warmup_cost / 10,
+    }
     return evaluations, iterations, run
 
 
@@ -189,8 +212,13 @@ def test_the_guard_flags_reward_hacking():
     runs += [_run("honest", s, FULL, 3) for s in range(4)]
     per_run = _per_run(runs)
     distance = {"full": [0.95, 1.0, 1.05, 1.0], "shortcut": [2.0] * 4, "honest": [1.0, 1.02, 0.98, 1.0]}
-    summary = pd.DataFrame([{**KEY, "variant": v, "seed": s, "status": "ok", "final_nn_distance": d}
-                            for v, values in distance.items() for s, d in enumerate(values)])
+    summary = pd.DataFrame(
+        [
+            {**KEY, "variant": v, "seed": s, "status": "ok", "final_nn_distance": d}
+            for v, values in distance.items()
+            for s, d in enumerate(values)
+        ]
+    )
     guard = statistics.quality_guard(summary, per_run, "nn_distance", lower_is_better=True).set_index("variant")
     assert guard.loc["shortcut", "reward_hacked"] and not guard.loc["honest", "reward_hacked"]
     assert guard.loc["full", "guard_full_low"] < 1.0 < guard.loc["full", "guard_full_high"] < 2.0
@@ -230,7 +258,9 @@ def test_the_backward_weight_s_interval_is_carried_into_the_verdict(interval, ve
 
 def test_the_same_records_give_the_same_verdicts():
     ratios = [0.05, 0.06, 0.08, 0.1, 0.12, 0.2, 0.3, 0.4]
-    runs = [_run("full", s, FULL, 100) for s in range(8)] + [_run("shortcut", s, FULL, 100 * r) for s, r in enumerate(ratios)]
+    runs = [_run("full", s, FULL, 100) for s in range(8)] + [
+        _run("shortcut", s, FULL, 100 * r) for s, r in enumerate(ratios)
+    ]
     first, second = (statistics.verdicts(_per_run(runs), pd.DataFrame(), OPTIONS) for _ in range(2))
     pd.testing.assert_frame_equal(first, second)
 
@@ -241,8 +271,20 @@ def test_the_cost_unit_counts_graphs_and_the_loss():
     10 + 3 x 0.2 + 2 x 1.5 + 0.5 = 14.1 forward passes; without a measurement it is 10 + 2 x 2."""
     from evals.sweep import with_cost
 
-    rows = pd.DataFrame([{**KEY, "variant": "v", "seed": 0, "iter": 0, "nfe_forward": 10, "nfe_graph": 3,
-                          "nfe_backward": 2, "losses": 1}])
+    rows = pd.DataFrame(
+        [
+            {
+                **KEY,
+                "variant": "v",
+                "seed": 0,
+                "iter": 0,
+                "nfe_forward": 10,
+                "nfe_graph": 3,
+                "nfe_backward": 2,
+                "losses": 1,
+            }
+        ]
+    )
     weights = {("embedded", "latent"): {"w": 1.5, "low": 1.0, "high": 2.0, "graph": 1.2, "loss": 0.5}}
     costed = with_cost(rows, weights).iloc[0]
     assert costed["cost"] == pytest.approx(14.1)

@@ -43,8 +43,11 @@ def _task_method_model():
     params = []
     for i, method in enumerate(sorted(ESTIMATOR_FLAGS)):
         fast = (tasks[i % len(tasks)], models[i % len(models)])
-        params += [pytest.param(task, method, model, marks=[] if (task, model) == fast else [pytest.mark.slow])
-                   for task in tasks for model in models]
+        params += [
+            pytest.param(task, method, model, marks=[] if (task, model) == fast else [pytest.mark.slow])
+            for task in tasks
+            for model in models
+        ]
     return params
 
 
@@ -77,8 +80,19 @@ def test_custom_reward_and_metric_from_a_file(tmp_path):
         "def brightness(images):\n    return images.mean(dim=(1, 2, 3))\n\n"
         "def dark_pixels(images):\n    return (images < 0).float().mean(dim=(1, 2, 3))\n"
     )
-    record = _run(tmp_path, "--method", "full", "--reward", f"{module}:brightness", "--metric", f"{module}:dark_pixels",
-                  "--lr", "0.3", "--iters", "3")
+    record = _run(
+        tmp_path,
+        "--method",
+        "full",
+        "--reward",
+        f"{module}:brightness",
+        "--metric",
+        f"{module}:dark_pixels",
+        "--lr",
+        "0.3",
+        "--iters",
+        "3",
+    )
     assert record["status"] == "ok", record.get("reason")
     rewards = [row["reward"] for row in record["iterations"]]
     assert rewards[-1] > rewards[0]
@@ -124,8 +138,20 @@ def test_rewards_of_the_wrong_kind_are_refused_by_name(tmp_path):
 def test_a_diverging_run_keeps_its_iterations(tmp_path):
     module = tmp_path / "steep.py"
     module.write_text("def steep(images):\n    return 1e30 * images.mean(dim=(1, 2, 3)) ** 3\n")
-    record = _run(tmp_path, "--method", "full", "--reward", f"{module}:steep", "--lr", "1e30", "--iters", "4",
-                  "--reward-tolerance", "1", code=1)
+    record = _run(
+        tmp_path,
+        "--method",
+        "full",
+        "--reward",
+        f"{module}:steep",
+        "--lr",
+        "1e30",
+        "--iters",
+        "4",
+        "--reward-tolerance",
+        "1",
+        code=1,
+    )
     assert record["status"] == "diverged" and "non-finite" in record["reason"]
     assert 1 <= len(record["iterations"]) <= 4 and record["iterations"][0]["iter"] == 0
 
@@ -179,7 +205,9 @@ def test_metrics_known_answers():
 
 
 def test_a_failing_metric_keeps_the_run_as_a_row(tmp_path):
-    record = _run(tmp_path, "--method", "shortcut", "--metric-option", f"inception_weights={tmp_path / 'none.pth'}", code=1)
+    record = _run(
+        tmp_path, "--method", "shortcut", "--metric-option", f"inception_weights={tmp_path / 'none.pth'}", code=1
+    )
     assert record["status"] == "failed" and "Inception weights" in record["reason"]
     assert len(record["iterations"]) == 2
 

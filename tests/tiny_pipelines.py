@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
-    PNDMScheduler,
-    StableDiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -114,7 +114,7 @@ def _t5_encoder(seed: int) -> T5EncoderModel:
 
 
 def _finish(pipe, directory):
-    for name, component in pipe.components.items():
+    for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     pipe.set_progress_bar_config(disable=True)
@@ -275,17 +275,39 @@ def build_tiny_flux(directory, seed: int = 0, guidance_embeds: bool = True) -> F
 
 # ----------------------------------------------------------------------------- SD 1.x
 TINY_UNET = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
-    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=[32, 64],
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
 )
 TINY_VAE = dict(
-    sample_size=16, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=[16, 32],
-    down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8,
+    sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    block_out_channels=[16, 32],
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    norm_num_groups=8,
 )
 TINY_TEXT = dict(
-    vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=77, projection_dim=32, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+    vocab_size=1000,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    projection_dim=32,
+    bos_token_id=512,
+    eos_token_id=513,
+    pad_token_id=513,
 )
 
 
@@ -299,8 +321,13 @@ def build_tiny_sd(directory: Path, seed: int = 0, prediction_type: str = "epsilo
         text_encoder=CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
         tokenizer=character_tokenizer(),
         scheduler=PNDMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
-            set_alpha_to_one=False, prediction_type=prediction_type,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            skip_prk_steps=True,
+            steps_offset=1,
+            set_alpha_to_one=False,
+            prediction_type=prediction_type,
         ),
         safety_checker=None,
         feature_extractor=None,
@@ -314,9 +341,15 @@ def build_tiny_sd(directory: Path, seed: int = 0, prediction_type: str = "epsilo
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 TINY_PIXEL_UNET = dict(
-    sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=4, norm_num_groups=4,
+    sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=4,
+    norm_num_groups=4,
 )
 
 

@@ -20,8 +20,7 @@ from evals.analysis.kernels import HEADLINE_SEEDS, iqm, log_ratio_bounds, ratio_
 
 KEYS = ["model", "task", "wrt", "chain"]
 COST_UNITS = ("cost", "cost_w_low", "cost_w_high")  # w at its median, and at its interval's ends
-WARMUP = {"cost": "warmup_cost", "cost_w_low": "warmup_cost", "cost_w_high": "warmup_cost",
-          "seconds": "warmup_seconds"}
+WARMUP = {"cost": "warmup_cost", "cost_w_low": "warmup_cost", "cost_w_high": "warmup_cost", "seconds": "warmup_seconds"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,9 @@ class Options:
     start_tolerance: float = 0.2
 
 
-def _crossing(run: pd.DataFrame, iterations: pd.DataFrame, target: float,
-              units: tuple[str, ...]) -> tuple[bool, dict[str, float], float | None, str]:
+def _crossing(
+    run: pd.DataFrame, iterations: pd.DataFrame, target: float, units: tuple[str, ...]
+) -> tuple[bool, dict[str, float], float | None, str]:
     """(reached, spent, iteration, resolution) of one run: `spent` maps each unit to its
     cumulative sum through the iteration where the run reaches `target`, or through its last
     iteration when it never does."""
@@ -46,11 +46,19 @@ def _crossing(run: pd.DataFrame, iterations: pd.DataFrame, target: float,
     done = iterations.sort_values("iter")
     totals = {unit: done[unit].cumsum().to_numpy() for unit in units}
     gaps = np.diff(run["iter"].to_numpy())
-    resolution = ("each iteration" if len(gaps) == 0 or gaps.max() <= 1
-                  else f"interpolated between evaluations every {int(gaps.max())}")
+    resolution = (
+        "each iteration"
+        if len(gaps) == 0 or gaps.max() <= 1
+        else f"interpolated between evaluations every {int(gaps.max())}"
+    )
     at = run["reward"].to_numpy() >= target
     if not at.any() or not len(done):
-        return False, {unit: float(total[-1]) if len(total) else 0.0 for unit, total in totals.items()}, None, resolution
+        return (
+            False,
+            {unit: float(total[-1]) if len(total) else 0.0 for unit, total in totals.items()},
+            None,
+            resolution,
+        )
     first = int(np.argmax(at))
     if first == 0:
         return True, dict.fromkeys(units, 0.0), 0, resolution
@@ -66,8 +74,9 @@ def _same(frame: pd.DataFrame, key) -> pd.Series:
     return (frame[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)
 
 
-def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd.DataFrame, options: Options,
-                   full: str = "full") -> pd.DataFrame:
+def runs_to_target(
+    evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd.DataFrame, options: Options, full: str = "full"
+) -> pd.DataFrame:
     """One row per run: its target, whether and at what cost (every unit) it reached it, its
     whole budget, its warm-up, its start and final reward, the chain it ran, its start deviation,
     and whether its start is valid. `evaluations` has a row per run x held-out evaluation (KEYS,
@@ -88,24 +97,38 @@ def runs_to_target(evaluations: pd.DataFrame, iterations: pd.DataFrame, runs: pd
             start = float(run["reward"].iloc[0])
             gain = float(gains.get(seed, math.nan))
             target = min(start, float(ends["first"].get(seed, math.nan))) + options.target_fraction * gain
-            spent = iterations[_same(iterations, key) & (iterations["variant"] == variant) & (iterations["seed"] == seed)]
+            spent = iterations[
+                _same(iterations, key) & (iterations["variant"] == variant) & (iterations["seed"] == seed)
+            ]
             if gain > 0:
                 reached, costs, iteration, resolution = _crossing(run, spent, target, units)
             else:  # full did not run, or gained nothing, on this seed
                 reached, costs, iteration, resolution = False, dict.fromkeys(units, math.nan), None, "no target"
             info = ok[_same(ok, key) & (ok["variant"] == variant) & (ok["seed"] == seed)].iloc[0]
             deviation = float(info.get("start_deviation", 0.0) or 0.0)
-            rows.append({
-                **dict(zip(KEYS, key)), "variant": variant, "seed": seed, "target_gain": gain, "has_target": gain > 0,
-                "target": target, "start_reward": start, "final_reward": float(run["reward"].iloc[-1]),
-                "reached": reached, **costs, "iters": iteration,
-                **{f"budget_{unit}": float(spent[unit].sum()) for unit in units},
-                "warmup_cost": _number(info.get("warmup_cost")), "warmup_seconds": _number(info.get("warmup_seconds")),
-                "ran_chain": info.get("ran_chain", key[3]) if isinstance(info.get("ran_chain"), str) else key[3],
-                "sampler": info.get("sampler"),
-                "resolution": resolution, "start_deviation": deviation,
-                "valid_start": deviation <= options.start_tolerance,
-            })
+            rows.append(
+                {
+                    **dict(zip(KEYS, key)),
+                    "variant": variant,
+                    "seed": seed,
+                    "target_gain": gain,
+                    "has_target": gain > 0,
+                    "target": target,
+                    "start_reward": start,
+                    "final_reward": float(run["reward"].iloc[-1]),
+                    "reached": reached,
+                    **costs,
+                    "iters": iteration,
+                    **{f"budget_{unit}": float(spent[unit].sum()) for unit in units},
+                    "warmup_cost": _number(info.get("warmup_cost")),
+                    "warmup_seconds": _number(info.get("warmup_seconds")),
+                    "ran_chain": info.get("ran_chain", key[3]) if isinstance(info.get("ran_chain"), str) else key[3],
+                    "sampler": info.get("sampler"),
+                    "resolution": resolution,
+                    "start_deviation": deviation,
+                    "valid_start": deviation <= options.start_tolerance,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -124,8 +147,9 @@ def _resolution(runs: pd.DataFrame) -> str:
     return str(targeted.iloc[0]) if len(targeted) else "no target"
 
 
-def paired_bounds(method: pd.DataFrame, peer: pd.DataFrame, unit: str,
-                  warmup: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+def paired_bounds(
+    method: pd.DataFrame, peer: pd.DataFrame, unit: str, warmup: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Per paired seed with a target, the lowest and highest the log cost ratio method / peer
     can be, in `unit`, with each run's warm-up added where `warmup`, and the counts of each
     kind of pair."""
@@ -142,13 +166,20 @@ def paired_bounds(method: pd.DataFrame, peer: pd.DataFrame, unit: str,
         return spent, budget
 
     (ours, ours_budget), (theirs, theirs_budget) = costs(""), costs("_ref")
-    low, high, counts = log_ratio_bounds(ours, targeted["reached"].to_numpy(bool), ours_budget, theirs,
-                                         targeted["reached_ref"].to_numpy(bool), theirs_budget)
+    low, high, counts = log_ratio_bounds(
+        ours,
+        targeted["reached"].to_numpy(bool),
+        ours_budget,
+        theirs,
+        targeted["reached_ref"].to_numpy(bool),
+        theirs_budget,
+    )
     return low, high, {"paired": len(targeted), "no_target": len(pairs) - len(targeted), **counts}
 
 
-def paired_ratio(method: pd.DataFrame, peer: pd.DataFrame, unit: str, options: Options,
-                 warmup: bool = False) -> tuple[float, float, float, dict]:
+def paired_ratio(
+    method: pd.DataFrame, peer: pd.DataFrame, unit: str, options: Options, warmup: bool = False
+) -> tuple[float, float, float, dict]:
     """(estimate, lower, upper, counts) of the paired IQM ratio method / peer in `unit` (`cost`
     or `seconds`), warm-ups included where `warmup`. For `cost` the estimate is at the measured
     weight w and the interval is the union of the intervals at w and at both ends of w's
@@ -175,30 +206,46 @@ def cost_to_quality(per_run: pd.DataFrame, options: Options, full: str = "full")
         for variant, runs in group.groupby("variant"):
             reached = runs[runs["reached"]]
             row = {
-                **dict(zip(KEYS, key)), "variant": variant, "ran_chain": runs["ran_chain"].iloc[0],
-                "sampler": _sampler(runs), "runs": len(runs),
-                "reached": int(runs["reached"].sum()), "valid_start": bool(runs["valid_start"].all()),
+                **dict(zip(KEYS, key)),
+                "variant": variant,
+                "ran_chain": runs["ran_chain"].iloc[0],
+                "sampler": _sampler(runs),
+                "runs": len(runs),
+                "reached": int(runs["reached"].sum()),
+                "valid_start": bool(runs["valid_start"].all()),
                 "start_deviation": float(runs["start_deviation"].max()),
-                "target_gain": float(runs["target_gain"].mean()), "start_reward": float(runs["start_reward"].mean()),
-                "final_reward": float(runs["final_reward"].mean()), "resolution": _resolution(runs),
+                "target_gain": float(runs["target_gain"].mean()),
+                "start_reward": float(runs["start_reward"].mean()),
+                "final_reward": float(runs["final_reward"].mean()),
+                "resolution": _resolution(runs),
                 "cost_to_target": float(iqm(reached["cost"].to_numpy())) if len(reached) else math.nan,
-                "cost_to_target_with_warmup": (float(iqm((reached["cost"] + reached["warmup_cost"]).to_numpy()))
-                                               if len(reached) else math.nan),
+                "cost_to_target_with_warmup": (
+                    float(iqm((reached["cost"] + reached["warmup_cost"]).to_numpy())) if len(reached) else math.nan
+                ),
                 "seconds_to_target": float(iqm(reached["seconds"].to_numpy())) if len(reached) else math.nan,
-                "warmup_cost": float(runs["warmup_cost"].mean()), "warmup_seconds": float(runs["warmup_seconds"].mean()),
+                "warmup_cost": float(runs["warmup_cost"].mean()),
+                "warmup_seconds": float(runs["warmup_seconds"].mean()),
                 "iters_to_target": float(reached["iters"].median()) if len(reached) else math.nan,
             }
             for unit in ("cost", "seconds"):
                 estimate, lower, upper, counts = paired_ratio(runs, base, unit, options)
-                row.update({f"{unit}_vs_{full}": estimate, f"{unit}_vs_{full}_low": lower,
-                            f"{unit}_vs_{full}_high": upper})
+                row.update(
+                    {f"{unit}_vs_{full}": estimate, f"{unit}_vs_{full}_low": lower, f"{unit}_vs_{full}_high": upper}
+                )
             row.update(counts)
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subject: str = "shortcut",
-             full: str = "full", claim: float = 0.1, peers: list[str] | None = None) -> pd.DataFrame:
+def verdicts(
+    per_run: pd.DataFrame,
+    guard: pd.DataFrame,
+    options: Options,
+    subject: str = "shortcut",
+    full: str = "full",
+    claim: float = 0.1,
+    peers: list[str] | None = None,
+) -> pd.DataFrame:
     """One row per model x task x chain x peer (full, then each other variant) and claim: the
     `subject` variant's paired IQM cost ratio to the peer with its interval, in the load-free
     unit (`cost`) and in seconds, and the verdict on `ratio <= threshold` for the paper's
@@ -213,8 +260,9 @@ def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subje
         ours = group[group["variant"] == subject]
         if ours.empty:
             continue
-        others = sorted(v for v in group["variant"].unique() if v not in (subject, full)
-                        and (peers is None or v in peers))
+        others = sorted(
+            v for v in group["variant"].unique() if v not in (subject, full) and (peers is None or v in peers)
+        )
         for peer in [full, *others]:
             theirs = group[group["variant"] == peer]
             if theirs.empty:
@@ -225,28 +273,51 @@ def verdicts(per_run: pd.DataFrame, guard: pd.DataFrame, options: Options, subje
             estimate, lower, upper, counts = found["cost"]
             s_estimate, s_lower, s_upper, _ = found["seconds"]
             for threshold in dict.fromkeys([claim, 1.0]):
-                rows.append({
-                    **dict(zip(KEYS, key)), "sampler": _sampler(ours), "subject": subject, "peer": peer,
-                    "subject_chain": ours["ran_chain"].iloc[0], "peer_chain": theirs["ran_chain"].iloc[0],
-                    "warmup_counted": warmup,
-                    "claim": f"{subject} <= {threshold:g} x {peer}", "threshold": threshold, "unit": "cost",
-                    "ratio": estimate, "ratio_low": lower, "ratio_high": upper,
-                    "verdict": verdict(lower, upper, threshold, counts["paired"]) if valid else "invalid_start",
-                    "seconds_ratio": s_estimate, "seconds_ratio_low": s_lower, "seconds_ratio_high": s_upper,
-                    "seconds_verdict": verdict(s_lower, s_upper, threshold, counts["paired"]) if valid else "invalid_start",
-                    "scale": "headline" if counts["paired"] >= HEADLINE_SEEDS else f"smoke-scale ({counts['paired']} seeds)",
-                    "subject_reached": f"{int(ours['reached'].sum())}/{len(ours)}",
-                    "peer_reached": f"{int(theirs['reached'].sum())}/{len(theirs)}",
-                    **counts, "resolution": _resolution(ours),
-                })
+                rows.append(
+                    {
+                        **dict(zip(KEYS, key)),
+                        "sampler": _sampler(ours),
+                        "subject": subject,
+                        "peer": peer,
+                        "subject_chain": ours["ran_chain"].iloc[0],
+                        "peer_chain": theirs["ran_chain"].iloc[0],
+                        "warmup_counted": warmup,
+                        "claim": f"{subject} <= {threshold:g} x {peer}",
+                        "threshold": threshold,
+                        "unit": "cost",
+                        "ratio": estimate,
+                        "ratio_low": lower,
+                        "ratio_high": upper,
+                        "verdict": verdict(lower, upper, threshold, counts["paired"]) if valid else "invalid_start",
+                        "seconds_ratio": s_estimate,
+                        "seconds_ratio_low": s_lower,
+                        "seconds_ratio_high": s_upper,
+                        "seconds_verdict": verdict(s_lower, s_upper, threshold, counts["paired"])
+                        if valid
+                        else "invalid_start",
+                        "scale": "headline"
+                        if counts["paired"] >= HEADLINE_SEEDS
+                        else f"smoke-scale ({counts['paired']} seeds)",
+                        "subject_reached": f"{int(ours['reached'].sum())}/{len(ours)}",
+                        "peer_reached": f"{int(theirs['reached'].sum())}/{len(theirs)}",
+                        **counts,
+                        "resolution": _resolution(ours),
+                    }
+                )
     table = pd.DataFrame(rows)
     if len(table) and len(guard):
         table = table.merge(guard.rename(columns={"variant": "subject"}), on=[*KEYS, "subject"], how="left")
     return table
 
 
-def quality_guard(summary: pd.DataFrame, per_run: pd.DataFrame, metric: str, lower_is_better: bool,
-                  full: str = "full", level: float = 0.95) -> pd.DataFrame:
+def quality_guard(
+    summary: pd.DataFrame,
+    per_run: pd.DataFrame,
+    metric: str,
+    lower_is_better: bool,
+    full: str = "full",
+    level: float = 0.95,
+) -> pd.DataFrame:
     """Per model x task x chain x variant: the mean over seeds of the final `metric` (distance
     to real data, FID), full's Student-t interval of it, and `reward_hacked`: the variant
     reached the target on most seeds while its metric is worse than full's interval allows."""
@@ -268,7 +339,15 @@ def quality_guard(summary: pd.DataFrame, per_run: pd.DataFrame, metric: str, low
             mask = _same(per_run, key) & (per_run["variant"] == variant)
             reached = per_run.loc[mask, "reached"]
             worse = value > limit if lower_is_better else value < limit
-            rows.append({**dict(zip(KEYS, key)), "variant": variant, "guard_metric": metric, "guard_value": value,
-                         "guard_full_low": float(base.mean() - half), "guard_full_high": float(base.mean() + half),
-                         "reward_hacked": bool(worse and len(reached) and reached.mean() > 0.5)})
+            rows.append(
+                {
+                    **dict(zip(KEYS, key)),
+                    "variant": variant,
+                    "guard_metric": metric,
+                    "guard_value": value,
+                    "guard_full_low": float(base.mean() - half),
+                    "guard_full_high": float(base.mean() + half),
+                    "reward_hacked": bool(worse and len(reached) and reached.mean() > 0.5),
+                }
+            )
     return pd.DataFrame(rows)

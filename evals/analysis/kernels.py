@@ -29,8 +29,14 @@ def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
         return middle.mean(axis=axis)
 
 
-def log_ratio_bounds(ours: np.ndarray, ours_reached: np.ndarray, ours_budget: np.ndarray, theirs: np.ndarray,
-                     theirs_reached: np.ndarray, theirs_budget: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+def log_ratio_bounds(
+    ours: np.ndarray,
+    ours_reached: np.ndarray,
+    ours_budget: np.ndarray,
+    theirs: np.ndarray,
+    theirs_reached: np.ndarray,
+    theirs_budget: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Per paired seed: (low, high) of log(cost ours / cost theirs) and counts of each kind of
     pair. Both reached: the ratio itself. Ours censored: at least budget / theirs. Theirs
     censored: at most ours / their budget. Both censored: anything."""
@@ -51,8 +57,9 @@ def log_ratio_bounds(ours: np.ndarray, ours_reached: np.ndarray, ours_budget: np
     return low, high, counts
 
 
-def ratio_interval(low: np.ndarray, high: np.ndarray, confidence: float, resamples: int,
-                   seed: int) -> tuple[float, float, float]:
+def ratio_interval(
+    low: np.ndarray, high: np.ndarray, confidence: float, resamples: int, seed: int
+) -> tuple[float, float, float]:
     """(estimate, lower, upper) of the IQM cost ratio: the estimate from the pairs with a known
     ratio or a finite bound, the limits from a seeded paired bootstrap over seeds."""
     if len(low) == 0:

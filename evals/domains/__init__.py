@@ -6,13 +6,13 @@ registers itself; a model names its domain (`DiffusionModel.domain`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from evals.rewards import build_reward, is_callable_name
 from evals.plugins import load_callable
+from evals.rewards import build_reward, is_callable_name
 from evals.rewards.checks import per_sample
 from sdo.models.base import DiffusionModel
 from sdo.options import make_options

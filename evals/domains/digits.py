@@ -38,7 +38,9 @@ class DigitsContext:
 def context(model, device) -> DigitsContext:
     """The classifier beside the model's weights and the held-out digits."""
     directory = getattr(model, "directory", store.DEFAULT_DIR)
-    return DigitsContext(store.load("classifier", directory).to(device), load_split("held_out")[0], torch.device(device))
+    return DigitsContext(
+        store.load("classifier", directory).to(device), load_split("held_out")[0], torch.device(device)
+    )
 
 
 def _digits(prompts: list[str] | None) -> list[int] | None:
@@ -91,7 +93,9 @@ def setup(model, reward, context: DigitsContext, extra: dict, options: DigitsMet
             from evals.rewards.clip import clip_score
 
             if not Path(options.clip_model).is_dir():
-                raise FileNotFoundError(f"CLIP model directory {options.clip_model} not found; CLIP score needs local weights")
+                raise FileNotFoundError(
+                    f"CLIP model directory {options.clip_model} not found; CLIP score needs local weights"
+                )
             grey = samples.float().clamp(-1, 1).expand(-1, 3, -1, -1)
             summary["clip_score"] = clip_score(grey, [f"a handwritten digit {d}" for d in digits], options.clip_model)
         return summary
@@ -99,6 +103,13 @@ def setup(model, reward, context: DigitsContext, extra: dict, options: DigitsMet
     return monitor, summarize
 
 
-register_domain(Domain(
-    "digits", DigitsMetricOptions, context, setup, bench_reward=("classifier", {"target": 3}), guard=("nn_distance", True),
-))
+register_domain(
+    Domain(
+        "digits",
+        DigitsMetricOptions,
+        context,
+        setup,
+        bench_reward=("classifier", {"target": 3}),
+        guard=("nn_distance", True),
+    )
+)

@@ -74,7 +74,9 @@ def setup(model, reward, context: RgbContext, extra: dict, options: RgbMetricOpt
             index, texts = zip(*shown)
             summary["clip_score"] = clip_score(samples[list(index)], list(texts), options.clip_model)
         if options.reference_images and options.inception_weights:
-            summary["fid_inception"] = inception_fid_folder(samples, options.reference_images, options.inception_weights)
+            summary["fid_inception"] = inception_fid_folder(
+                samples, options.reference_images, options.inception_weights
+            )
         if hasattr(reward, "image_embeddings") and len(samples) > 1:
             summary["diversity"] = clip_diversity(reward, samples)
         for name, metric in extra.items():
@@ -85,6 +87,13 @@ def setup(model, reward, context: RgbContext, extra: dict, options: RgbMetricOpt
     return monitor, summarize
 
 
-register_domain(Domain(
-    "rgb", RgbMetricOptions, context, setup, bench_reward=("mean_square", {}), guard=("fid_inception", True),
-))
+register_domain(
+    Domain(
+        "rgb",
+        RgbMetricOptions,
+        context,
+        setup,
+        bench_reward=("mean_square", {}),
+        guard=("fid_inception", True),
+    )
+)

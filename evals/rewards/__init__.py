@@ -10,8 +10,8 @@ first checked for a working gradient (`checks.check_differentiable`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from evals.plugins import load_callable
 from evals.rewards.checks import Reward, per_sample

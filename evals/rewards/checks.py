@@ -4,7 +4,7 @@ is found by `evals.plugins.load_callable`)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +30,9 @@ def per_sample(reward: Reward) -> Reward:
             "images so that it is differentiable"
         )
         if not isinstance(value, torch.Tensor):
-            raise RewardShapeError(f"a reward must return {expected}; got a {type(value).__module__}.{type(value).__name__}")
+            raise RewardShapeError(
+                f"a reward must return {expected}; got a {type(value).__module__}.{type(value).__name__}"
+            )
         if value.shape not in ((len(images),), (len(images), 1)):
             raise RewardShapeError(f"a reward must return {expected}; got shape {tuple(value.shape)}")
         return value.reshape(len(images))
@@ -39,7 +41,12 @@ def per_sample(reward: Reward) -> Reward:
 
 
 def check_differentiable(
-    reward: Reward, images: torch.Tensor, directions: int = 3, step: float = 1e-5, tolerance: float = 1e-2, seed: int = 0
+    reward: Reward,
+    images: torch.Tensor,
+    directions: int = 3,
+    step: float = 1e-5,
+    tolerance: float = 1e-2,
+    seed: int = 0,
 ) -> float:
     """Compare autograd's directional derivatives of sum(reward) with central finite
     differences in float64 on random directions; return the worst relative error or raise
@@ -51,7 +58,9 @@ def check_differentiable(
     if not bool(torch.isfinite(scores).all()):
         raise NotDifferentiable(f"the reward returned non-finite scores on the probe images: {scores.tolist()}")
     if not scores.requires_grad:
-        raise NotDifferentiable("the reward's scores carry no graph: its gradient is blocked (no_grad, detach or a non-torch step)")
+        raise NotDifferentiable(
+            "the reward's scores carry no graph: its gradient is blocked (no_grad, detach or a non-torch step)"
+        )
     (grad,) = torch.autograd.grad(scores.sum(), images, allow_unused=True)
     grad = torch.zeros_like(images) if grad is None else grad
     if not bool(torch.isfinite(grad).all()):
@@ -69,7 +78,9 @@ def check_differentiable(
             error = abs(numeric - analytic) / scale
             worst = max(worst, error)
             if not error <= tolerance:
-                blocked = "autograd sees no gradient (a detach, or a clamp saturating everywhere) " if analytic == 0 else ""
+                blocked = (
+                    "autograd sees no gradient (a detach, or a clamp saturating everywhere) " if analytic == 0 else ""
+                )
                 raise NotDifferentiable(
                     f"the reward's gradient is wrong: {blocked}directional derivative {analytic:.4g} by autograd vs "
                     f"{numeric:.4g} by finite differences (relative error {error:.2g} > {tolerance})"

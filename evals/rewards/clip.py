@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPModel, CLIPProcessor
 
-from sdo.images import load_image
 from evals.rewards import register_reward
 from evals.rewards.base import ModelReward, gram
+from sdo.images import load_image
 
 CLIP_CONTENTS = (
     "a CLIP model directory (config.json, weights, tokenizer and preprocessor configuration, as CLIPModel and "
@@ -97,8 +97,12 @@ def aesthetic_head(path: str | Path) -> nn.Sequential:
     torch state dict: the improved predictor's MLP (keys `layers.{0,2,4,6,7}.weight/bias`,
     768-1024-128-64-16-1 with dropouts between and no activations, so in eval mode it is its
     linear layers in sequence) or the original single Linear(768, 1) (keys `weight`, `bias`)."""
-    path = _existing(path, "the LAION aesthetic predictor head's weights (.safetensors, or a torch state dict .pth/.pt)")
-    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    path = _existing(
+        path, "the LAION aesthetic predictor head's weights (.safetensors, or a torch state dict .pth/.pt)"
+    )
+    state = (
+        load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    )
     if set(state) == {"weight", "bias"}:
         state = {f"layers.0.{key}": value for key, value in state.items()}
     indices = sorted({int(key.split(".")[1]) for key in state if key.startswith("layers.")})
@@ -108,7 +112,9 @@ def aesthetic_head(path: str | Path) -> nn.Sequential:
             f"(weight, bias); keys {sorted(state)}"
         )
     head = nn.Sequential(*(nn.Linear(*state[f"layers.{i}.weight"].shape[::-1]) for i in indices))
-    head.load_state_dict({f"{n}.{p}": state[f"layers.{i}.{p}"] for n, i in enumerate(indices) for p in ("weight", "bias")})
+    head.load_state_dict(
+        {f"{n}.{p}": state[f"layers.{i}.{p}"] for n, i in enumerate(indices) for p in ("weight", "bias")}
+    )
     return head
 
 
@@ -121,7 +127,9 @@ class AestheticScore(_ClipReward):
         super().__init__(clip_dir, device, head=head)
         width = self.base["clip"].config.projection_dim
         if head[0].in_features != width:
-            raise ValueError(f"the aesthetic head takes {head[0].in_features}-d embeddings, the CLIP model gives {width}-d")
+            raise ValueError(
+                f"the aesthetic head takes {head[0].in_features}-d embeddings, the CLIP model gives {width}-d"
+            )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model_for(images)["head"](F.normalize(self.image_embeddings(images), dim=-1)).squeeze(-1)
@@ -147,7 +155,9 @@ class ClipStyle(_ClipReward):
 
     def gram(self, images: torch.Tensor) -> torch.Tensor:
         clip = self.model_for(images)["clip"]
-        hidden = clip.vision_model(pixel_values=self.pixels(images), output_hidden_states=True).hidden_states[self.layer]
+        hidden = clip.vision_model(pixel_values=self.pixels(images), output_hidden_states=True).hidden_states[
+            self.layer
+        ]
         return gram(hidden[:, 1:].transpose(1, 2))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -215,7 +225,9 @@ def _given(value: str, key: str, reward: str) -> str:
 @register_reward("clip", "rgb", ClipOptions)
 def clip_reward(context, options: ClipOptions):
     text = options.text or (context.model.prompts[0] if context.model.prompts else "")
-    return ClipSimilarity(_given(options.clip_model, "clip_model", "clip"), _given(text, "text", "clip"), context.device)
+    return ClipSimilarity(
+        _given(options.clip_model, "clip_model", "clip"), _given(text, "text", "clip"), context.device
+    )
 
 
 @register_reward("aesthetic", "rgb", AestheticOptions)

@@ -125,7 +125,12 @@ class PromptScore(ModelReward):
     against `text`."""
 
     def __init__(
-        self, clip: CLIPModel, tokenizer, preprocess: Preprocess, text: str, scaled: bool,
+        self,
+        clip: CLIPModel,
+        tokenizer,
+        preprocess: Preprocess,
+        text: str,
+        scaled: bool,
         device: torch.device | str = "cpu",
     ):
         self.base = clip.to(device).eval().requires_grad_(False)

@@ -31,7 +31,13 @@ from transformers.initialization import no_init_weights
 
 from evals.rewards import register_reward
 from evals.rewards.clip_towers import (
-    Preprocess, PromptScore, check_tokenizer, default_text, existing, load_tokenizer, required,
+    Preprocess,
+    PromptScore,
+    check_tokenizer,
+    default_text,
+    existing,
+    load_tokenizer,
+    required,
 )
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -46,8 +52,14 @@ ARCHITECTURES = {  # open_clip's model_configs/ViT-H-14.json
 VISION_DEFAULTS = {"image_size": 224, "layers": 12, "width": 768, "head_width": 64, "mlp_ratio": 4.0, "patch_size": 16}
 TEXT_DEFAULTS = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12, "mlp_ratio": 4.0}
 UNSUPPORTED = (  # open_clip options that change the network's layout; each must be off
-    "custom_text", "ls_init_value", "input_patchnorm", "global_average_pool", "attentional_pool", "timm_model_name",
-    "hf_model_name", "embed_cls",
+    "custom_text",
+    "ls_init_value",
+    "input_patchnorm",
+    "global_average_pool",
+    "attentional_pool",
+    "timm_model_name",
+    "hf_model_name",
+    "embed_cls",
 )
 CHECKPOINT_CONTENTS = (
     "the HPSv2 weights: HPS_v2_compressed.pt or HPS_v2.1_compressed.pt from huggingface.co/xswu/HPSv2 (an open_clip "
@@ -98,17 +110,29 @@ def clip_config(architecture: dict, tokenizer) -> CLIPConfig:
     activation = "quick_gelu" if architecture["quick_gelu"] else "gelu"
     return CLIPConfig(
         text_config=dict(
-            vocab_size=text["vocab_size"], hidden_size=text["width"],
-            intermediate_size=int(text["width"] * text["mlp_ratio"]), num_hidden_layers=text["layers"],
-            num_attention_heads=text["heads"], max_position_embeddings=text["context_length"], hidden_act=activation,
-            layer_norm_eps=1e-5, projection_dim=architecture["embed_dim"], bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=text["vocab_size"],
+            hidden_size=text["width"],
+            intermediate_size=int(text["width"] * text["mlp_ratio"]),
+            num_hidden_layers=text["layers"],
+            num_attention_heads=text["heads"],
+            max_position_embeddings=text["context_length"],
+            hidden_act=activation,
+            layer_norm_eps=1e-5,
+            projection_dim=architecture["embed_dim"],
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=vision["width"], intermediate_size=int(vision["width"] * vision["mlp_ratio"]),
-            num_hidden_layers=vision["layers"], num_attention_heads=vision["width"] // vision["head_width"],
-            image_size=vision["image_size"], patch_size=vision["patch_size"], hidden_act=activation,
-            layer_norm_eps=1e-5, projection_dim=architecture["embed_dim"],
+            hidden_size=vision["width"],
+            intermediate_size=int(vision["width"] * vision["mlp_ratio"]),
+            num_hidden_layers=vision["layers"],
+            num_attention_heads=vision["width"] // vision["head_width"],
+            image_size=vision["image_size"],
+            patch_size=vision["patch_size"],
+            hidden_act=activation,
+            layer_norm_eps=1e-5,
+            projection_dim=architecture["embed_dim"],
         ),
         projection_dim=architecture["embed_dim"],
     )
@@ -116,12 +140,17 @@ def clip_config(architecture: dict, tokenizer) -> CLIPConfig:
 
 def _blocks(prefix: str, target: str, layers: int) -> dict[str, str]:
     names = {
-        "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1",
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "attn.out_proj": "self_attn.out_proj",
+        "mlp.c_fc": "mlp.fc1",
         "mlp.c_proj": "mlp.fc2",
     }
     return {
         f"{prefix}.{i}.{source}.{p}": f"{target}.{i}.{name}.{p}"
-        for i in range(layers) for source, name in names.items() for p in ("weight", "bias")
+        for i in range(layers)
+        for source, name in names.items()
+        for p in ("weight", "bias")
     }
 
 
@@ -148,8 +177,10 @@ def from_open_clip(state: dict[str, torch.Tensor], architecture: dict) -> dict[s
     }
     transposed = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
     fused = {
-        **{f"visual.transformer.resblocks.{i}.attn": f"vision_model.encoder.layers.{i}.self_attn"
-           for i in range(vision_layers)},
+        **{
+            f"visual.transformer.resblocks.{i}.attn": f"vision_model.encoder.layers.{i}.self_attn"
+            for i in range(vision_layers)
+        },
         **{f"transformer.resblocks.{i}.attn": f"text_model.encoder.layers.{i}.self_attn" for i in range(text_layers)},
     }
     expected = {*renamed, *transposed, *(f"{k}.in_proj_{p}" for k in fused for p in ("weight", "bias"))}
@@ -195,7 +226,11 @@ class HpsV2(PromptScore):
     """HPSv2 (or v2.1, by its checkpoint) of images against prompts (or `text`)."""
 
     def __init__(
-        self, checkpoint: str | Path, text: str, tokenizer_dir: str | Path = "", architecture: str = "ViT-H-14",
+        self,
+        checkpoint: str | Path,
+        text: str,
+        tokenizer_dir: str | Path = "",
+        architecture: str = "ViT-H-14",
         device: torch.device | str = "cpu",
     ):
         checkpoint = existing(checkpoint, CHECKPOINT_CONTENTS)

@@ -31,7 +31,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
-    BatchEncoding, BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel,
+    BatchEncoding,
+    BertTokenizer,
+    BlipTextConfig,
+    BlipTextModel,
+    BlipVisionConfig,
+    BlipVisionModel,
 )
 from transformers.initialization import no_init_weights
 
@@ -52,27 +57,42 @@ TOKENIZER_CONTENTS = (
 VISION = "blip.visual_encoder."
 TEXT = "blip.text_encoder."
 HEAD = "mlp.layers."
-SKIPPED = {"blip.vision_proj.weight", "blip.vision_proj.bias", "blip.text_proj.weight", "blip.text_proj.bias",
-           f"{TEXT}embeddings.position_ids"}
+SKIPPED = {
+    "blip.vision_proj.weight",
+    "blip.vision_proj.bias",
+    "blip.text_proj.weight",
+    "blip.text_proj.bias",
+    f"{TEXT}embeddings.position_ids",
+}
 
 
 def vision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """BlipVisionModel's state dict from BLIP's ViT keys (prefix removed)."""
-    names = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
-             "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    names = {
+        "norm1": "layer_norm1",
+        "norm2": "layer_norm2",
+        "attn.qkv": "self_attn.qkv",
+        "attn.proj": "self_attn.projection",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
     mapped = {}
     for key, value in state.items():
         if key.startswith("blocks."):
-            index, rest = key[len("blocks."):].split(".", 1)
+            index, rest = key[len("blocks.") :].split(".", 1)
             module, parameter = rest.rsplit(".", 1)
             if module not in names:
                 raise ValueError(f"BLIP ViT key {key!r} has no place in BlipVisionModel")
             mapped[f"encoder.layers.{index}.{names[module]}.{parameter}"] = value
             continue
-        fixed = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
-                 "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
-                 "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
-                 "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"}
+        fixed = {
+            "cls_token": "embeddings.class_embedding",
+            "pos_embed": "embeddings.position_embedding",
+            "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+            "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+            "norm.weight": "post_layernorm.weight",
+            "norm.bias": "post_layernorm.bias",
+        }
         if key not in fixed:
             raise ValueError(f"BLIP ViT key {key!r} has no place in BlipVisionModel")
         mapped[fixed[key]] = value
@@ -87,8 +107,14 @@ def vision_config(state: dict[str, torch.Tensor], heads: int) -> BlipVisionConfi
     if width % heads:
         raise ValueError(f"vision_heads {heads} does not divide the ViT width {width}")
     return BlipVisionConfig(
-        hidden_size=width, intermediate_size=state["encoder.layers.0.mlp.fc1.weight"].shape[0], num_hidden_layers=depth,
-        num_attention_heads=heads, image_size=grid * patch, patch_size=patch, hidden_act="gelu", layer_norm_eps=1e-6,
+        hidden_size=width,
+        intermediate_size=state["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        image_size=grid * patch,
+        patch_size=patch,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
     )
 
 
@@ -100,11 +126,23 @@ def text_config(med_config: dict, encoder_width: int) -> BlipTextConfig:
     if med_config.get("position_embedding_type", "absolute") != "absolute":
         kind = med_config["position_embedding_type"]
         raise ValueError(f"position_embedding_type {kind!r} is not supported (absolute only)")
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "max_position_embeddings", "hidden_act", "layer_norm_eps", "pad_token_id")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "max_position_embeddings",
+        "hidden_act",
+        "layer_norm_eps",
+        "pad_token_id",
+    )
     return BlipTextConfig(
-        **{key: med_config[key] for key in keys}, encoder_hidden_size=encoder_width, is_decoder=True,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        **{key: med_config[key] for key in keys},
+        encoder_hidden_size=encoder_width,
+        is_decoder=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
@@ -119,7 +157,7 @@ def mlp_head(state: dict[str, torch.Tensor]) -> nn.Sequential:
 
 
 def _part(state: dict, prefix: str) -> dict:
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def load_image_reward(checkpoint: str | Path, med_config: str | Path, vision_heads: int = 16) -> nn.ModuleDict:
@@ -135,10 +173,12 @@ def load_image_reward(checkpoint: str | Path, med_config: str | Path, vision_hea
     text = {key: value for key, value in _part(state, TEXT).items() if f"{TEXT}{key}" not in SKIPPED}
     width = vision["embeddings.patch_embedding.weight"].shape[0]
     with no_init_weights():
-        networks = nn.ModuleDict({
-            "vision": BlipVisionModel(vision_config(vision, vision_heads)),
-            "text": BlipTextModel(text_config(med, width), add_pooling_layer=False),
-        })
+        networks = nn.ModuleDict(
+            {
+                "vision": BlipVisionModel(vision_config(vision, vision_heads)),
+                "text": BlipTextModel(text_config(med, width), add_pooling_layer=False),
+            }
+        )
     for name, weights in (("vision", vision), ("text", text)):
         try:
             networks[name].load_state_dict({key: value.float() for key, value in weights.items()}, strict=True)
@@ -153,8 +193,13 @@ class ImageReward(ModelReward):
     per image. Call with images (B, 3, H, W) in [-1, 1] and optionally `prompts` (one per image)."""
 
     def __init__(
-        self, checkpoint: str | Path, text: str, med_config: str | Path = "", tokenizer_dir: str | Path = "",
-        vision_heads: int = 16, device: torch.device | str = "cpu",
+        self,
+        checkpoint: str | Path,
+        text: str,
+        med_config: str | Path = "",
+        tokenizer_dir: str | Path = "",
+        vision_heads: int = 16,
+        device: torch.device | str = "cpu",
     ):
         checkpoint = existing(checkpoint, CHECKPOINT_CONTENTS)
         tokenizer_dir = tokenizer_dir or checkpoint.parent
@@ -183,7 +228,9 @@ class ImageReward(ModelReward):
         image_tokens = networks["vision"](pixel_values=self.pixels(images)).last_hidden_state
         tokens = self.tokens(texts).to(images.device)
         hidden = networks["text"](
-            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, encoder_hidden_states=image_tokens,
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            encoder_hidden_states=image_tokens,
             is_decoder=False,
         ).last_hidden_state
         return ((networks["head"](hidden[:, 0]) - MEAN) / STD).squeeze(-1)

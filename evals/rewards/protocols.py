@@ -199,9 +199,18 @@ class AestheticTarget(_PerIteration):
     (x + 1) / 2 clamped to [0, 1]."""
 
     def __init__(
-        self, clip_large: str | Path, clip_base: str | Path, head_large: str | Path, head_base: str | Path,
-        weights: tuple[float, float] = (0.5, 1.5), cutouts: int = 16, cut_power: float = 0.3,
-        target: float | None = 10.0, seed: int = 0, redraw: bool = True, device="cpu",
+        self,
+        clip_large: str | Path,
+        clip_base: str | Path,
+        head_large: str | Path,
+        head_base: str | Path,
+        weights: tuple[float, float] = (0.5, 1.5),
+        cutouts: int = 16,
+        cut_power: float = 0.3,
+        target: float | None = 10.0,
+        seed: int = 0,
+        redraw: bool = True,
+        device="cpu",
     ):
         heads = {
             "large": _laion_head(head_large, "ViT-L/14", "vit_l_14"),
@@ -285,7 +294,7 @@ class Augmentation:
     cut_cols: torch.Tensor
 
     @classmethod
-    def draw(cls, copies: int, side: int, seed: int) -> "Augmentation":
+    def draw(cls, copies: int, side: int, seed: int) -> Augmentation:
         """In the order and with the calls of the script's DiffAugment (torch for all but the
         resize ratio, which numpy draws)."""
         generator = torch.Generator().manual_seed(seed)
@@ -363,8 +372,16 @@ class ClipGuide(_PerIteration):
     iteration `alpha_from` and `alpha` from it on; images must be square."""
 
     def __init__(
-        self, clip_dir: str | Path, text: str, reference: str | Path, copies: int = 20, alpha: float = 0.5,
-        alpha_from: int = 150, seed: int = 0, redraw: bool = True, device="cpu",
+        self,
+        clip_dir: str | Path,
+        text: str,
+        reference: str | Path,
+        copies: int = 20,
+        alpha: float = 0.5,
+        alpha_from: int = 150,
+        seed: int = 0,
+        redraw: bool = True,
+        device="cpu",
     ):
         reference = reference_image(_file(reference, "the reference image (a file PIL can open)"))
         clip = load_clip(clip_dir, "openai/clip-vit-base-patch32 (OpenAI CLIP ViT-B/32)")
@@ -515,8 +532,13 @@ def aesthetic_target_reward(context, options: AestheticTargetOptions):
     keys = ("clip_large", "clip_base", "head_large", "head_base")
     paths = [_given(getattr(options, key), key, "aesthetic_target") for key in keys]
     return AestheticTarget(
-        *paths, weights=(options.weight_large, options.weight_base), cutouts=options.cutouts,
-        cut_power=options.cut_power, target=options.target, seed=options.seed, redraw=options.redraw,
+        *paths,
+        weights=(options.weight_large, options.weight_base),
+        cutouts=options.cutouts,
+        cut_power=options.cut_power,
+        target=options.target,
+        seed=options.seed,
+        redraw=options.redraw,
         device=context.device,
     )
 
@@ -525,7 +547,13 @@ def aesthetic_target_reward(context, options: AestheticTargetOptions):
 def clip_guide_reward(context, options: ClipGuideOptions):
     text = options.text or (context.model.prompts[0] if context.model.prompts else "")
     return ClipGuide(
-        _given(options.clip_model, "clip_model", "clip_guide"), _given(text, "text", "clip_guide"),
-        _given(options.image, "image", "clip_guide"), copies=options.copies, alpha=options.alpha,
-        alpha_from=options.alpha_from, seed=options.seed, redraw=options.redraw, device=context.device,
+        _given(options.clip_model, "clip_model", "clip_guide"),
+        _given(text, "text", "clip_guide"),
+        _given(options.image, "image", "clip_guide"),
+        copies=options.copies,
+        alpha=options.alpha,
+        alpha_from=options.alpha_from,
+        seed=options.seed,
+        redraw=options.redraw,
+        device=context.device,
     )

@@ -15,6 +15,13 @@ def make_estimator(name: str, **options) -> Estimator:
 
 
 __all__ = [
-    "ESTIMATORS", "PARAMETER_KINDS", "Estimate", "Estimator", "NotApplicable", "Problem", "fidelity", "make_estimator",
+    "ESTIMATORS",
+    "PARAMETER_KINDS",
+    "Estimate",
+    "Estimator",
+    "NotApplicable",
+    "Problem",
+    "fidelity",
+    "make_estimator",
     "register_estimator",
 ]

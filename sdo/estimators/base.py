@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -47,7 +48,7 @@ class Problem:
             return [conditioning.primary(self.cond)]
         return [p for p in self.chain.net.parameters() if p.requires_grad]
 
-    def subset(self, batch: int) -> "Problem":
+    def subset(self, batch: int) -> Problem:
         """The problem of the first `batch` samples (the chain's drawn noise sliced alike)."""
         chain = copy.copy(self.chain)
         if chain.noise is not None:

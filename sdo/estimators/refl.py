@@ -14,8 +14,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-import torch
-
 from sdo.estimators.base import Estimator, NotApplicable, backprop
 from sdo.estimators.registry import register_estimator
 

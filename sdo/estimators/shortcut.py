@@ -25,8 +25,8 @@ the pass, one step's graph at a time: O(1) autograd memory in T either way.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

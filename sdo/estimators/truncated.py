@@ -39,8 +39,8 @@ class Truncated(Estimator):
             raise ValueError(f"truncated tail={self.tail} exceeds the chain's {steps} steps")
         if problem.wrt == "latent" and (self.tail < steps or (self.randomize and steps > 1)):
             raise NotApplicable(
-                f"truncation (tail={self.tail}, randomize={self.randomize}, T={steps}) cannot reach the initial latent: "
-                "needs tail = T"
+                f"truncation (tail={self.tail}, randomize={self.randomize}, T={steps}) cannot reach the initial "
+                "latent: needs tail = T"
             )
         tail = self._rng.randint(1, self.tail) if self.randomize else self.tail
         return backprop_through_tail(problem, loss, graph_from=steps - tail, checkpoint=self.checkpoint)

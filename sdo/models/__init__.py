@@ -3,7 +3,13 @@ registers itself; importing this package imports the built-in ones."""
 
 from sdo.models import digits, digits_flow, flux, pixel, sd3, sdxl, stable_diffusion  # noqa: F401
 from sdo.models.registry import (
-    ARCHITECTURES, MODELS, check_model, load_model, planned_schedule, register_model, resolve,
+    ARCHITECTURES,
+    MODELS,
+    check_model,
+    load_model,
+    planned_schedule,
+    register_model,
+    resolve,
 )
 
 __all__ = ["ARCHITECTURES", "MODELS", "check_model", "load_model", "planned_schedule", "register_model", "resolve"]

@@ -89,11 +89,21 @@ _CLIP_TEXT = dict(  # what the CLIP text towers below share
     pad_token_id=1,
 )
 CLIP_L_TEXT = dict(  # openai/clip-vit-large-patch14 text tower (SDXL text_encoder, SD3 text_encoder, FLUX text_encoder)
-    _CLIP_TEXT, hidden_size=768, intermediate_size=3072, projection_dim=768, num_hidden_layers=12, num_attention_heads=12,
+    _CLIP_TEXT,
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
     hidden_act="quick_gelu",
 )
 CLIP_BIGG_TEXT = dict(  # laion/CLIP-ViT-bigG-14-laion2B-39B-b160k text tower (SDXL / SD3 text_encoder_2)
-    _CLIP_TEXT, hidden_size=1280, intermediate_size=5120, projection_dim=1280, num_hidden_layers=32, num_attention_heads=20,
+    _CLIP_TEXT,
+    hidden_size=1280,
+    intermediate_size=5120,
+    projection_dim=1280,
+    num_hidden_layers=32,
+    num_attention_heads=20,
     hidden_act="gelu",
 )
 T5_XXL_ENCODER = dict(  # google/t5-v1_1-xxl (SD3 text_encoder_3, FLUX text_encoder_2: T5EncoderModel)

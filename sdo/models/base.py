@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ class DiffusionModel(ABC):
         """Images from chain states, differentiably."""
 
     @abstractmethod
-    def with_lora(self, rank: int, seed: int = 0) -> "DiffusionModel":
+    def with_lora(self, rank: int, seed: int = 0) -> DiffusionModel:
         """A copy whose trainable weights are LoRA adapters of `rank`, their random half drawn
         from `seed` (0: every network weight)."""
 
@@ -109,8 +110,10 @@ class DiffusionModel(ABC):
         cls = SAMPLERS.lookup(sampler)
         if cls.process != self.process:
             fitting = sorted(name for name, other in SAMPLERS.items() if other.process == self.process)
-            raise ValueError(f"sampler {sampler!r} is for {cls.process} models; this is a {self.process} model: "
-                             f"use one of {', '.join(fitting)}")
+            raise ValueError(
+                f"sampler {sampler!r} is for {cls.process} models; this is a {self.process} model: "
+                f"use one of {', '.join(fitting)}"
+            )
 
     def make_chain(self, steps: int, cfg_scale: float = 1.0, sampler: str | None = None, **options) -> Chain:
         """The chain of `sampler` (None: `default_sampler()`) with T = `steps` over the model's
@@ -119,8 +122,16 @@ class DiffusionModel(ABC):
         sampler = sampler or self.default_sampler()
         self.check_sampler(sampler)
         null = self.null_cond() if cfg_scale != 1.0 else None
-        return make_chain(sampler, self.net, steps, self.scheduler_config, cfg_scale=cfg_scale, null_cond=null,
-                          options=options, schedule=self.schedule_for(steps))
+        return make_chain(
+            sampler,
+            self.net,
+            steps,
+            self.scheduler_config,
+            cfg_scale=cfg_scale,
+            null_cond=null,
+            options=options,
+            schedule=self.schedule_for(steps),
+        )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -133,8 +144,10 @@ class DiffusionModel(ABC):
         from sdo.images import load_image_folder, pick
 
         if not folder:
-            raise ValueError(f"init=invert needs real images for {self.options.get('model')!r}: give the task option "
-                             "init_images (a folder of images)")
+            raise ValueError(
+                f"init=invert needs real images for {self.options.get('model')!r}: give the task option "
+                "init_images (a folder of images)"
+            )
         return pick(load_image_folder(folder, size=self.image_size), count, seed)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,18 @@ class DigitClassifier(nn.Module):
         self.config = config
         c1, c2 = config["channels"]
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(c1, c1, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(c2, config["features"], 3, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c1, c1, 3, padding=1),
+            nn.SiLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.SiLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(c2, config["features"], 3, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(config["features"], NUM_CLASSES)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -49,7 +50,11 @@ class EmbeddedDigits(DiffusionModel):
 
     @classmethod
     def load(
-        cls, location: str | None = None, device: torch.device | str = "cpu", weights: str = "", dtype: torch.dtype = torch.float32
+        cls,
+        location: str | None = None,
+        device: torch.device | str = "cpu",
+        weights: str = "",
+        dtype: torch.dtype = torch.float32,
     ):
         """The committed (or retrained) network from the `weights` directory."""
         cls.check(location)
@@ -61,11 +66,15 @@ class EmbeddedDigits(DiffusionModel):
         """The source takes no location (the weights directory is an option); missing weights
         are not an error here (the workflow retrains them), present but unreadable ones are."""
         if location:
-            raise ValueError(f"model {cls.prefix!r} takes no location; give its weights directory as the option weights={location}")
+            raise ValueError(
+                f"model {cls.prefix!r} takes no location; give its weights directory as the option weights={location}"
+            )
         store.check(cls.kind, Path(weights) if weights else store.DEFAULT_DIR)
 
     @classmethod
-    def planned_schedule(cls, location: str | None, architecture: str | None = None, weights: str = "", **options) -> dict:
+    def planned_schedule(
+        cls, location: str | None, architecture: str | None = None, weights: str = "", **options
+    ) -> dict:
         from sdo.models.denoiser import DEFAULT_CONFIG, FLOW_CONFIG
 
         meta = (Path(weights) if weights else store.DEFAULT_DIR) / f"{cls.kind}.json"

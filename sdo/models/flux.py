@@ -17,11 +17,11 @@ Source: `flux:<directory or model id>`, a bare `FluxPipeline` directory, or `ran
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
-
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from torch import nn
@@ -51,7 +51,11 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
 def unpack(tokens: torch.Tensor, size: int) -> torch.Tensor:
     """(B, size/2 size/2, 4C) -> (B, C, size, size), the inverse of `pack`."""
     b, _, channels = tokens.shape
-    return tokens.view(b, size // 2, size // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, channels // 4, size, size)
+    return (
+        tokens.view(b, size // 2, size // 2, channels // 4, 2, 2)
+        .permute(0, 3, 1, 4, 2, 5)
+        .reshape(b, channels // 4, size, size)
+    )
 
 
 def image_ids(size: int) -> torch.Tensor:
@@ -74,10 +78,19 @@ class FluxVelocity(nn.Module):
         self.guidance = guidance if transformer.config.guidance_embeds else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        guidance = None if self.guidance is None else torch.full((len(x),), self.guidance, dtype=torch.float32, device=x.device)
+        guidance = (
+            None
+            if self.guidance is None
+            else torch.full((len(x),), self.guidance, dtype=torch.float32, device=x.device)
+        )
         return self.denoiser(
-            hidden_states=x, timestep=t / 1000, guidance=guidance, pooled_projections=cond["pooled"],
-            encoder_hidden_states=cond["embeddings"], txt_ids=self.txt_ids.to(x), img_ids=self.img_ids.to(x),
+            hidden_states=x,
+            timestep=t / 1000,
+            guidance=guidance,
+            pooled_projections=cond["pooled"],
+            encoder_hidden_states=cond["embeddings"],
+            txt_ids=self.txt_ids.to(x),
+            img_ids=self.img_ids.to(x),
         ).sample
 
 
@@ -90,15 +103,29 @@ class Flux(PipelineModel):
     pipelines: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("flux-dev", "flux-schnell")
     Options = FluxOptions
-    networks = {"transformer": FluxTransformer2DModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
-                "text_encoder_2": T5EncoderModel}
+    networks = {
+        "transformer": FluxTransformer2DModel,
+        "vae": AutoencoderKL,
+        "text_encoder": CLIPTextModel,
+        "text_encoder_2": T5EncoderModel,
+    }
     tokenizers = {"tokenizer": CLIPTokenizer, "tokenizer_2": T5Tokenizer}
     scheduler_class = FlowMatchEulerDiscreteScheduler
     denoiser: ClassVar[str] = "transformer"
     default_sample_size: ClassVar[int] = 128
     lora_targets: ClassVar[tuple[str, ...]] = (  # diffusers' DreamBooth LoRA script for FLUX
-        "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj",
-        "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+        "attn.to_k",
+        "attn.to_q",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
     )
 
     def __init__(self, parts, scheduler_config, options: FluxOptions, device="cpu", name="", pipeline_config=None):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import huggingface_hub.constants
 import torch
@@ -233,8 +234,15 @@ class PipelineModel(DiffusionModel):
     default_sample_size: ClassVar[int] = 64  # latent pixels, where the denoiser's config has none
     prompts = PROMPTS
 
-    def __init__(self, parts: dict, scheduler_config: dict, options: PipelineOptions, device="cpu", name: str = "",
-                 pipeline_config: dict | None = None):
+    def __init__(
+        self,
+        parts: dict,
+        scheduler_config: dict,
+        options: PipelineOptions,
+        device="cpu",
+        name: str = "",
+        pipeline_config: dict | None = None,
+    ):
         dtype = torch_dtype(options.dtype)
         for module in parts.values():
             if isinstance(module, nn.Module):
@@ -263,13 +271,15 @@ class PipelineModel(DiffusionModel):
         return config
 
     @classmethod
-    def planned_schedule(cls, location: str | None, architecture: str | None = None, allow_download: bool = False,
-                         **options) -> dict:
+    def planned_schedule(
+        cls, location: str | None, architecture: str | None = None, allow_download: bool = False, **options
+    ) -> dict:
         if architecture is not None:
             return cls.schedule(dict(ARCHITECTURES[architecture]["scheduler"]))
         try:
-            return cls.schedule(dict(cls.scheduler_class.load_config(location, subfolder="scheduler",
-                                                                     local_files_only=True)))
+            return cls.schedule(
+                dict(cls.scheduler_class.load_config(location, subfolder="scheduler", local_files_only=True))
+            )
         except (OSError, ValueError, TypeError):
             return {}
 
@@ -311,15 +321,21 @@ class PipelineModel(DiffusionModel):
         components = [*cls.networks, *cls.tokenizers, "scheduler"]
         try:
             index = DiffusionPipeline.load_config(source, **offline)
-            present = {name for name, value in index.items() if isinstance(value, (list, tuple)) and value[0] is not None}
+            present = {
+                name for name, value in index.items() if isinstance(value, (list, tuple)) and value[0] is not None
+            }
             parts = {
                 name: _from_pretrained(network, source, name, dtype, offline)
-                for name, network in cls.networks.items() if name in present or name not in cls.optional
+                for name, network in cls.networks.items()
+                if name in present or name not in cls.optional
             }
-            parts.update({
-                name: tokenizer.from_pretrained(source, subfolder=name, **offline)
-                for name, tokenizer in cls.tokenizers.items() if name in present or name not in cls.optional
-            })
+            parts.update(
+                {
+                    name: tokenizer.from_pretrained(source, subfolder=name, **offline)
+                    for name, tokenizer in cls.tokenizers.items()
+                    if name in present or name not in cls.optional
+                }
+            )
             schedule = cls.scheduler_class.load_config(source, subfolder="scheduler", **offline)
         except OSError as error:
             raise not_found(cls.family, source, components, error) from error
@@ -339,8 +355,14 @@ class PipelineModel(DiffusionModel):
             parts = {name: _build(network, config[name]) for name, network in cls.networks.items()}
         for name, tokenizer in cls.tokenizers.items():
             parts[name] = unigram_tokenizer() if issubclass(tokenizer, T5Tokenizer) else character_tokenizer()
-        return cls(parts, config["scheduler"], options, device=device, name=f"random:{architecture}",
-                   pipeline_config=config.get("pipeline"))
+        return cls(
+            parts,
+            config["scheduler"],
+            options,
+            device=device,
+            name=f"random:{architecture}",
+            pipeline_config=config.get("pipeline"),
+        )
 
     def with_lora(self, rank: int, seed: int = 0):
         """A copy sharing the frozen networks whose denoiser is a deep copy: with LoRA adapters
@@ -356,5 +378,7 @@ class PipelineModel(DiffusionModel):
         """Token ids of `prompts` padded to `max_length` (the tokenizer's own by default)."""
         tokenizer = self.parts[component]
         max_length = max_length or tokenizer.model_max_length
-        ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        ids = tokenizer(
+            list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
         return ids.input_ids.to(self.vae.device)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -100,12 +101,16 @@ def _check_unet(config, source: str) -> None:
     """ValueError for a UNet this backend cannot run: class-conditional, not 3 channels in and
     out (learned variances included)."""
     if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
-        raise ValueError(f"pixel model {source!r} is class-conditional (num_class_embeds, class_embed_type); "
-                         "the pixel backend takes unconditional UNets only")
+        raise ValueError(
+            f"pixel model {source!r} is class-conditional (num_class_embeds, class_embed_type); "
+            "the pixel backend takes unconditional UNets only"
+        )
     channels = (config.get("in_channels", 3), config.get("out_channels", 3))
     if channels != (3, 3):
-        raise ValueError(f"pixel model {source!r} has {channels[0]} input and {channels[1]} output channels; "
-                         "the pixel backend takes RGB images in and the same shape out (3 and 3)")
+        raise ValueError(
+            f"pixel model {source!r} has {channels[0]} input and {channels[1]} output channels; "
+            "the pixel backend takes RGB images in and the same shape out (3 and 3)"
+        )
 
 
 @register_model
@@ -130,8 +135,9 @@ class PixelUNet(DiffusionModel):
         self.state_shape = (unet.config.in_channels, height, width)
         clamps = [key for key in CLAMPS if scheduler_config.get(key)]
         if clamps:
-            log.info("pixel model %s: its scheduler's %s turned off (a clamp zeroes gradients)", name,
-                     ", ".join(clamps))
+            log.info(
+                "pixel model %s: its scheduler's %s turned off (a clamp zeroes gradients)", name, ", ".join(clamps)
+            )
         self.scheduler_config = {**scheduler_config, **{key: False for key in CLAMPS}}
         self.net = UnconditionalNet(unet, name)
         resolution = height if height == width else [height, width]
@@ -152,8 +158,9 @@ class PixelUNet(DiffusionModel):
         check_weights(cls.family, location, COMPONENTS, allow_download)
         name = pipeline_class(location)
         if name is not None and name not in cls.pipelines:
-            raise ValueError(f"pixel model {location!r} is a {name}; the pixel backend takes "
-                             f"{', '.join(cls.pipelines)}")
+            raise ValueError(
+                f"pixel model {location!r} is a {name}; the pixel backend takes {', '.join(cls.pipelines)}"
+            )
 
     @classmethod
     def load(cls, location: str | Path, device="cpu", **options):
@@ -176,16 +183,20 @@ class PixelUNet(DiffusionModel):
         """The model's chain (`DiffusionModel.make_chain`); classifier-free guidance is refused
         (the model is unconditional)."""
         if cfg_scale != 1.0:
-            raise ValueError(f"the pixel model {self.options['model']!r} is unconditional: classifier-free guidance "
-                             f"has nothing to mix; use cfg_scale 1, got {cfg_scale}")
+            raise ValueError(
+                f"the pixel model {self.options['model']!r} is unconditional: classifier-free guidance "
+                f"has nothing to mix; use cfg_scale 1, got {cfg_scale}"
+            )
         return super().make_chain(steps, cfg_scale, *args, **options)
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Zeros (B, 1), which the network ignores; only the null prompt "" is accepted."""
         for prompt in prompts:
             if prompt != NULL_PROMPT:
-                raise ValueError(f"the pixel model {self.options['model']!r} is unconditional: its only prompt is '' "
-                                 f"(none), got {prompt!r}")
+                raise ValueError(
+                    f"the pixel model {self.options['model']!r} is unconditional: its only prompt is '' "
+                    f"(none), got {prompt!r}"
+                )
         return torch.zeros(len(prompts), 1, device=self.device, dtype=self.dtype)
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:

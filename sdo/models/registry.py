@@ -64,8 +64,10 @@ def pipeline_class(location: str) -> str | None:
     except OSError:
         return None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{index} is not valid JSON ({error}): a diffusers model_index.json names the pipeline "
-                         "class and its components") from None
+        raise ValueError(
+            f"{index} is not valid JSON ({error}): a diffusers model_index.json names the pipeline "
+            "class and its components"
+        ) from None
     if not isinstance(index_json, dict) or "_class_name" not in index_json:
         raise ValueError(f"{index} names no pipeline class (_class_name): not a diffusers model_index.json")
     return index_json["_class_name"]
@@ -74,8 +76,10 @@ def pipeline_class(location: str) -> str | None:
 def known_sources() -> str:
     """The sources a user may name, from the registered families and architectures."""
     prefixes = ", ".join(f"{p}:<...>" for p in sorted(MODELS))
-    return (f"use one of {prefixes}, random:<architecture> ({', '.join(sorted(ARCHITECTURES))}), "
-            "or a diffusers directory or cached model id")
+    return (
+        f"use one of {prefixes}, random:<architecture> ({', '.join(sorted(ARCHITECTURES))}), "
+        "or a diffusers directory or cached model id"
+    )
 
 
 def resolve(source: str) -> Source:
@@ -87,8 +91,10 @@ def resolve(source: str) -> Source:
         return Source(ARCHITECTURES[rest], architecture=rest)
     if prefix in MODELS and (sep or prefix == source):
         if sep and not rest:
-            raise ValueError(f"model {source!r} names no location after the colon; give {prefix}:<directory or "
-                             f"model id>, or {prefix} alone where the family has a default")
+            raise ValueError(
+                f"model {source!r} names no location after the colon; give {prefix}:<directory or "
+                f"model id>, or {prefix} alone where the family has a default"
+            )
         return Source(MODELS[prefix], rest or None)
     name = pipeline_class(source)
     for cls in MODELS.values():
@@ -96,7 +102,9 @@ def resolve(source: str) -> Source:
             return Source(cls, source)
     if name is not None:
         raise ValueError(f"model {source!r} is a {name}, which no registered model takes; {known_sources()}")
-    raise ValueError(f"unknown model {source!r}: no directory or cached model id with a model_index.json; {known_sources()}")
+    raise ValueError(
+        f"unknown model {source!r}: no directory or cached model id with a model_index.json; {known_sources()}"
+    )
 
 
 def model_options(cls, options: dict | None) -> dict:

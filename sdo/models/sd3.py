@@ -16,8 +16,9 @@ Source: `sd3:<directory or model id>`, a bare `StableDiffusion3Pipeline` directo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,9 @@ def dynamic_shift(scheduler_config: dict, tokens: int) -> float:
     scheduler's resolved configuration, so the keys a configuration leaves out take
     FlowMatchEulerDiscreteScheduler's defaults (not the pipelines' fallbacks, which never apply)."""
     config = scheduler_from(FlowMatchEulerDiscreteScheduler, scheduler_config).config
-    return calculate_shift(tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
-                           config.max_shift)
+    return calculate_shift(
+        tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+    )
 
 
 class VelocityPrediction(nn.Module):
@@ -62,8 +64,9 @@ class VelocityPrediction(nn.Module):
         self.denoiser = transformer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        return self.denoiser(hidden_states=x, timestep=t, encoder_hidden_states=cond["embeddings"],
-                             pooled_projections=cond["pooled"]).sample
+        return self.denoiser(
+            hidden_states=x, timestep=t, encoder_hidden_states=cond["embeddings"], pooled_projections=cond["pooled"]
+        ).sample
 
 
 @register_model
@@ -76,16 +79,25 @@ class StableDiffusion3(PipelineModel):
     architectures: ClassVar[tuple[str, ...]] = ("sd3.5-medium",)
     Options = SD3Options
     networks = {
-        "transformer": SD3Transformer2DModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModelWithProjection,
-        "text_encoder_2": CLIPTextModelWithProjection, "text_encoder_3": T5EncoderModel,
+        "transformer": SD3Transformer2DModel,
+        "vae": AutoencoderKL,
+        "text_encoder": CLIPTextModelWithProjection,
+        "text_encoder_2": CLIPTextModelWithProjection,
+        "text_encoder_3": T5EncoderModel,
     }
     tokenizers = {"tokenizer": CLIPTokenizer, "tokenizer_2": CLIPTokenizer, "tokenizer_3": T5Tokenizer}
     optional: ClassVar[tuple[str, ...]] = ("text_encoder_3", "tokenizer_3")
     scheduler_class = FlowMatchEulerDiscreteScheduler
     denoiser: ClassVar[str] = "transformer"
     lora_targets: ClassVar[tuple[str, ...]] = (  # diffusers' DreamBooth LoRA script for SD3
-        "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
-        "attn.to_q", "attn.to_v",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "attn.to_k",
+        "attn.to_out.0",
+        "attn.to_q",
+        "attn.to_v",
     )
 
     def __init__(self, parts, scheduler_config, options: SD3Options, device="cpu", name="", pipeline_config=None):
@@ -110,8 +122,9 @@ class StableDiffusion3(PipelineModel):
     def encode(self, prompts: Sequence[str]) -> dict:
         clips, pooled = [], []
         for encoder, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-            out = self.parts[encoder](self.tokens(tokenizer, prompts, self.parts["tokenizer"].model_max_length),
-                                      output_hidden_states=True)
+            out = self.parts[encoder](
+                self.tokens(tokenizer, prompts, self.parts["tokenizer"].model_max_length), output_hidden_states=True
+            )
             clips.append(out.hidden_states[-2])
             pooled.append(out.text_embeds)
         clip = torch.cat(clips, dim=-1)
@@ -122,4 +135,3 @@ class StableDiffusion3(PipelineModel):
             t5 = torch.zeros(len(prompts), self.max_sequence_length, width, dtype=clip.dtype, device=clip.device)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # zero-padded to T5's width (cropped if wider)
         return {"embeddings": torch.cat([clip, t5], dim=-2), "pooled": torch.cat(pooled, dim=-1)}
-

@@ -19,7 +19,8 @@ Source: `sdxl:<directory or model id>`, a bare `StableDiffusionXLPipeline` direc
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -38,7 +39,9 @@ class StableDiffusionXL(StableDiffusion):
     pipelines: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     architectures: ClassVar[tuple[str, ...]] = ("sdxl",)
     networks = {
-        "unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+        "unet": UNet2DConditionModel,
+        "vae": AutoencoderKL,
+        "text_encoder": CLIPTextModel,
         "text_encoder_2": CLIPTextModelWithProjection,
     }
     tokenizers = {"tokenizer": CLIPTokenizer, "tokenizer_2": CLIPTokenizer}

@@ -11,7 +11,8 @@ Source: `sd:<directory or model id>`, a bare `StableDiffusionPipeline` directory
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -20,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdo.models.pipelines import PipelineModel
 from sdo.models.registry import register_model
+
 
 class NoisePrediction(nn.Module):
     """out(x, t, cond) of a text-conditional UNet, as it was trained to predict (noise, v or the

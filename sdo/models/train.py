@@ -57,7 +57,12 @@ OBJECTIVES = {"denoiser": (DEFAULT_CONFIG, _noised_ddpm), "flow_denoiser": (FLOW
 
 
 def train_denoiser(
-    steps: int = 2500, batch: int = 64, lr: float = 1e-3, label_dropout: float = 0.1, seed: int = 0, kind: str = "denoiser"
+    steps: int = 2500,
+    batch: int = 64,
+    lr: float = 1e-3,
+    label_dropout: float = 0.1,
+    seed: int = 0,
+    kind: str = "denoiser",
 ) -> DigitDenoiser:
     """The `kind` network (`denoiser`: noise prediction; `flow_denoiser`: rectified-flow
     velocity) trained on the train digits by mean squared error; labels dropped to the null
@@ -72,7 +77,9 @@ def train_denoiser(
     model = DigitDenoiser(config).train()
     noised = objective(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps)
+    lr_schedule = get_cosine_schedule_with_warmup(
+        optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps
+    )
     ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True)
     progress = tqdm(_batches(len(labels), batch, steps, generator), total=steps, desc=kind, mininterval=5)
     for index in progress:
@@ -92,7 +99,9 @@ def train_denoiser(
     return model.eval()
 
 
-def train_classifier(epochs: int = 60, batch: int = 64, lr: float = 2e-3, seed: int = 0) -> tuple[DigitClassifier, float]:
+def train_classifier(
+    epochs: int = 60, batch: int = 64, lr: float = 2e-3, seed: int = 0
+) -> tuple[DigitClassifier, float]:
     """Cross-entropy with random one-pixel shifts; returns the model and its held-out accuracy."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

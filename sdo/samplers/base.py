@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -180,8 +181,9 @@ class Chain:
         """What the sampler can do with `options` (its Options) on a schedule, known before any
         chain is built (the plan checks read it)."""
         steps = int(scheduler_config.get("num_train_timesteps", 1000))
-        return Capabilities(deterministic=True, order=cls.order, invertible=cls.order == 1, inversion=False,
-                            max_steps=steps)
+        return Capabilities(
+            deterministic=True, order=cls.order, invertible=cls.order == 1, inversion=False, max_steps=steps
+        )
 
     @property
     def capabilities(self) -> Capabilities:
@@ -189,7 +191,9 @@ class Chain:
         order = 1 + max(len(step.earlier) for step in self.coefficients)
         return dataclasses.replace(
             self.capabilities_for(self.options, self.scheduler_config),
-            deterministic=deterministic, order=order, invertible=deterministic and order == 1,
+            deterministic=deterministic,
+            order=order,
+            invertible=deterministic and order == 1,
         )
 
     @property
@@ -210,7 +214,7 @@ class Chain:
         """z_0 from a standard normal latent (differentiably)."""
         return latent if self.initial_scale == 1.0 else self.initial_scale * latent
 
-    def tail(self, start_step: int, past: tuple = ()) -> "Chain":
+    def tail(self, start_step: int, past: tuple = ()) -> Chain:
         """The chain of steps `start_step`..T-1 alone, its first state the parameter: the same
         network, guidance and drawn noise, the earlier pairs `past` (most recent first) held
         as constants, an initial scale of 1 and a meter of its own."""
@@ -260,7 +264,9 @@ class Chain:
         z_next = step.a * z + step.b * out
         if step.earlier:
             if len(earlier) < len(step.earlier):
-                raise RuntimeError(f"step {k} uses {len(step.earlier)} earlier states and predictions, got {len(earlier)}")
+                raise RuntimeError(
+                    f"step {k} uses {len(step.earlier)} earlier states and predictions, got {len(earlier)}"
+                )
             for (e, b), (z_j, out_j) in zip(step.earlier, earlier):
                 z_next = z_next + (e * z_j.to(z_next) if e else 0) + (b * out_j.to(z_next) if b else 0)
         if step.s:
@@ -306,7 +312,9 @@ class Chain:
                     out[k - j] += b * after
         return state[0], out
 
-    def sample(self, latent: torch.Tensor, cond: Cond, graph_from: int | None = 0, checkpoint: bool = False) -> torch.Tensor:
+    def sample(
+        self, latent: torch.Tensor, cond: Cond, graph_from: int | None = 0, checkpoint: bool = False
+    ) -> torch.Tensor:
         """Run every step from z_0 = start(latent). Steps before `graph_from` run without a
         graph (None: none keeps one); `checkpoint` recomputes each graph step's activations
         during backward (reentrant, so the embeddings and the earlier pairs go as arguments of
@@ -326,8 +334,14 @@ class Chain:
                 z = z.detach().requires_grad_()
             flat = [tensor for pair in earlier for tensor in pair]
             z_next, out = torch.utils.checkpoint.checkpoint(
-                self._checkpointed_step, z, conditioning.primary(cond), k, cond, *flat,
-                use_reentrant=True, preserve_rng_state=False,
+                self._checkpointed_step,
+                z,
+                conditioning.primary(cond),
+                k,
+                cond,
+                *flat,
+                use_reentrant=True,
+                preserve_rng_state=False,
             )
             earlier = ((z, out), *earlier)[: self.order - 1] if self.order > 1 else ()
             z = z_next

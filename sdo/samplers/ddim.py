@@ -36,7 +36,13 @@ from dataclasses import dataclass
 from diffusers import DDIMScheduler
 
 from sdo.samplers.base import (
-    Capabilities, Chain, Step, check_steps, refuse_settings, scheduler_from, vp_prediction,
+    Capabilities,
+    Chain,
+    Step,
+    check_steps,
+    refuse_settings,
+    scheduler_from,
+    vp_prediction,
 )
 from sdo.samplers.registry import register_sampler
 
@@ -66,8 +72,16 @@ class DDIM(Chain):
             if not 0 <= self.eta <= 1:
                 raise ValueError(f"ddim eta must lie in [0, 1], got {self.eta}")
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options: Options | None = None, schedule: dict | None = None):
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options: Options | None = None,
+        schedule: dict | None = None,
+    ):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
         why = "clipping the predicted sample is not affine, so no estimator's rule holds; sample without it"
         refuse_settings(self.name, self.scheduler_config, (("clip_sample", True, why), ("thresholding", True, why)))
@@ -88,8 +102,13 @@ class DDIM(Chain):
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
         deterministic = not (options and options.eta)
-        return Capabilities(deterministic=deterministic, order=1, invertible=deterministic, inversion=True,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=deterministic,
+            order=1,
+            invertible=deterministic,
+            inversion=True,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> DDIMScheduler:
         scheduler = scheduler_from(DDIMScheduler, self.scheduler_config)
@@ -100,9 +119,9 @@ class DDIM(Chain):
         """The first `steps` steps of DDIM inversion over this chain's T, as diffusers'
         `DDIMInverseScheduler.step` runs them: from a clean image's latent (at the inverse
         scheduler's `initial_alpha_cumprod`) up the levels of the reversed timesteps, each step
-        calling the network at the level it goes to, conditioned and without guidance. The states end at the level of inverse timestep
-        `steps` - 1, not at this chain's level at `steps`: the SDO authors' editing script
-        denoises from the latter all the same."""
+        calling the network at the level it goes to, conditioned and without guidance. The
+        states end at the level of inverse timestep `steps` - 1, not at this chain's level at
+        `steps`: the SDO authors' editing script denoises from the latter all the same."""
         from diffusers import DDIMInverseScheduler
 
         inverse = scheduler_from(DDIMInverseScheduler, self.scheduler_config)
@@ -117,8 +136,9 @@ class DDIM(Chain):
             # the network is called at the target level t on the source state
             (eps_z, eps_out), (x0_z, x0_out) = vp_prediction(prediction, math.sqrt(now), math.sqrt(1 - now))
             signal, direction = math.sqrt(after), math.sqrt(1 - after)
-            coefficients.append(Step(a=signal * x0_z + direction * eps_z, b=signal * x0_out + direction * eps_out,
-                                     p=x0_z, q=x0_out))
+            coefficients.append(
+                Step(a=signal * x0_z + direction * eps_z, b=signal * x0_out + direction * eps_out, p=x0_z, q=x0_out)
+            )
             levels.append((math.sqrt(now), math.sqrt(1 - now)))
             timesteps.append(t)
         levels.append((math.sqrt(after), math.sqrt(1 - after)))

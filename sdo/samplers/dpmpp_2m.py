@@ -39,7 +39,13 @@ import math
 from diffusers import DPMSolverMultistepScheduler
 
 from sdo.samplers.base import (
-    Capabilities, Chain, Step, check_steps, refuse_settings, scheduler_from, vp_prediction,
+    Capabilities,
+    Chain,
+    Step,
+    check_steps,
+    refuse_settings,
+    scheduler_from,
+    vp_prediction,
 )
 from sdo.samplers.euler import SPACINGS, SigmaSpacing, refuse_discarding, sigma_overrides
 from sdo.samplers.registry import register_sampler
@@ -54,8 +60,14 @@ def vp_levels(sigma: float) -> tuple[float, float]:
     return alpha, sigma * alpha
 
 
-def dpmpp_step(sigma: list[float], k: int, prediction_type: str, second_order: bool, solver_type: str,
-               earlier: tuple[float, float] = (0.0, 0.0)) -> Step:
+def dpmpp_step(
+    sigma: list[float],
+    k: int,
+    prediction_type: str,
+    second_order: bool,
+    solver_type: str,
+    earlier: tuple[float, float] = (0.0, 0.0),
+) -> Step:
     """Step k over the T + 1 sigmas; `earlier` is (p_{k-1}, q_{k-1}) for a second-order step."""
     (alpha_s, n_s), (alpha_t, n_t) = vp_levels(sigma[k]), vp_levels(sigma[k + 1])
     _, (p, q) = vp_prediction(prediction_type, alpha_s, n_s)
@@ -72,8 +84,13 @@ def dpmpp_step(sigma: list[float], k: int, prediction_type: str, second_order: b
     else:
         raise ValueError(f"dpmpp_2m solver_type must be midpoint or heun, got {solver_type!r}")
     p_before, q_before = earlier
-    return Step(a=n_t / n_s + (weight + slope) * p, b=(weight + slope) * q, p=p, q=q,
-                earlier=((-slope * p_before, -slope * q_before),))
+    return Step(
+        a=n_t / n_s + (weight + slope) * p,
+        b=(weight + slope) * q,
+        p=p,
+        q=q,
+        earlier=((-slope * p_before, -slope * q_before),),
+    )
 
 
 @register_sampler
@@ -85,15 +102,31 @@ class DPMSolverPlusPlus2M(Chain):
 
     Options = SigmaSpacing
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options: Options | None = None, schedule: dict | None = None):
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options: Options | None = None,
+        schedule: dict | None = None,
+    ):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        refuse_settings(self.name, self.scheduler_config, (
-            ("thresholding", True, "thresholding the predicted sample is not affine"),
-            ("variance_type", True, "the network's learned variance channels are not modelled"),
-            ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler")))
-        replaced = {key: self.scheduler_config[key] for key in SOLVER
-                    if key in self.scheduler_config and self.scheduler_config[key] != SOLVER[key]}
+        refuse_settings(
+            self.name,
+            self.scheduler_config,
+            (
+                ("thresholding", True, "thresholding the predicted sample is not affine"),
+                ("variance_type", True, "the network's learned variance channels are not modelled"),
+                ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler"),
+            ),
+        )
+        replaced = {
+            key: self.scheduler_config[key]
+            for key in SOLVER
+            if key in self.scheduler_config and self.scheduler_config[key] != SOLVER[key]
+        }
         if replaced:
             logger.warning("dpmpp_2m runs %s in place of the configuration's %s", SOLVER, replaced)
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
@@ -101,25 +134,33 @@ class DPMSolverPlusPlus2M(Chain):
         scheduler = self.diffusers_scheduler()
         config = scheduler.config
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError("dpmpp_2m takes prediction_type epsilon, v_prediction or sample, "
-                             f"got {config.prediction_type!r}")
+            raise ValueError(
+                f"dpmpp_2m takes prediction_type epsilon, v_prediction or sample, got {config.prediction_type!r}"
+            )
         sigma = [float(x) for x in scheduler.sigmas.double()]
-        final_first_order = config.euler_at_final or (config.lower_order_final and steps < 15) or (
-            config.final_sigmas_type == "zero")
+        final_first_order = (
+            config.euler_at_final or (config.lower_order_final and steps < 15) or (config.final_sigmas_type == "zero")
+        )
         coefficients = []
         for k in range(steps):
             second = k > 0 and not (k == steps - 1 and final_first_order)
             earlier = (coefficients[-1].p, coefficients[-1].q) if second else (0.0, 0.0)
             coefficients.append(dpmpp_step(sigma, k, config.prediction_type, second, config.solver_type, earlier))
         refuse_discarding(self.name, config.prediction_type, coefficients)
-        super().__init__(net, scheduler.timesteps.tolist(), coefficients, [vp_levels(x) for x in sigma], cfg_scale,
-                         null_cond)
+        super().__init__(
+            net, scheduler.timesteps.tolist(), coefficients, [vp_levels(x) for x in sigma], cfg_scale, null_cond
+        )
         self.sigmas = sigma
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
-        return Capabilities(deterministic=True, order=2, invertible=False, inversion=False,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=True,
+            order=2,
+            invertible=False,
+            inversion=False,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> DPMSolverMultistepScheduler:
         overrides = {**SOLVER, **sigma_overrides(self.options.use_karras_sigmas, (*SPACINGS[1:], "use_lu_lambdas"))}

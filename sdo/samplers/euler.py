@@ -73,8 +73,10 @@ def euler_step(p: float, q: float, sigma: float, after: float, s: float = 0.0) -
 
 def refuse_discarding(name: str, prediction_type: str, coefficients: list[Step]) -> None:
     if any(step.a == 0 for step in coefficients):
-        raise ValueError(f"{name} refuses prediction_type={prediction_type!r} with a final sigma of 0: its last step "
-                         "discards the state (a_k = 0); use final_sigmas_type='sigma_min' or another prediction type")
+        raise ValueError(
+            f"{name} refuses prediction_type={prediction_type!r} with a final sigma of 0: its last step "
+            "discards the state (a_k = 0); use final_sigmas_type='sigma_min' or another prediction type"
+        )
 
 
 @register_sampler
@@ -91,12 +93,22 @@ class Euler(Chain):
 
         def __post_init__(self):
             if self.s_churn != 0:
-                raise ValueError(f"euler s_churn must be 0, got {self.s_churn}: diffusers adds the churn noise after "
-                                 "the network call, so the predicted sample would carry it; use euler_ancestral or "
-                                 "ddim with eta > 0 for a stochastic sampler")
+                raise ValueError(
+                    f"euler s_churn must be 0, got {self.s_churn}: diffusers adds the churn noise after "
+                    "the network call, so the predicted sample would carry it; use euler_ancestral or "
+                    "ddim with eta > 0 for a stochastic sampler"
+                )
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options: Options | None = None, schedule: dict | None = None):
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options: Options | None = None,
+        schedule: dict | None = None,
+    ):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
@@ -107,17 +119,30 @@ class Euler(Chain):
         sigma = [float(x) for x in scheduler.sigmas.double()]
         coefficients = [euler_step(*ve_prediction(prediction, sigma[k]), sigma[k], sigma[k + 1]) for k in range(steps)]
         refuse_discarding(self.name, prediction, coefficients)
-        super().__init__(net, scheduler.timesteps.tolist(), coefficients, [(1.0, x) for x in sigma], cfg_scale,
-                         null_cond, initial_scale=float(scheduler.init_noise_sigma))
+        super().__init__(
+            net,
+            scheduler.timesteps.tolist(),
+            coefficients,
+            [(1.0, x) for x in sigma],
+            cfg_scale,
+            null_cond,
+            initial_scale=float(scheduler.init_noise_sigma),
+        )
         self.sigmas = sigma
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
-        return Capabilities(deterministic=True, order=1, invertible=True, inversion=False,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=True,
+            order=1,
+            invertible=True,
+            inversion=False,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> EulerDiscreteScheduler:
-        scheduler = scheduler_from(EulerDiscreteScheduler, self.scheduler_config,
-                                   **sigma_overrides(self.options.use_karras_sigmas))
+        scheduler = scheduler_from(
+            EulerDiscreteScheduler, self.scheduler_config, **sigma_overrides(self.options.use_karras_sigmas)
+        )
         scheduler.set_timesteps(self._steps)
         return scheduler

@@ -37,8 +37,16 @@ class EulerAncestral(Chain):
     scheduler_class = "EulerAncestralDiscreteScheduler"
     process = "diffusion"
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options=None, schedule: dict | None = None):
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options=None,
+        schedule: dict | None = None,
+    ):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
@@ -52,14 +60,26 @@ class EulerAncestral(Chain):
             up = math.sqrt(after**2 * (now**2 - after**2) / now**2)
             down = math.sqrt(after**2 - up**2)
             coefficients.append(euler_step(*ve_prediction(prediction, now), now, down, s=up))
-        super().__init__(net, scheduler.timesteps.tolist(), coefficients, [(1.0, x) for x in sigma], cfg_scale,
-                         null_cond, initial_scale=float(scheduler.init_noise_sigma))
+        super().__init__(
+            net,
+            scheduler.timesteps.tolist(),
+            coefficients,
+            [(1.0, x) for x in sigma],
+            cfg_scale,
+            null_cond,
+            initial_scale=float(scheduler.init_noise_sigma),
+        )
         self.sigmas = sigma
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
-        return Capabilities(deterministic=False, order=1, invertible=False, inversion=False,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=False,
+            order=1,
+            invertible=False,
+            inversion=False,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> EulerAncestralDiscreteScheduler:
         scheduler = scheduler_from(EulerAncestralDiscreteScheduler, self.scheduler_config)

@@ -56,9 +56,21 @@ class FlowMatchEuler(Chain):
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
     process = "flow"
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options=None, schedule: dict | None = None):
-        self.scheduler_config, self.options, self.schedule = dict(scheduler_config), options or self.Options(), schedule or {}
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options=None,
+        schedule: dict | None = None,
+    ):
+        self.scheduler_config, self.options, self.schedule = (
+            dict(scheduler_config),
+            options or self.Options(),
+            schedule or {},
+        )
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
         scheduler = self.diffusers_scheduler()
@@ -70,8 +82,13 @@ class FlowMatchEuler(Chain):
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
-        return Capabilities(deterministic=True, order=1, invertible=True, inversion=True,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=True,
+            order=1,
+            invertible=True,
+            inversion=True,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
         return flow_scheduler(self.scheduler_config, self._steps, self.schedule)
@@ -79,12 +96,16 @@ class FlowMatchEuler(Chain):
     def inversion(self, steps: int) -> Chain:
         """The first `steps` steps of the Euler step run backwards from a clean image: along the
         reversed sigmas 0 = sigma_T < sigma_{T-1} < ..., each step z' = z + (sigma' - sigma) v(z)
-        with the network called at the state it starts from, conditioned and without guidance. The states end at sigma_{T-steps},
-        not at this chain's sigma_steps (the SDO authors' editing script denoises from the
-        latter all the same)."""
+        with the network called at the state it starts from, conditioned and without guidance.
+        The states end at sigma_{T-steps}, not at this chain's sigma_steps (the SDO authors'
+        editing script denoises from the latter all the same)."""
         sigma, times = self.sigmas[::-1], [0.0, *self.timesteps[::-1]]
         coefficients = [Step(a=1.0, b=sigma[j + 1] - sigma[j], p=1.0, q=-sigma[j]) for j in range(steps)]
         levels = [(1 - x, x) for x in sigma[: steps + 1]]
         chain = Chain(self.net, times[:steps], coefficients, levels)  # inverted as conditioned, without guidance
-        chain.options, chain.scheduler_config, chain.name = self.options, self.scheduler_config, f"{self.name} inversion"
+        chain.options, chain.scheduler_config, chain.name = (
+            self.options,
+            self.scheduler_config,
+            f"{self.name} inversion",
+        )
         return chain

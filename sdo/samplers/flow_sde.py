@@ -47,8 +47,9 @@ def flow_sde_step(sigma: float, after: float, second: float, noise_level: float)
     """The step from `sigma` to `after`; `second` is the schedule's second sigma (used where sigma = 1)."""
     dt = after - sigma
     g2 = noise_level**2 * sigma / (1 - (second if sigma == 1 else sigma))
-    return Step(a=1 + g2 * dt / (2 * sigma), b=(1 + g2 * (1 - sigma) / (2 * sigma)) * dt, p=1.0, q=-sigma,
-                s=math.sqrt(g2 * -dt))
+    return Step(
+        a=1 + g2 * dt / (2 * sigma), b=(1 + g2 * (1 - sigma) / (2 * sigma)) * dt, p=1.0, q=-sigma, s=math.sqrt(g2 * -dt)
+    )
 
 
 @register_sampler
@@ -67,8 +68,16 @@ class FlowSDE(Chain):
             if not (math.isfinite(self.noise_level) and self.noise_level >= 0):
                 raise ValueError(f"flow_sde noise_level must be a finite number >= 0, got {self.noise_level}")
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options: Options | None = None, schedule: dict | None = None):
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options: Options | None = None,
+        schedule: dict | None = None,
+    ):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
         self.schedule = schedule or {}
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
@@ -76,19 +85,27 @@ class FlowSDE(Chain):
         scheduler = self.diffusers_scheduler()
         sigma = [float(x) for x in scheduler.sigmas.double()]
         if sigma[1] == 1:
-            raise ValueError("flow_sde needs the schedule's second sigma below 1 (the diffusion coefficient at "
-                             f"sigma = 1 takes it in place of sigma), got sigmas {sigma[:2]}")
+            raise ValueError(
+                "flow_sde needs the schedule's second sigma below 1 (the diffusion coefficient at "
+                f"sigma = 1 takes it in place of sigma), got sigmas {sigma[:2]}"
+            )
         noise = self.options.noise_level
         coefficients = [flow_sde_step(sigma[k], sigma[k + 1], sigma[1], noise) for k in range(steps)]
-        super().__init__(net, scheduler.timesteps.tolist(), coefficients, [(1 - x, x) for x in sigma], cfg_scale,
-                         null_cond)
+        super().__init__(
+            net, scheduler.timesteps.tolist(), coefficients, [(1 - x, x) for x in sigma], cfg_scale, null_cond
+        )
         self.sigmas = sigma
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
         deterministic = options is not None and options.noise_level == 0
-        return Capabilities(deterministic=deterministic, order=1, invertible=deterministic, inversion=False,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=deterministic,
+            order=1,
+            invertible=deterministic,
+            inversion=False,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
         return flow_scheduler(self.scheduler_config, self._steps, self.schedule)

@@ -36,7 +36,13 @@ import numpy as np
 from diffusers import UniPCMultistepScheduler
 
 from sdo.samplers.base import (
-    Capabilities, Chain, Step, check_steps, refuse_settings, scheduler_from, vp_prediction,
+    Capabilities,
+    Chain,
+    Step,
+    check_steps,
+    refuse_settings,
+    scheduler_from,
+    vp_prediction,
 )
 from sdo.samplers.dpmpp_2m import vp_levels
 from sdo.samplers.euler import SPACINGS, SigmaSpacing, refuse_discarding, sigma_overrides
@@ -54,8 +60,9 @@ def combine(*terms: tuple[float, Form]) -> Form:
     return total
 
 
-def unipc_weights(now: float, to: float, history: list[float], order: int, solver_type: str,
-                  corrector: bool) -> tuple[float, list[float], float]:
+def unipc_weights(
+    now: float, to: float, history: list[float], order: int, solver_type: str, corrector: bool
+) -> tuple[float, list[float], float]:
     """One UniP (or UniC) update from level `now` to `to` in data-prediction form:
     (the state's coefficient n_to / n_now, the coefficients of m_0, m_1, .., m_{order-1} (the data
     predictions at `now` and at the earlier levels `history`, most recent first), and for the
@@ -98,25 +105,40 @@ class UniPC(Chain):
 
     Options = SigmaSpacing
 
-    def __init__(self, net, steps: int, scheduler_config: dict, cfg_scale: float = 1.0, null_cond=None,
-                 options: Options | None = None, schedule: dict | None = None):
+    def __init__(
+        self,
+        net,
+        steps: int,
+        scheduler_config: dict,
+        cfg_scale: float = 1.0,
+        null_cond=None,
+        options: Options | None = None,
+        schedule: dict | None = None,
+    ):
         self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        refuse_settings(self.name, self.scheduler_config, (
-            ("thresholding", True, "thresholding the predicted sample is not affine"),
-            ("predict_x0", False, "only the data-prediction form is implemented"),
-            ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler")))
+        refuse_settings(
+            self.name,
+            self.scheduler_config,
+            (
+                ("thresholding", True, "thresholding the predicted sample is not affine"),
+                ("predict_x0", False, "only the data-prediction form is implemented"),
+                ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler"),
+            ),
+        )
         check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
         self._steps = steps
         scheduler = self.diffusers_scheduler()
         config = scheduler.config
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError("unipc takes prediction_type epsilon, v_prediction or sample, "
-                             f"got {config.prediction_type!r}")
+            raise ValueError(
+                f"unipc takes prediction_type epsilon, v_prediction or sample, got {config.prediction_type!r}"
+            )
         sigma = [float(x) for x in scheduler.sigmas.double()]
         coefficients, self.order = self._coefficients(sigma, config, steps), self.order_for(config, steps)
         refuse_discarding(self.name, config.prediction_type, coefficients)
-        super().__init__(net, scheduler.timesteps.tolist(), coefficients, [vp_levels(x) for x in sigma], cfg_scale,
-                         null_cond)
+        super().__init__(
+            net, scheduler.timesteps.tolist(), coefficients, [vp_levels(x) for x in sigma], cfg_scale, null_cond
+        )
         self.sigmas = sigma
 
     @staticmethod
@@ -136,8 +158,9 @@ class UniPC(Chain):
             corrected = {("z", k): 1.0}
             if k > 0 and k - 1 not in config.disable_corrector:
                 order = orders[-1]
-                keep, weights, new = unipc_weights(sigma[k - 1], sigma[k], sigma[k - 2 :: -1] if k > 1 else [], order,
-                                                   solver, corrector=True)
+                keep, weights, new = unipc_weights(
+                    sigma[k - 1], sigma[k], sigma[k - 2 :: -1] if k > 1 else [], order, solver, corrector=True
+                )
                 corrections = [(new, x0[k])] + [(w, x0[k - 1 - i]) for i, w in enumerate(weights)]
                 # zc_k = keep * zc_{k-1} + K_k, with zc_{k-1} = (z_k - P_{k-1}) / keep' (the predictor relation)
                 ratio = keep / predictor_keep
@@ -145,26 +168,38 @@ class UniPC(Chain):
             order = min(solver_order, steps - k) if config.lower_order_final else solver_order
             orders.append(min(order, k + 1))
             if sigma[k + 1] == 0 and orders[-1] > 1:
-                raise ValueError(f"unipc refuses a predictor of order {orders[-1]} into sigma 0 at step {k} (diffusers "
-                                 "divides by zero there): set lower_order_final or final_sigmas_type='sigma_min'")
-            predictor_keep, weights, _ = unipc_weights(sigma[k], sigma[k + 1], sigma[k - 1 :: -1] if k else [],
-                                                       orders[-1], solver, corrector=False)
+                raise ValueError(
+                    f"unipc refuses a predictor of order {orders[-1]} into sigma 0 at step {k} (diffusers "
+                    "divides by zero there): set lower_order_final or final_sigmas_type='sigma_min'"
+                )
+            predictor_keep, weights, _ = unipc_weights(
+                sigma[k], sigma[k + 1], sigma[k - 1 :: -1] if k else [], orders[-1], solver, corrector=False
+            )
             predictor_terms = combine(*[(w, x0[k - i]) for i, w in enumerate(weights)])
             update = combine((predictor_keep, corrected), (1.0, predictor_terms))
             depth = max(k - j for _, j in update)
-            earlier = tuple((update.get(("z", k - j), 0.0), update.get(("out", k - j), 0.0))
-                            for j in range(1, depth + 1))
+            earlier = tuple(
+                (update.get(("z", k - j), 0.0), update.get(("out", k - j), 0.0)) for j in range(1, depth + 1)
+            )
             coefficients.append(Step(a=update[("z", k)], b=update[("out", k)], p=p, q=q, earlier=earlier))
         return coefficients
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:
         order = int(scheduler_config.get("solver_order", 2)) + 1
-        return Capabilities(deterministic=True, order=order, invertible=False, inversion=False,
-                            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        return Capabilities(
+            deterministic=True,
+            order=order,
+            invertible=False,
+            inversion=False,
+            max_steps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
 
     def diffusers_scheduler(self) -> UniPCMultistepScheduler:
-        scheduler = scheduler_from(UniPCMultistepScheduler, self.scheduler_config,
-                                   **sigma_overrides(self.options.use_karras_sigmas, SPACINGS[1:]))
+        scheduler = scheduler_from(
+            UniPCMultistepScheduler,
+            self.scheduler_config,
+            **sigma_overrides(self.options.use_karras_sigmas, SPACINGS[1:]),
+        )
         scheduler.set_timesteps(self._steps)
         return scheduler

@@ -10,7 +10,16 @@ from sdo import conditioning
 from sdo.estimators import Estimator, NotApplicable, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, held_out, image_loss, optimise, reward_monitor,
+    Evaluator,
+    Monitor,
+    Reward,
+    Settings,
+    TaskResult,
+    checked_start,
+    held_out,
+    image_loss,
+    optimise,
+    reward_monitor,
 )
 from sdo.tasks.registry import null_prompt, refuse_partial_chain, register_task
 
@@ -32,7 +41,11 @@ class ConditioningOptions:
 
 @register_task("conditioning", wrt="cond", options=ConditioningOptions)
 def optimise_conditioning(
-    model: DiffusionModel, reward: Reward, estimator: Estimator, settings: Settings, options: ConditioningOptions,
+    model: DiffusionModel,
+    reward: Reward,
+    estimator: Estimator,
+    settings: Settings,
+    options: ConditioningOptions,
     monitor: Monitor | None = None,
 ) -> TaskResult:
     """Adam on the prompt embeddings of one conditioning shared by the batch (as in textual
@@ -67,8 +80,16 @@ def optimise_conditioning(
         settings.iters,
     )
     trace = optimise(
-        estimator, problem_at, [embeddings], image_loss(model, reward), optimizer, settings.iters, evaluate=evaluate,
-        audit=settings.audit, budget_bytes=settings.budget_bytes, precision=settings.precision,
+        estimator,
+        problem_at,
+        [embeddings],
+        image_loss(model, reward),
+        optimizer,
+        settings.iters,
+        evaluate=evaluate,
+        audit=settings.audit,
+        budget_bytes=settings.budget_bytes,
+        precision=settings.precision,
         on_iteration=getattr(reward, "at_iteration", None),
     )
     with torch.no_grad():

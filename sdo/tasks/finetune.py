@@ -10,7 +10,16 @@ from sdo import conditioning
 from sdo.estimators import Estimator, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, held_out, image_loss, optimise, reward_monitor,
+    Evaluator,
+    Monitor,
+    Reward,
+    Settings,
+    TaskResult,
+    checked_start,
+    held_out,
+    image_loss,
+    optimise,
+    reward_monitor,
 )
 from sdo.tasks.registry import refuse_partial_chain, register_task
 
@@ -33,7 +42,11 @@ class FinetuneOptions:
 
 @register_task("finetune", wrt="weights", options=FinetuneOptions)
 def finetune(
-    model: DiffusionModel, reward: Reward, estimator: Estimator, settings: Settings, options: FinetuneOptions,
+    model: DiffusionModel,
+    reward: Reward,
+    estimator: Estimator,
+    settings: Settings,
+    options: FinetuneOptions,
     monitor: Monitor | None = None,
 ) -> TaskResult:
     """AdamW on the trainable weights of `model.with_lora(lora_rank, settings.seed)`; each
@@ -75,8 +88,16 @@ def finetune(
         settings.iters,
     )
     trace = optimise(
-        estimator, problem_at, params, image_loss(tuned, reward), optimizer, settings.iters, evaluate=evaluate,
-        audit=settings.audit, budget_bytes=settings.budget_bytes, precision=settings.precision,
+        estimator,
+        problem_at,
+        params,
+        image_loss(tuned, reward),
+        optimizer,
+        settings.iters,
+        evaluate=evaluate,
+        audit=settings.audit,
+        budget_bytes=settings.budget_bytes,
+        precision=settings.precision,
         on_iteration=getattr(reward, "at_iteration", None),
     )
     with torch.no_grad():

@@ -21,7 +21,15 @@ import torch
 from sdo.estimators import Estimator, Problem
 from sdo.models.base import DiffusionModel
 from sdo.tasks.loop import (
-    Evaluator, Monitor, Reward, Settings, TaskResult, checked_start, image_loss, optimise, reward_monitor,
+    Evaluator,
+    Monitor,
+    Reward,
+    Settings,
+    TaskResult,
+    checked_start,
+    image_loss,
+    optimise,
+    reward_monitor,
 )
 from sdo.tasks.registry import null_prompt, register_task
 from sdo.timing import timed
@@ -79,15 +87,21 @@ def starting_state(model: DiffusionModel, chain, cond, noise: torch.Tensor, opti
 
     seconds, state = timed(invert, device)
     warmup = {
-        "warmup_nfe_forward": inversion.meter.forward, "warmup_seconds": seconds,
-        "inverted_to_timestep": float(inversion.timesteps[-1]), "denoised_from_timestep": float(chain.timesteps[k0]),
+        "warmup_nfe_forward": inversion.meter.forward,
+        "warmup_seconds": seconds,
+        "inverted_to_timestep": float(inversion.timesteps[-1]),
+        "denoised_from_timestep": float(chain.timesteps[k0]),
     }
     return chain.tail(k0), state, warmup
 
 
 @register_task("latent", wrt="latent", options=LatentOptions)
 def optimise_latent(
-    model: DiffusionModel, reward: Reward, estimator: Estimator, settings: Settings, options: LatentOptions,
+    model: DiffusionModel,
+    reward: Reward,
+    estimator: Estimator,
+    settings: Settings,
+    options: LatentOptions,
     monitor: Monitor | None = None,
 ) -> TaskResult:
     """Adam on a batch of initial latents drawn from the settings' seed (or on the states z_k0
@@ -115,9 +129,17 @@ def optimise_latent(
 
     evaluate = Evaluator(lambda: images(latent), monitor or reward_monitor(reward), settings.eval_every, settings.iters)
     trace = optimise(
-        estimator, lambda i: Problem(chain, latent, cond, "latent"), [latent], image_loss(model, reward), optimizer,
-        settings.iters, after_step=renormalise if options.renormalize else None, evaluate=evaluate,
-        audit=settings.audit, budget_bytes=settings.budget_bytes, precision=settings.precision,
+        estimator,
+        lambda i: Problem(chain, latent, cond, "latent"),
+        [latent],
+        image_loss(model, reward),
+        optimizer,
+        settings.iters,
+        after_step=renormalise if options.renormalize else None,
+        evaluate=evaluate,
+        audit=settings.audit,
+        budget_bytes=settings.budget_bytes,
+        precision=settings.precision,
         on_iteration=getattr(reward, "at_iteration", None),
     )
     with torch.no_grad():

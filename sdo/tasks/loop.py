@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
 
 import torch
 from tqdm import tqdm
@@ -170,8 +171,10 @@ def checked_start(estimator: Estimator, chain: Chain, latent: torch.Tensor, cond
     deviation = start_deviation(estimator, chain, latent, cond)
     if settings.start_tolerance is not None and deviation > settings.start_tolerance:
         raise InvalidStart(
-            f"{estimator.name}'s own sampler starts {deviation:.3g} (relative distance) from the {chain.name} sampler's "
-            f"samples at T={chain.steps}, past the tolerance {settings.start_tolerance}: it is no baseline here", deviation
+            f"{estimator.name}'s own sampler starts {deviation:.3g} (relative distance) from the {chain.name} "
+            f"sampler's samples at T={chain.steps}, past the tolerance {settings.start_tolerance}: "
+            "it is no baseline here",
+            deviation,
         )
     return deviation
 
@@ -209,8 +212,10 @@ class Evaluator:
         start, last = self.rows[0], self.rows[-1]
         spread = max(float(start.get("reward_std") or 0.0), SPREAD_FLOOR * max(abs(start["reward"]), 0.1))
         if math.isfinite(last["reward"]) and last["reward"] < start["reward"] - UNSTABLE_SPREADS * spread:
-            return (f"the held-out reward fell from {start['reward']:.4g} to {last['reward']:.4g}, more than "
-                    f"{UNSTABLE_SPREADS} times its starting spread ({spread:.3g}) below its start")
+            return (
+                f"the held-out reward fell from {start['reward']:.4g} to {last['reward']:.4g}, more than "
+                f"{UNSTABLE_SPREADS} times its starting spread ({spread:.3g}) below its start"
+            )
         return None
 
 
@@ -247,8 +252,10 @@ def optimise(
     problem = problem_at(0)
     device = problem.latent.device
     if precision == "bf16-autocast" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision bf16-autocast is not supported on {torch.cuda.get_device_name(device)}; "
-                         "use fp16-autocast or fp32")
+        raise ValueError(
+            f"precision bf16-autocast is not supported on {torch.cuda.get_device_name(device)}; "
+            "use fp16-autocast or fp32"
+        )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16-autocast" else None
     arithmetic = _autocast(device, PRECISIONS[precision])
     scaled = loss if scaler is None else (lambda x: scaler.scale(loss(x)))
@@ -266,41 +273,43 @@ def optimise(
         problem = problem if i == 0 else problem_at(i)
         scale = 1.0 if scaler is None else float(scaler.get_scale())
 
-        def gradient():
-            with arithmetic():
-                return estimator(problem, scaled)
-
-        seconds, estimate = timed(gradient, device)
+        seconds, estimate = timed(partial(_estimate, estimator, problem, scaled, arithmetic), device)
         grads, nfe = estimate.grads, (estimate.nfe_forward, estimate.nfe_backward, estimate.nfe_graph, 1)
         if exact is not None and i % audit.every == 0:
-            audit_seconds, reference = timed(lambda: exact(problem, scaled), device)
+            audit_seconds, reference = timed(partial(exact, problem, scaled), device)
             row = {"iter": i, **fidelity(estimate.grads, reference.grads), "audit_seconds": audit_seconds}
             row["fallback"] = audit.fallback_below is not None and not row["cosine"] >= audit.fallback_below
             trace.audits.append(row)
             if row["fallback"]:
                 grads, seconds = reference.grads, seconds + audit_seconds
-                nfe = (nfe[0] + reference.nfe_forward, nfe[1] + reference.nfe_backward, nfe[2] + reference.nfe_graph,
-                       nfe[3] + 1)
+                nfe = (
+                    nfe[0] + reference.nfe_forward,
+                    nfe[1] + reference.nfe_backward,
+                    nfe[2] + reference.nfe_graph,
+                    nfe[3] + 1,
+                )
         value = estimate.loss / scale
         grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) / scale  # before the scaler unscales
         finite = math.isfinite(value) and _all_finite(grads)
         skipped = scaler is not None and not finite
-        step_seconds, _ = timed(lambda: _update(params, grads, optimizer, after_step, scaler) if finite or skipped
-                                else None, device)
+        update = partial(_update, params, grads, optimizer, after_step, scaler) if finite or skipped else _no_update
+        step_seconds, _ = timed(update, device)
         seconds += step_seconds
         trace.skipped_steps += skipped
-        trace.rows.append({
-            "iter": i,
-            "loss": value,
-            "reward": -value,
-            "seconds": seconds,
-            "nfe_forward": nfe[0],
-            "nfe_backward": nfe[1],
-            "nfe_graph": nfe[2],
-            "losses": nfe[3],
-            "grad_norm": grad_norm,
-            "skipped": skipped,
-        })
+        trace.rows.append(
+            {
+                "iter": i,
+                "loss": value,
+                "reward": -value,
+                "seconds": seconds,
+                "nfe_forward": nfe[0],
+                "nfe_backward": nfe[1],
+                "nfe_graph": nfe[2],
+                "losses": nfe[3],
+                "grad_norm": grad_norm,
+                "skipped": skipped,
+            }
+        )
         progress.set_postfix(reward=f"{-value:.3f}", refresh=False)
         log.debug("iteration %d: %s", i, trace.rows[-1])
         rows_so_far = evaluate.rows if evaluate is not None else []
@@ -329,6 +338,16 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _estimate(estimator, problem, loss, arithmetic):
+    """One gradient of `estimator` under the run's precision (`arithmetic`: autocast or none)."""
+    with arithmetic():
+        return estimator(problem, loss)
+
+
+def _no_update() -> None:
+    """What a diverged iteration's optimiser step does: nothing."""
 
 
 def _update(params, grads, optimizer, after_step, scaler=None) -> None:

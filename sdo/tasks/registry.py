@@ -3,8 +3,8 @@ parameter type it optimises (`wrt`) and its options (a dataclass: the task's own
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sdo.options import make_options
 from sdo.registry import Registry, source_file

@@ -11,12 +11,14 @@ from evals.flags import to_flags
 from evals.jobs import slug
 from sdo.models import resolve
 
-GIVEN_WEIGHTS = config["weights"]  # absolute: the Snakefile resolved it against the checkout
+# the given weights' directory, absolute: the Snakefile resolved it against the checkout
+GIVEN_WEIGHTS = config["weights"]
 RETRAINED = "results/retrained"
 RUNS = config["runs"]
 BENCH = config["bench"]
 TASKS = jobs.active_tasks(config)
-SOURCES = {slug(source): source for source in config["model_options"]}  # path segment -> model source
+# path segment -> model source
+SOURCES = {slug(source): source for source in config["model_options"]}
 
 RUN_RECORD = "results/runs/{model}/{task}/{variant}/{chain}/seed{seed}.json"
 GUIDED_RECORD = "results/guidance/{model}/T{steps}/r{repeats}/seed{seed}.json"
@@ -27,7 +29,9 @@ EVERY_CORE = 4096
 
 
 # every job imports the config's plug-in files, so what they register exists in the job too
-PLUGINS = shlex.join(word for path in config.get("plugins") or [] for word in ("--plugin", path))
+PLUGINS = shlex.join(
+    word for path in config.get("plugins") or [] for word in ("--plugin", path)
+)
 
 
 def flags(spec, *exclude):
@@ -45,13 +49,21 @@ def weight_kinds(source):
 
 def weight_files(source, directory=None):
     kinds = weight_kinds(source)
-    return [f"{directory or WEIGHTS}/{kind}.{suffix}" for kind in kinds for suffix in ("safetensors", "json")]
+    return [
+        f"{directory or WEIGHTS}/{kind}.{suffix}"
+        for kind in kinds
+        for suffix in ("safetensors", "json")
+    ]
 
 
 # The given weights when every file the models read is there; else the models read a directory
 # of the results where the missing ones are retrained and the others copied: a rule never
 # writes (or deletes, when it fails) the given, committed files.
-if all(Path(f).exists() for source in config["model_options"] for f in weight_files(source, GIVEN_WEIGHTS)):
+if all(
+    Path(f).exists()
+    for source in config["model_options"]
+    for f in weight_files(source, GIVEN_WEIGHTS)
+):
     WEIGHTS = GIVEN_WEIGHTS
 else:
     WEIGHTS = config["weights"] = RETRAINED
@@ -63,21 +75,47 @@ def model_inputs(wildcards):
 
 RUN_JOBS = jobs.run_jobs(config)
 RUN_RECORDS = [record for job in RUN_JOBS for record in job.records(RUN_RECORD)]
+# (task, chain label) -> (model path segment, variant) -> job: one run rule per task and chain
+JOBS_BY_RULE = {}
+for job in RUN_JOBS:
+    JOBS_BY_RULE.setdefault((job.task, job.chain.label), {})[
+        (slug(job.model), job.variant)
+    ] = job
+
+
+def run_job(task, label, wildcards):
+    return JOBS_BY_RULE[task, label][wildcards.model, wildcards.variant]
+
+
+def rule_name(*parts):
+    """A rule name from parts that may hold any character (a chain label, a model source)."""
+    return "_".join(re.sub("[^A-Za-z0-9]", "_", part) for part in parts)
+
+
 GUIDE_SPECS = jobs.guide_specs(config)
 GUIDED_RECORDS = [
-    GUIDED_RECORD.format(model=slug(spec.model), steps=spec.steps, repeats=spec.repeats, seed=seed)
+    GUIDED_RECORD.format(
+        model=slug(spec.model), steps=spec.steps, repeats=spec.repeats, seed=seed
+    )
     for spec, seeds in GUIDE_SPECS
     for seed in seeds
 ]
 BACKWARD_COSTS = [
-    f"results/backward_cost/{slug(source)}/{task}.json" for task, block in TASKS.items() for source in block["models"]
+    f"results/backward_cost/{slug(source)}/{task}.json"
+    for task, block in TASKS.items()
+    for source in block["models"]
 ]
 BENCH_ROWS = [
     row
     for source in BENCH["models"]
     for sampler in jobs.bench_samplers(config, source)
     for row in expand(
-        BENCH_ROW, model=slug(source), sampler=sampler, wrt=BENCH["wrt"], steps=BENCH["steps"], variant=list(BENCH["variants"])
+        BENCH_ROW,
+        model=slug(source),
+        sampler=sampler,
+        wrt=BENCH["wrt"],
+        steps=BENCH["steps"],
+        variant=list(BENCH["variants"]),
     )
 ]
 
@@ -85,6 +123,34 @@ BENCH_ROWS = [
 def bench_flags(wildcards):
     """Only this model's, sampler's, parameter type's, T's and variant's values and the bench's shared ones."""
     spec = jobs.bench_spec(
-        config, SOURCES[wildcards.model], wildcards.wrt, int(wildcards.steps), wildcards.variant, wildcards.sampler
+        config,
+        SOURCES[wildcards.model],
+        wildcards.wrt,
+        int(wildcards.steps),
+        wildcards.variant,
+        wildcards.sampler,
     )
     return flags(spec, "out", "exact_gradient", "save_gradient")
+
+
+PROFILE = config["profile"]
+PROFILE_SOURCES = {slug(source): source for source in PROFILE["models"]}
+CHECKPOINTING = {"plain": False, "checkpointed": True}
+PROFILE_ROW = "results/profile/{model}/{denoiser}/{wrt}/T{steps}/{variant}.json"
+
+
+def profile_rows(source, denoiser="{denoiser}"):
+    """The rows one `sdo profile` job of a model source writes."""
+    spec = jobs.profile_spec(PROFILE, source, False)
+    return [
+        PROFILE_ROW.format(
+            model=slug(source),
+            denoiser=denoiser,
+            wrt=wrt,
+            steps=steps,
+            variant=v.partition("=")[0],
+        )
+        for wrt in spec.wrt
+        for steps in spec.steps
+        for v in spec.variants
+    ]

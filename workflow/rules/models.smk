@@ -22,19 +22,19 @@ rule train:
     output:
         weights=f"{RETRAINED}/{{kind}}.safetensors",
         meta=f"{RETRAINED}/{{kind}}.json",
-    wildcard_constraints:
-        kind="denoiser|flow_denoiser|classifier",
-    params:
-        out=RETRAINED,
     log:
         "results/logs/train/{kind}.log",
     benchmark:
         "results/benchmarks/train/{kind}.tsv"
+    wildcard_constraints:
+        kind="denoiser|flow_denoiser|classifier",
+    conda:
+        "../envs/sdo.yaml"
     threads: 2
     resources:
         mem_mb=3000,
-    conda:
-        "../envs/sdo.yaml"
+    params:
+        out=lambda wildcards, output: Path(output.weights).parent,
     shell:
         "python -m evals.cli --threads {threads} train {wildcards.kind:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -47,28 +47,41 @@ rule model_quality_of:
         model_inputs,
     output:
         record="results/quality/{model}.json",
-        grid=report("results/quality/{model}.png", caption="../report/model_quality.rst", category="4. Models"),
-    params:
-        plugins=PLUGINS,
-        flags=lambda wildcards: flags(jobs.quality_spec(config, SOURCES[wildcards.model]), "out"),
+        grid=report(
+            "results/quality/{model}.png",
+            caption="../report/model_quality.rst",
+            category="4. Models",
+        ),
     log:
         "results/logs/quality/{model}.log",
     benchmark:
         "results/benchmarks/quality/{model}.tsv"
+    conda:
+        "../envs/sdo.yaml"
     threads: config["quality"].get("threads", 2)
     resources:
         mem_mb=3000,
-    conda:
-        "../envs/sdo.yaml"
+    params:
+        plugins=PLUGINS,
+        flags=lambda wildcards: flags(
+            jobs.quality_spec(config, SOURCES[wildcards.model]), "out"
+        ),
     shell:
-        "python -m evals.cli --threads {threads} {params.plugins} quality {params.flags} --out {output.record:q} > {log:q} 2>&1"
+        "python -m evals.cli --threads {threads} {params.plugins} quality {params.flags} --out {output.record:q} --sweep > {log:q} 2>&1"
 
 
 rule model_quality:
     input:
-        [f"results/quality/{slug(source)}.json" for source in config["quality"]["models"]],
+        [
+            f"results/quality/{slug(source)}.json"
+            for source in config["quality"]["models"]
+        ],
     output:
-        report("results/tables/model_quality.csv", caption="../report/model_quality.rst", category="4. Models"),
+        report(
+            "results/tables/model_quality.csv",
+            caption="../report/model_quality.rst",
+            category="4. Models",
+        ),
     log:
         "results/logs/model_quality.log",
     conda:

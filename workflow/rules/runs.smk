@@ -11,28 +11,37 @@
 from evals.rerun import retry_token, stage_failed
 
 RERUN = bool(config.get("rerun_failed"))
-JOBS_BY_RULE = {}
-for job in RUN_JOBS:
-    JOBS_BY_RULE.setdefault((job.task, job.chain.label), {})[(slug(job.model), job.variant)] = job
-
-
-def run_job(task, label, wildcards):
-    return JOBS_BY_RULE[task, label][wildcards.model, wildcards.variant]
-
 
 for (task, label), by_model in JOBS_BY_RULE.items():
     seeds = next(iter(by_model.values())).seeds
 
     rule:
         name:
-            f"run_{task}_{re.sub('[^A-Za-z0-9]', '_', label)}"
+            rule_name("run", task, label)
         input:
             model_inputs,
         output:
-            records=expand(RUN_RECORD, model="{model}", task=task, variant="{variant}", chain=label, seed=seeds),
+            records=expand(
+                RUN_RECORD,
+                model="{model}",
+                task=task,
+                variant="{variant}",
+                chain=label,
+                seed=seeds,
+            ),
+        log:
+            f"results/logs/runs/{{model}}/{task}/{{variant}}/{label}.log",
+        benchmark:
+            f"results/benchmarks/runs/{{model}}/{task}/{{variant}}/{label}.tsv"
         wildcard_constraints:
             model="|".join(map(re.escape, SOURCES)),
             variant="|".join(map(re.escape, RUNS["variants"])),
+        conda:
+            "../envs/sdo.yaml"
+        threads: config["threads_per_run"]
+        resources:
+            mem_mb=config.get("mem_mb_per_run", 3000),
+            gpu=config.get("gpus_per_job", 0),
         params:
             plugins=PLUGINS,
             flags=lambda wildcards, task=task, label=label: flags(
@@ -40,22 +49,16 @@ for (task, label), by_model in JOBS_BY_RULE.items():
             ),
             seeds=" ".join(map(str, seeds)),
             out=lambda wildcards, task=task, label=label: RUN_RECORD.format(
-                model=wildcards.model, task=task, variant=wildcards.variant, chain=label, seed="{seed}"
+                model=wildcards.model,
+                task=task,
+                variant=wildcards.variant,
+                chain=label,
+                seed="{seed}",
             ),
             reuse=lambda wildcards, task=task, label=label: f"results/retry/runs/{wildcards.model}/{task}/{wildcards.variant}/{label}",
             retry=lambda wildcards, task=task, label=label: retry_token(
                 run_job(task, label, wildcards).records(RUN_RECORD), RERUN
             ),
-        log:
-            f"results/logs/runs/{{model}}/{task}/{{variant}}/{label}.log",
-        benchmark:
-            f"results/benchmarks/runs/{{model}}/{task}/{{variant}}/{label}.tsv"
-        threads: config["threads_per_run"]
-        resources:
-            mem_mb=config.get("mem_mb_per_run", 3000),
-            gpu=config.get("gpus_per_job", 0),
-        conda:
-            "../envs/sdo.yaml"
         shell:
             "python -m evals.cli --threads {threads} {params.plugins} --gpus-per-job {resources.gpu} run {params.flags} "
             "--seed {params.seeds} --reuse {params.reuse:q} --out {params.out:q} --sweep > {log:q} 2>&1"
@@ -66,24 +69,29 @@ rule backward_cost:
         model_inputs,
     output:
         "results/backward_cost/{model}/{task}.json",
-    params:
-        plugins=PLUGINS,
-        flags=lambda wildcards: flags(jobs.backward_cost_spec(config, wildcards.task, SOURCES[wildcards.model]), "out"),
-        torch_threads=config["threads_per_run"],
     log:
         "results/logs/backward_cost/{model}/{task}.log",
+    conda:
+        "../envs/sdo.yaml"
     # it asks for every core --cores gives, so it measures alone; torch runs on the runs' threads
     threads: EVERY_CORE
     resources:
         mem_mb=config.get("mem_mb_per_run", 3000),
         gpu=config.get("gpus_per_job", 0),
-    conda:
-        "../envs/sdo.yaml"
+    params:
+        plugins=PLUGINS,
+        flags=lambda wildcards: flags(
+            jobs.backward_cost_spec(config, wildcards.task, SOURCES[wildcards.model]),
+            "out",
+        ),
+        torch_threads=config["threads_per_run"],
     shell:
         "python -m evals.cli --threads {params.torch_threads} {params.plugins} --gpus-per-job {resources.gpu} backward-cost "
-        "{params.flags} --out {output:q} > {log:q} 2>&1"
+        "{params.flags} --out {output:q} --sweep > {log:q} 2>&1"
 
 
 onstart:
-    if RERUN:  # the sweep starts (never in a dry run): move the failed jobs' records aside
+    if (
+        RERUN
+    ):  # the sweep starts (never in a dry run): move the failed jobs' records aside
         stage_failed([job.records(RUN_RECORD) for job in RUN_JOBS])

@@ -2,9 +2,8 @@
 
 import logging
 
-from checkout import log_to
-
 import pandas as pd
+from checkout import log_to
 
 from evals.figures import bench_cost_vs_steps, fidelity_vs_steps
 

@@ -2,9 +2,8 @@
 
 import logging
 
-from checkout import log_to
-
 import pandas as pd
+from checkout import log_to
 
 from evals import figures
 

@@ -13,7 +13,10 @@ from evals.tables import write_csv
 
 log_to(snakemake.log[0])
 tables = build_tables(
-    snakemake.input.records, snakemake.input.guided, snakemake.input.backward, snakemake.params.statistics,
+    snakemake.input.records,
+    snakemake.input.guided,
+    snakemake.input.backward,
+    snakemake.params.statistics,
     snakemake.params.weights,
 )
 for name in ("verdicts", "cost", "iterations", "summary", "methods", "evaluations", "audits", "guidance"):
