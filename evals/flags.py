@@ -84,7 +84,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, choices: dict | None = None,
         meta, default = spec_field.metadata, _default(spec_field)
         required = default is dataclasses.MISSING or meta.get("required", False)
         extra = f": {known[spec_field.name]}" if spec_field.name in known else ""
-        common = {"dest": spec_field.name, "help": meta.get("help", "") + extra}
+        common = {"dest": spec_field.name, "help": (meta.get("help", "") + extra).replace("%", "%%")}
         allowed = choices.get(spec_field.name) or meta.get("choices")
         if allowed:
             common["choices"] = list(allowed)

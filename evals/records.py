@@ -102,23 +102,24 @@ def save_tensors(path: Path | str, **tensors: torch.Tensor) -> None:
 
 def save_grid(path: Path | str, images: torch.Tensor, title: str = "") -> None:
     """A PNG grid of images in [-1, 1] (B, C, H, W), grey for one channel, RGB for three,
-    eight to a row."""
+    eight to a row, drawn as one tiled image (one axes: cheap beside a plot per image)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = images.detach().float().cpu().clamp(-1, 1).numpy()
-    columns = min(8, len(images))
-    rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)), squeeze=False
-    )
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index < len(images):
-            image = images[index, 0] if images.shape[1] == 1 else (images[index].transpose(1, 2, 0) + 1) / 2
-            axis.imshow(image, cmap="gray", vmin=-1, vmax=1)
+    images = (images.detach().float().cpu().clamp(-1, 1).numpy() + 1) / 2
+    count, channels, height, width = images.shape
+    columns = min(8, count)
+    rows = -(-count // columns)
+    pad = 2
+    canvas = np.ones((rows * (height + pad) - pad, columns * (width + pad) - pad, channels), dtype=np.float32)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (height + pad), (index % columns) * (width + pad)
+        canvas[top : top + height, left : left + width] = image.transpose(1, 2, 0)
+    figure, axis = plt.subplots(figsize=(columns * 0.9, rows * 0.9 + (0.4 if title else 0)))
+    axis.axis("off")
+    axis.imshow(canvas[..., 0] if channels == 1 else canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if title:
         figure.suptitle(title, fontsize=8)
     figure.tight_layout()

@@ -83,6 +83,18 @@ def saved_bytes(estimator, problem, loss) -> int:
     return saved.peak
 
 
+_MEASURED: dict = {}
+
+
+def measured_once(key: tuple, measure) -> int:
+    """`measure()` the first time `key` is asked in this process, the remembered number after.
+    For autograd's bytes, which depend on the graph and the shapes, not on the values: the seeds
+    of one job share one measurement."""
+    if key not in _MEASURED:
+        _MEASURED[key] = measure()
+    return _MEASURED[key]
+
+
 def hooks_active() -> bool:
     """Whether saved-tensor hooks are installed right now (what a timed region must not have)."""
     return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
@@ -125,10 +137,10 @@ def predicted_saved_bytes(estimator, problem, loss) -> int:
     return one + (batch - 1) * max(two - one, 0)
 
 
-def check_budget(estimator, problem, loss, budget_bytes: int) -> int:
-    """The predicted autograd bytes of one gradient; OverBudget when they and what the process
-    (or the GPU) already holds exceed `budget_bytes`."""
-    predicted = predicted_saved_bytes(estimator, problem, loss)
+def check_budget(estimator, problem, loss, budget_bytes: int, predicted: int | None = None) -> int:
+    """The predicted autograd bytes of one gradient (`predicted` where already known); OverBudget
+    when they and what the process (or the GPU) already holds exceed `budget_bytes`."""
+    predicted = predicted_saved_bytes(estimator, problem, loss) if predicted is None else predicted
     used = used_bytes(problem.latent.device)
     if used + predicted > budget_bytes:
         raise OverBudget(
@@ -152,11 +164,20 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         return
     if _linux():
+        _trim_heap()
         try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             pass
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free slack back to the kernel (glibc's malloc_trim), so the resident set
+    counts what is live, not what an earlier gradient freed."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _status_kib(field: str) -> int | None:
@@ -178,10 +199,12 @@ def peak_bytes(device: torch.device) -> int:
 
 def used_bytes(device: torch.device) -> int:
     """Bytes in use now: memory held by live CUDA tensors (the caching allocator's free blocks,
-    such as a probe gradient's, are reusable and do not count), or the resident set on CPU."""
+    such as a probe gradient's, are reusable and do not count), or the resident set on CPU once
+    the heap's free slack is returned (an earlier seed's freed graph is not in use)."""
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
     if _linux():
+        _trim_heap()
         return _status_kib("VmRSS") * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 

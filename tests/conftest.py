@@ -21,6 +21,15 @@ FLOW_SCHEDULE = {"num_train_timesteps": 1000, "shift": 3.0}  # SD3's static shif
 SAMPLERS = ["ddim", "flow_euler"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_measurements(monkeypatch):
+    """Each test measures autograd's bytes afresh: the process-wide memo of `measured_once`
+    would otherwise carry one test's graphs into the next."""
+    import sdo.memory
+
+    monkeypatch.setattr(sdo.memory, "_MEASURED", {})
+
+
 def tiny_net(seed: int = 0, perturb: float = 0.3) -> DigitDenoiser:
     """Random weights; `perturb` adds noise so the network is far from linear."""
     torch.manual_seed(seed)
@@ -154,9 +163,10 @@ def planned_commands(config: dict) -> list[list[str]]:
     return commands
 
 
-def snakemake_plan(configfile, target: str = "all", env: dict | None = None, cwd=None) -> list[list[str]]:
-    """The `python -m evals.cli` words of every job `snakemake -n -p` plans for `target` with
-    `configfile` (a subprocess: one per config file is enough)."""
+def snakemake_plan(configfile, *targets: str, env: dict | None = None, cwd=None) -> list[list[str]]:
+    """The words after `python -m evals.cli` (its global options, such as --plugin, included) of
+    every job `snakemake -n -p --forceall` plans for `targets` (none: the default target) with
+    `configfile` layered on the defaults (a subprocess: one per config file is enough)."""
     import shlex
     import subprocess
     import sys
@@ -164,7 +174,7 @@ def snakemake_plan(configfile, target: str = "all", env: dict | None = None, cwd
 
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--configfile", str(configfile)],
+        [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "--forceall", "--configfile", str(configfile)],
         cwd=cwd or root,
         capture_output=True,
         text=True,
@@ -172,11 +182,8 @@ def snakemake_plan(configfile, target: str = "all", env: dict | None = None, cwd
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
-    commands = []
-    for line in done.stdout.splitlines():
-        if "python -m evals.cli" in line:
-            words = shlex.split(line.split("python -m evals.cli", 1)[1].split(" > ")[0])
-            while words and words[0].startswith("--") and words[0] in ("--threads", "--gpus-per-job", "--plugin"):
-                words = words[2:]
-            commands.append(words)
-    return commands
+    return [
+        shlex.split(line.split("python -m evals.cli", 1)[1].split(" > ")[0])
+        for line in done.stdout.splitlines()
+        if "python -m evals.cli" in line
+    ]

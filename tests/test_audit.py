@@ -76,3 +76,28 @@ def _optimise_weights(problem, audit):
     params = problem.params
     optimizer = torch.optim.SGD(params, lr=0.0)
     return optimise(make_estimator("shortcut"), lambda i: problem, params, smooth_loss(), optimizer, 1, audit=audit)
+
+
+def test_full_backpropagation_is_not_audited_against_itself():
+    problem = tiny_problem("cond", steps=3)
+    assert _optimise(problem, make_estimator("full"), Audit(every=1), iters=2).audits == []
+    assert len(_optimise(problem, make_estimator("shortcut"), Audit(every=1), iters=2).audits) == 2
+
+
+def test_autograd_s_bytes_are_measured_once_per_graph_in_a_process(monkeypatch):
+    """The seeds of one job share one measurement of autograd's bytes (they depend on shapes and
+    the graph only); another batch, estimator or T is measured anew."""
+    import sdo.memory
+    import sdo.tasks.loop as loop
+
+    calls = []
+    monkeypatch.setattr(sdo.memory, "_MEASURED", {})
+    monkeypatch.setattr(loop, "saved_bytes", lambda *args: calls.append(args) or 123)
+    for seed in (0, 1):
+        trace = _optimise(tiny_problem("cond", steps=3, seed=seed), make_estimator("shortcut"), None)
+        assert trace.saved_bytes == 123
+    assert len(calls) == 1
+    for problem, method in ((tiny_problem("cond", steps=4), "shortcut"), (tiny_problem("cond", steps=3), "full"),
+                            (tiny_problem("cond", steps=3, batch=3), "shortcut")):
+        _optimise(problem, make_estimator(method), None)
+    assert len(calls) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,11 @@ BAD = [
     ("runs.tasks.latent.metrics", ["evals.images:nosuch"], ["runs.tasks.latent.metrics", "defines no 'nosuch'"]),
     ("runs.seeds", [1, 1, 1], ["runs.seeds", "non-unique"]),
     ("runs.tasks.latent.steps", [5000], ["runs.tasks.latent", "T = 5000", "at most 1000"]),
+    (
+        "runs.tasks.latent",
+        {**TASK, "models": ["embedded-flow"], "steps": [5000]},
+        ["runs.tasks.latent (embedded-flow", "T = 5000", "more than flow_euler can run", "at most 1000"],
+    ),
     ("runs.tasks.latent.sampler", "nonsense", ["runs.tasks.latent", "'nonsense'", "ddim", "flow_euler"]),
     ("runs.tasks.latent.precision", "fp8", ["runs.tasks.latent.precision", "'fp8'", "fp16-autocast"]),
     (
@@ -159,6 +165,11 @@ BAD = [
     ("variants", ["shortcut", "magic"], ["config key variants", "'magic'", "shortcut"]),
     ("bench.wrt", ["latent", "noise"], ["bench.wrt.1", "'noise'", "latent, cond or weights"]),
     ("bench.variants.full", {"method": "adjoint"}, ["bench.variants.full.method", "'full' was expected"]),
+    (
+        "plugins",
+        ["nowhere/plugin.py"],
+        ["config key plugins", "nowhere/plugin.py", "does not exist", "a Python file that registers"],
+    ),
     ("colour", "blue", ["(top level)", "'colour'", "allowed keys"]),
 ]
 
@@ -169,6 +180,49 @@ def test_bad_values_are_refused_naming_key_value_and_what_is_allowed(path, value
         check_config(_with(path, value), base=ROOT)
     message = str(caught.value)
     assert all(word in message for word in words), message
+
+
+@pytest.mark.parametrize("kind", ["denoiser", "flow_denoiser", "classifier"])
+def test_a_truncated_weight_file_is_refused_at_plan_time(tmp_path, kind):
+    """A weight file that is there but unreadable (cut short) is found before any job runs, the
+    file named: the workflow retrains missing files only, so a job would fail reading it."""
+    weights = tmp_path / "models"
+    shutil.copytree(ROOT / DEFAULT["weights"], weights)
+    broken = weights / f"{kind}.safetensors"
+    with broken.open("r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(ConfigError) as caught:
+        check_config({**DEFAULT, "weights": str(weights)}, base=ROOT)
+    assert str(broken) in str(caught.value) and "cannot be read" in str(caught.value), str(caught.value)
+
+
+def test_the_default_memory_budget_is_stated_and_the_config_s_reaches_every_job():
+    """Each command that loads a model states the budget it takes without --mem-mb; a planned
+    run, guided pass and backward-cost job of the default config takes mem_mb_per_run."""
+    import argparse
+
+    from evals import jobs
+    from evals.cli import COMMANDS
+    from sdo.memory import default_budget_mb
+
+    budgeted = {name for name, (cls, *_) in COMMANDS.items() if "mem_mb" in {f.name for f in dataclasses.fields(cls)}}
+    assert {"run", "bench", "guide", "backward-cost", "quality", "train", "profile"} <= budgeted
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in budgeted:
+        text = " ".join(commands[name].format_help().split())
+        assert "--mem-mb" in text and "default: half the memory available when the command starts" in text, name
+        assert f"{default_budget_mb()} MiB now" in text, name
+    budget = DEFAULT["mem_mb_per_run"]
+    assert isinstance(budget, int) and budget > 0
+    specs = [jobs.run_spec(DEFAULT, job) for job in jobs.run_jobs(DEFAULT)]
+    specs += [spec for spec, _ in jobs.guide_specs(DEFAULT)]
+    specs += [
+        jobs.backward_cost_spec(DEFAULT, task, m) for task, b in jobs.active_tasks(DEFAULT).items() for m in b["models"]
+    ]
+    assert len(specs) > 10 and all(spec.mem_mb == budget for spec in specs)
+    planned = [words for words in planned_commands(DEFAULT) if words[0] in ("run", "guide", "backward-cost")]
+    assert planned and all(parser.parse_args(words).mem_mb == budget for words in planned)
 
 
 def test_option_lists_come_from_the_code():

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_registry import EXAMPLES, write_examples
+from examples import EXAMPLES, write_examples
 
 from evals.cli import build_parser
 from evals.plugins import import_plugin

@@ -2,7 +2,8 @@
 in docs/extending.md register themselves from their own files and run through the command line
 as the page shows; the sampler steps as its diffusers scheduler does and the estimator equals the
 shortcut's rules it generalises; each registry lists what the code registers and refuses a name
-taken by another file."""
+taken by another file or an entry of the wrong kind; a model source that names nothing loadable
+is refused saying why."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import relative_error, smooth_loss, tiny_problem, tiny_problem_parts
+from examples import EXAMPLES, write_examples
 
 from evals.cli import main
 from evals.plugins import PluginError, import_plugin
@@ -22,28 +24,6 @@ from sdo.estimators import ESTIMATORS, make_estimator
 from sdo.models import MODELS, resolve
 from sdo.samplers import SAMPLERS
 from sdo.tasks import TASKS
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = {"my_denoiser.py", "contrast_reward.py", "two_prompt_task.py", "ddim_trailing.py", "shortcut_tail.py"}
-
-
-def extending_blocks() -> dict[str, str]:
-    """The python code blocks of docs/extending.md, by the file name in their first line."""
-    text = (ROOT / "docs" / "extending.md").read_text()
-    return dict(re.findall(r"```python\n# (\S+)\n(.*?)```", text, flags=re.DOTALL))
-
-
-def write_examples(base: Path) -> dict[str, Path]:
-    """The page's files written once per test session under `base` (the session's temporary
-    root), so every test that imports them imports the same files and registers each name once."""
-    directory = base / "extending"
-    directory.mkdir(exist_ok=True)
-    files = {}
-    for name, code in extending_blocks().items():
-        files[name] = directory / name
-        if not files[name].exists() or files[name].read_text() != code:
-            files[name].write_text(code)
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +309,54 @@ def test_the_registries_hold_the_built_in_plug_ins():
 
     for cls in ESTIMATORS.values():
         assert set(cls.needs) <= set(NEEDS), cls.name
+
+
+def test_an_entry_of_the_wrong_kind_is_refused_naming_the_kind():
+    """The registry's base-class check (and the decorators' own) refuse before anything is registered."""
+    from evals.domains import DOMAINS
+    from sdo.estimators import register_estimator
+    from sdo.models import register_model
+    from sdo.registry import Registry
+    from sdo.samplers import register_sampler
+
+    widgets = Registry("widget", int)
+    with pytest.raises(TypeError, match=r"widget 'text' must be a int, got 'seven'"):
+        widgets.register("text", "seven")
+    with pytest.raises(TypeError, match=r"widget 'class' must be a int, got <class 'str'>"):
+        widgets.register("class", str)
+    assert widgets.register("bool", bool) is bool and widgets.register("seven", 7) == 7 and len(widgets) == 2
+    for registry, words in (
+        (TASKS, "task 'odd' must be a Task"),
+        (REWARDS, "reward 'odd' must be a RewardEntry"),
+        (DOMAINS, "image domain 'odd' must be a Domain"),
+    ):
+        with pytest.raises(TypeError, match=re.escape(words)):
+            registry.register("odd", lambda images: images)
+        assert "odd" not in registry
+    for decorate, words in (
+        (register_model, "must be a DiffusionModel subclass"),
+        (register_sampler, "must be a Chain subclass"),
+        (register_estimator, "must be an Estimator subclass"),
+    ):
+        with pytest.raises(TypeError, match=words):
+            decorate(str)
+
+
+def test_a_model_index_that_is_not_json_is_named(tmp_path):
+    index = tmp_path / "model_index.json"
+    index.write_text('{"_class_name": "StableDiffusionPipeline",')
+    with pytest.raises(ValueError) as caught:
+        resolve(str(tmp_path))
+    assert f"{index} is not valid JSON" in str(caught.value) and "names the pipeline class" in str(caught.value)
+    index.write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
+    with pytest.raises(ValueError, match=r"names no pipeline class \(_class_name\)"):
+        resolve(str(tmp_path))
+
+
+@pytest.mark.parametrize("source", ["sd:", "embedded:"])
+def test_a_prefix_with_nothing_after_its_colon_is_refused(source):
+    prefix = source[:-1]
+    with pytest.raises(ValueError) as caught:
+        resolve(source)
+    message = str(caught.value)
+    assert f"model {source!r} names no location after the colon" in message and f"{prefix}:<directory" in message

@@ -1,6 +1,7 @@
 """Every value that reaches a rule's shell command is quoted: each placeholder is `:q`, or one of
 the few that cannot hold a user's text (the thread count, a resource number), or a `*flags`
-parameter the rules build with `shlex.join` (checked here on the default config)."""
+parameter the rules build with `shlex.join` (checked here on the default config). Every job
+that runs the `sdo` command imports the config's plug-in files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import snakemake_plan
+from examples import extending_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = sorted((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
@@ -61,3 +65,34 @@ def test_the_flags_parameters_are_shell_quoted():
 
 def test_there_are_shell_commands_to_check():
     assert sum(len(shell_commands(path)) for path in RULES) >= 8
+
+
+def test_every_job_but_training_passes_the_plug_ins():
+    """Static: each rule that runs `python -m evals.cli` hands it `{params.plugins}`, except `train`,
+    which trains the built-in embedded models only."""
+    commands = [command for path in RULES for command in shell_commands(path) if "python -m evals.cli" in command]
+    assert len(commands) >= 8
+    for command in commands:
+        assert "{params.plugins}" in command or " train {wildcards.kind:q} " in command, command
+
+
+@pytest.mark.slow
+def test_every_planned_job_imports_the_config_s_plug_ins(tmp_path):
+    """A config naming a plug-in file (docs/extending.md's reward, in a folder whose name needs
+    quoting), layered on the defaults: every `python -m evals.cli` job that `snakemake -n -p` plans
+    for the sweep, the bench and the profile parses with the CLI's parser and names that file with
+    --plugin, before its command."""
+    from evals.cli import build_parser
+
+    plugin = tmp_path / "my plug-ins" / "contrast_reward.py"
+    plugin.parent.mkdir()
+    plugin.write_text(extending_blocks()["contrast_reward.py"])
+    configfile = tmp_path / "plugins.yaml"
+    configfile.write_text(yaml.safe_dump({"plugins": [str(plugin)]}))
+    parser = build_parser()
+    seen = set()
+    for words in snakemake_plan(configfile, "all", "bench", "profile"):
+        args = parser.parse_args(words)
+        assert args.plugin == [str(plugin)], words
+        seen.add(args.command)
+    assert {"run", "guide", "quality", "backward-cost", "bench", "profile"} <= seen, seen

@@ -47,6 +47,8 @@ def _run(
         "status": "ok",
         "start_deviation": start_deviation,
         "sampler": "ddim",
+        "start_step": 0,
+        "init": "sample",
         "ran_chain": ran_chain or key["chain"],
         "warmup_cost": warmup_cost,
         "warmup_seconds": warmup_cost / 10,
@@ -80,7 +82,8 @@ def test_paired_ratio_of_a_method_ten_times_cheaper_holds_the_claim():
     row = table[table["threshold"] == 0.1].iloc[0]
     assert (row["ratio"], row["ratio_low"], row["ratio_high"]) == pytest.approx((0.1, 0.1, 0.1))
     assert row["verdict"] == "holds" and row["paired"] == 8 and row["censored_method"] == 0
-    assert row["sampler"] == "ddim" and set(statistics.cost_to_quality(per_run, OPTIONS)["sampler"]) == {"ddim"}
+    assert (row["sampler"], row["start_step"], row["init"]) == ("ddim", 0, "sample")
+    assert set(statistics.cost_to_quality(per_run, OPTIONS)["sampler"]) == {"ddim"}
     cheaper = table[table["threshold"] == 1.0].iloc[0]
     assert cheaper["verdict"] == "holds"
 

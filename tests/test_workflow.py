@@ -7,6 +7,7 @@ reach the jobs quoted; the SLURM profile and the lint pass."""
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 import shutil
@@ -111,6 +112,9 @@ def test_the_sweep_judges_each_chain_and_names_the_chains_each_side_ran(tiny_swe
     assert peers[("T4-from2", "full")] == ("T4-from2", "T4-from2", False)
     assert peers[("T4-from2", "full_whole_chain")] == ("T4-from2", "T4", True)
     assert set(verdicts["threshold"]) == {0.1, 1.0} and set(verdicts["task"]) == {"latent", "finetune"}
+    chains = verdicts.drop_duplicates("chain").set_index("chain")[["sampler", "start_step", "init"]]
+    assert chains.loc["T4-from2"].tolist() == ["ddim", 2, "sample"]
+    assert chains.loc["T2"].tolist() == ["ddim", 0, "sample"]
     summary = pd.read_csv(tiny_sweep / "results" / "tables" / "summary.csv")
     assert set(summary["status"]) == {"ok"} and set(summary["sampler"]) == {"ddim"}
     partial = summary[(summary["chain"] == "T4-from2") & (summary["variant"] != "full_whole_chain")]
@@ -151,9 +155,28 @@ def test_a_killed_sweep_resumes_to_the_same_tables(tiny_sweep, tmp_path):
         pd.testing.assert_frame_equal(ours[name], theirs[name], check_exact=False, rtol=1e-9, obj=name)
 
 
+def verdict_rows(page: str) -> list[dict[str, str]]:
+    """The rows of the verdicts table in the report's caption of verdicts.csv (HTML held in the
+    report's JSON), each a mapping of column header to cell text."""
+    start = page.index('"results/tables/verdicts.csv": {')
+    caption = page[start : page.index('"data_uri"', start)].replace("\\n", "\n").replace('\\"', '"')
+    table = re.search(r"<table.*?</table>", caption, re.DOTALL).group(0)
+
+    def text(cell: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+
+    headers = [text(cell) for cell in re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", table, re.DOTALL)]
+    rows = [
+        re.findall(r"<td(?:\s[^>]*)?>(.*?)</td>", row, re.DOTALL)
+        for row in re.findall(r"<tr>(.*?)</tr>", table, re.DOTALL)
+    ]
+    return [dict(zip(headers, map(text, cells), strict=True)) for cells in rows if cells]
+
+
 def test_the_report_opens_on_the_verdicts_without_errors(tiny_sweep):
-    """The README's `snakemake --report results/report.html` (no --cores): no docutils error box,
-    the landing text short and the verdicts table, both claims, under its first section."""
+    """The README's `snakemake --report results/report.html` (no --cores): no docutils error box
+    or message, the landing text short and the verdicts table under its first section, a row for
+    each verdict, both claims (ratio <= 0.1 and <= 1) for each subject and peer."""
     done = subprocess.run(
         snakemake(tiny_sweep, "--report", "results/report.html"),
         capture_output=True,
@@ -163,10 +186,19 @@ def test_the_report_opens_on_the_verdicts_without_errors(tiny_sweep):
         cwd=tiny_sweep,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    html = (tiny_sweep / "results" / "report.html").read_text(errors="replace")
-    assert "System Message" not in html and "Unknown target name" not in html
-    assert "1. Verdicts" in html and "full_whole_chain (T4)" in html and "shortcut (T4-from2)" in html
-    assert "claim: ratio &lt;=" in html or "claim: ratio <=" in html
+    assert not re.search(r"\((?:ERROR|SEVERE)/[34]\)", done.stderr), done.stderr[-3000:]
+    page = (tiny_sweep / "results" / "report.html").read_text(errors="replace")
+    assert "System Message" not in page and "Unknown target name" not in page
+    assert not re.search(r"(?:ERROR|SEVERE)/[34]", page)
+    assert "1. Verdicts" in page and "full_whole_chain (T4)" in page and "shortcut (T4-from2)" in page
+    rows = verdict_rows(page)
+    assert len(rows) == len(pd.read_csv(tiny_sweep / "results" / "tables" / "verdicts.csv"))
+    claims = {}
+    for row in rows:
+        pair = (row["model"], row["task"], row["chain"], row["subject (ran)"], row["peer (ran)"])
+        claims.setdefault(pair, []).append(row["claim: ratio <="])
+    assert ("embedded", "latent", "T4-from2", "shortcut (T4-from2)", "full_whole_chain (T4)") in claims
+    assert all(sorted(thresholds) == ["0.1", "1"] for thresholds in claims.values()), claims
 
 
 def test_a_sweep_of_failed_and_diverged_runs_says_so_and_reruns_only_the_failures(tmp_path):
@@ -277,7 +309,15 @@ def test_odd_paths_and_values_reach_the_jobs_quoted(tmp_path):
     assert re.search(r"^train\s+1$", plan.stdout, re.MULTILINE) and re.search(
         r"^copy_weights\s+1$", plan.stdout, re.MULTILINE
     )
-    assert str(weights / "classifier.safetensors") not in re.findall(r"output: (.*)", plan.stdout)
+    outputs = [
+        workdir / path
+        for line in re.findall(r"^\s*output: (.*)$", plan.stdout, re.MULTILINE)
+        for path in line.split(", ")
+    ]
+    retrained = workdir / "results" / "retrained"
+    assert {retrained / "classifier.json", retrained / "classifier.safetensors"} <= set(outputs), outputs
+    written = [path for path in outputs if path.resolve().is_relative_to(weights.resolve())]
+    assert not written, f"planned outputs inside the given weights: {written}"
     assert not marker.exists()
 
 

@@ -123,7 +123,7 @@ def runs_to_target(
                     "warmup_cost": _number(info.get("warmup_cost")),
                     "warmup_seconds": _number(info.get("warmup_seconds")),
                     "ran_chain": info.get("ran_chain", key[3]) if isinstance(info.get("ran_chain"), str) else key[3],
-                    "sampler": info.get("sampler"),
+                    **{column: info.get(column) for column in CHAIN_COLUMNS},
                     "resolution": resolution,
                     "start_deviation": deviation,
                     "valid_start": deviation <= options.start_tolerance,
@@ -132,9 +132,12 @@ def runs_to_target(
     return pd.DataFrame(rows)
 
 
-def _sampler(runs: pd.DataFrame) -> str | None:
-    """The sampler these runs ran (one per chain), where the rows say."""
-    return runs["sampler"].iloc[0] if "sampler" in runs else None
+CHAIN_COLUMNS = ("sampler", "start_step", "init")  # what a chain label says, as columns of their own
+
+
+def _chain_columns(runs: pd.DataFrame) -> dict:
+    """The sampler, start step and initialisation these runs ran (one per chain), where the rows say."""
+    return {column: runs[column].iloc[0] if column in runs else None for column in CHAIN_COLUMNS}
 
 
 def _number(value) -> float:
@@ -209,7 +212,7 @@ def cost_to_quality(per_run: pd.DataFrame, options: Options, full: str = "full")
                 **dict(zip(KEYS, key)),
                 "variant": variant,
                 "ran_chain": runs["ran_chain"].iloc[0],
-                "sampler": _sampler(runs),
+                **_chain_columns(runs),
                 "runs": len(runs),
                 "reached": int(runs["reached"].sum()),
                 "valid_start": bool(runs["valid_start"].all()),
@@ -276,7 +279,7 @@ def verdicts(
                 rows.append(
                     {
                         **dict(zip(KEYS, key)),
-                        "sampler": _sampler(ours),
+                        **_chain_columns(ours),
                         "subject": subject,
                         "peer": peer,
                         "subject_chain": ours["ran_chain"].iloc[0],

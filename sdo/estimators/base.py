@@ -87,6 +87,7 @@ class Estimator:
     name: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
     caveat: ClassVar[str] = ""  # what a reader of its curves must know (figures print it)
+    exact: ClassVar[bool] = False  # its gradient is the exact one (an audit would compare it with itself)
 
     def gradient(self, problem: Problem, loss: Loss) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError

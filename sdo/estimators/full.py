@@ -25,6 +25,7 @@ def backprop_through_tail(problem: Problem, loss: Loss, graph_from: int, checkpo
 @dataclass
 class Full(Estimator):
     name = "full"
+    exact = True
     checkpoint: bool = False
 
     def gradient(self, problem, loss):

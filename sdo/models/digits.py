@@ -69,7 +69,8 @@ class EmbeddedDigits(DiffusionModel):
             raise ValueError(
                 f"model {cls.prefix!r} takes no location; give its weights directory as the option weights={location}"
             )
-        store.check(cls.kind, Path(weights) if weights else store.DEFAULT_DIR)
+        for kind in cls.weight_files:
+            store.check(kind, Path(weights) if weights else store.DEFAULT_DIR)
 
     @classmethod
     def planned_schedule(

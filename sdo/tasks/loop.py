@@ -20,8 +20,9 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
+from sdo import conditioning
 from sdo.estimators import Estimator, Problem, fidelity, make_estimator
-from sdo.memory import check_budget, saved_bytes
+from sdo.memory import check_budget, measured_once, predicted_saved_bytes, saved_bytes
 from sdo.models.base import DiffusionModel
 from sdo.samplers import Chain
 from sdo.timing import timed
@@ -40,7 +41,8 @@ class Audit:
     checkpointed per step when `checkpoint`) is computed on the same problem, untimed, and
     compared with the estimate (cosine, relative error, norm ratio). When the cosine falls below
     `fallback_below` the update uses the exact gradient instead, and its seconds and network
-    evaluations count as that iteration's training cost."""
+    evaluations count as that iteration's training cost. An estimator whose gradient is the exact
+    one (`full`) is not audited: it would be compared with itself."""
 
     every: int
     fallback_below: float | None = None
@@ -246,7 +248,7 @@ def optimise(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     trace, cost = Trace(), {"seconds": 0.0, "nfe": 0, "nfe_forward": 0, "nfe_backward": 0, "nfe_graph": 0, "losses": 0}
-    exact = make_estimator("full", checkpoint=audit.checkpoint) if audit else None
+    exact = make_estimator("full", checkpoint=audit.checkpoint) if audit and not estimator.exact else None
     if on_iteration is not None:
         on_iteration(0)
     problem = problem_at(0)
@@ -259,11 +261,12 @@ def optimise(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16-autocast" else None
     arithmetic = _autocast(device, PRECISIONS[precision])
     scaled = loss if scaler is None else (lambda x: scaler.scale(loss(x)))
-    if budget_bytes is not None:
-        with arithmetic():
-            check_budget(estimator, problem, scaled, budget_bytes)
+    key = _graph_key(estimator, problem, precision)
     with arithmetic():
-        trace.saved_bytes = saved_bytes(estimator, problem, scaled)
+        if budget_bytes is not None:
+            predicted = measured_once(("predicted", *key), partial(predicted_saved_bytes, estimator, problem, scaled))
+            check_budget(estimator, problem, scaled, budget_bytes, predicted)
+        trace.saved_bytes = measured_once(("saved", *key), partial(saved_bytes, estimator, problem, scaled))
     if evaluate is not None:
         evaluate(0, dict(cost))
     progress = tqdm(range(iters), desc=estimator.name, mininterval=2, leave=False)
@@ -338,6 +341,29 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _graph_key(estimator: Estimator, problem: Problem, precision: str) -> tuple:
+    """What autograd's bytes for one gradient depend on: the estimator and its options, the
+    chain's steps and guidance, the network's kind and size, the parameters' and the state's
+    shapes, dtype, device and precision (not the values, not the seed)."""
+    chain = problem.chain
+    net = chain.net
+    return (
+        repr(estimator),
+        type(chain).__name__,
+        tuple(chain.timesteps),
+        chain.cfg_scale,
+        type(net).__name__,
+        sum(p.numel() for p in net.parameters()),
+        problem.wrt,
+        tuple(tuple(p.shape) for p in problem.params),
+        tuple(problem.latent.shape),
+        tuple(conditioning.primary(problem.cond).shape),
+        str(problem.latent.dtype),
+        str(problem.latent.device),
+        precision,
+    )
 
 
 def _estimate(estimator, problem, loss, arithmetic):

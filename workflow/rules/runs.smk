@@ -14,6 +14,7 @@ RERUN = bool(config.get("rerun_failed"))
 
 for (task, label), by_model in JOBS_BY_RULE.items():
     seeds = next(iter(by_model.values())).seeds
+    longest = next(iter(by_model.values())).chain.steps
 
     rule:
         name:
@@ -36,6 +37,9 @@ for (task, label), by_model in JOBS_BY_RULE.items():
         wildcard_constraints:
             model="|".join(map(re.escape, SOURCES)),
             variant="|".join(map(re.escape, RUNS["variants"])),
+        # longer chains first (a whole-chain baseline is the longest job), so no long job
+        # starts last while the other cores idle
+        priority: longest
         conda:
             "../envs/sdo.yaml"
         threads: config["threads_per_run"]
