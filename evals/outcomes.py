@@ -6,7 +6,8 @@ for the sampler); invalid_start (the estimator's own sampler does not start wher
 sampler does: no baseline); diverged (the loss, a gradient or a parameter became non-finite;
 the iterations and evaluations so far are kept); unstable (the held-out reward left any sane
 range; kept like diverged); out_of_memory (past the device or the run's memory budget); failed
-(with the reason). A run never raises for these: the record says it.
+(with the reason). A run never raises for these: the record says it. Only `ok` runs enter the
+cost tables and verdicts; the others are counted by status beside them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from sdo.tasks.loop import InvalidStart, Unstable
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "not_applicable", "invalid_start", "diverged", "unstable", "out_of_memory", "failed")
-KEPT_OUT = ("diverged", "unstable")  # finished runs whose numbers no verdict uses
 
 
 def resolve_device(name: str) -> torch.device:

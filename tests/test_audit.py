@@ -97,7 +97,10 @@ def test_autograd_s_bytes_are_measured_once_per_graph_in_a_process(monkeypatch):
         trace = _optimise(tiny_problem("cond", steps=3, seed=seed), make_estimator("shortcut"), None)
         assert trace.saved_bytes == 123
     assert len(calls) == 1
-    for problem, method in ((tiny_problem("cond", steps=4), "shortcut"), (tiny_problem("cond", steps=3), "full"),
-                            (tiny_problem("cond", steps=3, batch=3), "shortcut")):
+    for problem, method in (
+        (tiny_problem("cond", steps=4), "shortcut"),
+        (tiny_problem("cond", steps=3), "full"),
+        (tiny_problem("cond", steps=3, batch=3), "shortcut"),
+    ):
         _optimise(problem, make_estimator(method), None)
     assert len(calls) == 4

@@ -120,6 +120,16 @@ BAD = [
         ["runs.tasks.latent (embedded-flow", "T = 5000", "more than flow_euler can run", "at most 1000"],
     ),
     ("runs.tasks.latent.sampler", "nonsense", ["runs.tasks.latent", "'nonsense'", "ddim", "flow_euler"]),
+    (
+        "runs.tasks.latent",
+        {**TASK, "variants": ["doodl"], "sampler": "dpmpp_2m"},
+        ["runs.tasks.latent", "doodl needs", "dpmpp_2m is"],
+    ),
+    (
+        "runs.tasks.latent.chains",
+        [{"steps": 10, "start_step": 2, "init": "invert", "sampler": "dpmpp_2m"}],
+        ["runs.tasks.latent", "init=invert", "dpmpp_2m has no inversion", "ddim and flow_euler do"],
+    ),
     ("runs.tasks.latent.precision", "fp8", ["runs.tasks.latent.precision", "'fp8'", "fp16-autocast"]),
     (
         "runs.tasks.latent.chains",

@@ -4,6 +4,7 @@ estimate marked as one; a model with no published architecture says why it has n
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -55,3 +56,23 @@ def test_a_plan_with_no_estimate_says_so_rather_than_zero(tmp_path):
     assert rows and all(math.isnan(r["device_hours"]) for r in rows)
     printed = render(rows)
     assert "no device-hours estimate" in printed and "0 device-hours" not in printed
+
+
+def test_measured_profile_rows_set_the_estimate_over_flops(tmp_path):
+    """A `sdo profile` row of the same model: seconds per forward pass (a backward counted as
+    BACKWARD forwards) scaled to the run's batch, times the run's passes; its peak in GB."""
+    from evals.plan import BACKWARD
+
+    config = [ROOT / "config" / "paper.yaml"]
+    style = next(r for r in plan(config, profile_rows=tmp_path / "none") if r["experiment"] == "style")
+    rows = tmp_path / "profile" / "any" / "place"
+    rows.mkdir(parents=True)
+    measured_row = {"status": "ok", "config": {"model": style["model"]}, "method": "full", "batch": 2}
+    measured_row |= {"nfe_forward": 10, "nfe_backward": 10, "seconds": 6.0, "peak_bytes": 3e9}
+    (rows / "row.json").write_text(json.dumps(measured_row))
+    (rows / "other.json").write_text(json.dumps({**measured_row, "config": {"model": "elsewhere"}, "seconds": 1e6}))
+    again = {(r["experiment"], r["variant"]): r for r in plan(config, profile_rows=tmp_path / "profile")}
+    row = again["style", style["variant"]]
+    per_pass = 6.0 / (10 + BACKWARD * 10) * 1 / 2  # the protocol's batch is 1, the row's 2
+    assert row["estimate"] == "measured profile rows" and row["peak_gb"] == 3.0
+    assert math.isclose(row["device_hours"], row["forward_passes"] * per_pass / 3600, rel_tol=1e-12)

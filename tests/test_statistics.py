@@ -110,6 +110,19 @@ def test_the_interval_covers_the_spread_of_paired_ratios():
     assert row["verdict"] == "inconclusive"
 
 
+@pytest.mark.parametrize("status", ["diverged", "unstable", "out_of_memory", "failed"])
+def test_a_run_that_did_not_end_ok_is_in_no_verdict(status):
+    """Seed 0's shortcut run ran away (a huge reward a diverged or unstable run may keep): it is
+    left out, so the verdict pairs the seven other seeds and its reward changes nothing."""
+    runs = [_run("full", s, FULL, 30) for s in range(8)] + [_run("shortcut", s, FULL, 3) for s in range(1, 8)]
+    wild = _run("shortcut", 0, [0, 1e9, 1e9, 1e9], 3)
+    wild[2]["status"] = status
+    per_run = _per_run([*runs, wild])
+    assert set(per_run.loc[per_run["variant"] == "shortcut", "seed"]) == set(range(1, 8))
+    row = statistics.verdicts(per_run, pd.DataFrame(), OPTIONS, claim=0.1).iloc[0]
+    assert row["paired"] == 7 and row["ratio"] == pytest.approx(0.1)
+
+
 def test_a_method_that_never_reaches_is_censored_not_dropped():
     """The shortcut never reaches the target on any seed: each ratio is at least its budget over
     full's cost (8 iterations x 30 / 60 = 4), so the claim is refuted, not left out."""

@@ -236,7 +236,8 @@ def test_a_sweep_of_failed_and_diverged_runs_says_so_and_reruns_only_the_failure
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     done = sweep(tmp_path)
-    assert done.returncode != 0 and "4 of 4 runs did not end ok (2 failed, 2 diverged)" in done.stderr
+    failed_line = "4 of 4 runs did not end ok (2 failed, 2 diverged); see results/tables/summary.csv"
+    assert done.returncode != 0 and failed_line in done.stderr
     summary = pd.read_csv(tmp_path / "results" / "tables" / "summary.csv")
     assert sorted(summary["status"]) == ["diverged", "diverged", "failed", "failed"]
     assert summary.loc[summary["status"] == "failed", "reason"].str.contains("the reward is broken").all()
