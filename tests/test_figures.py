@@ -85,3 +85,26 @@ def test_curves_carry_the_caveats_their_estimators_state():
     rows = pd.DataFrame({"method": ["full", "doodl", "shortcut", None]})
     assert figures._caveats(rows) == [ESTIMATORS["doodl"].caveat] and "EDICT" in ESTIMATORS["doodl"].caveat
     assert figures._caveats(pd.DataFrame({"variant": ["a"]})) == []
+
+
+def test_the_bench_figures_draw_a_line_per_variant_and_sampler(tmp_path, monkeypatch):
+    """Rows of two samplers: each (variant, sampler) is its own labelled line on every panel,
+    one panel column per parameter type, T on the x axis."""
+    kept = _drawn(monkeypatch)
+    rows = [
+        {"status": "ok", "wrt": wrt, "variant": variant, "sampler": sampler, "steps": steps, "device": "cpu"}
+        | {"cosine": 0.5, "rel_error": 0.8, "seconds": 0.1 * steps, "saved_bytes": 2.0**20, "peak_bytes": 2.0**21}
+        for wrt in ("latent", "cond")
+        for variant in ("full", "shortcut")
+        for sampler in ("ddim", "dpmpp_2m")
+        for steps in (10, 50)
+    ]
+    figures.fidelity_vs_steps(pd.DataFrame(rows), tmp_path / "fidelity.png")
+    figures.bench_cost_vs_steps(pd.DataFrame(rows), tmp_path / "cost.png")
+    fidelity, cost = kept
+    assert len(fidelity["axes"]) == 2 * 2 and len(cost["axes"]) == 3 * 2  # rows x parameter types
+    for axis in fidelity["axes"] + cost["axes"]:
+        labels = {line.get_label() for line in axis.get_lines()}
+        assert labels == {"full · ddim", "full · dpmpp_2m", "shortcut · ddim", "shortcut · dpmpp_2m"}
+        assert sorted({x for line in axis.get_lines() for x in line.get_xdata()}) == [10, 50]
+    assert matplotlib.image.imread(tmp_path / "fidelity.png").shape[0] > 100

@@ -8,14 +8,23 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from evals.cli import main
 from evals.plan import plan, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_paper_config_plans_without_its_weights(tmp_path):
-    rows = plan([ROOT / "config" / "paper.yaml"], profile_rows=tmp_path / "none", throughput=400.0)
+@pytest.fixture(scope="module")
+def paper_rows(tmp_path_factory):
+    """The paper configuration's plan without profile rows, at 400 TFLOP/s (shared: each plan
+    counts the published architectures' FLOPs)."""
+    return plan([ROOT / "config" / "paper.yaml"], profile_rows=tmp_path_factory.mktemp("none"), throughput=400.0)
+
+
+def test_the_paper_config_plans_without_its_weights(paper_rows):
+    rows = paper_rows
     by = {(r["experiment"], r["variant"]): r for r in rows}
     assert {r["experiment"] for r in rows} == {"style", "aesthetic", "clip_guide"}
     style, whole = by["style", "shortcut"], by["style", "full_whole_chain"]
@@ -58,13 +67,13 @@ def test_a_plan_with_no_estimate_says_so_rather_than_zero(tmp_path):
     assert "no device-hours estimate" in printed and "0 device-hours" not in printed
 
 
-def test_measured_profile_rows_set_the_estimate_over_flops(tmp_path):
+def test_measured_profile_rows_set_the_estimate_over_flops(tmp_path, paper_rows):
     """A `sdo profile` row of the same model: seconds per forward pass (a backward counted as
     BACKWARD forwards) scaled to the run's batch, times the run's passes; its peak in GB."""
     from evals.plan import BACKWARD
 
     config = [ROOT / "config" / "paper.yaml"]
-    style = next(r for r in plan(config, profile_rows=tmp_path / "none") if r["experiment"] == "style")
+    style = next(r for r in paper_rows if r["experiment"] == "style")
     rows = tmp_path / "profile" / "any" / "place"
     rows.mkdir(parents=True)
     measured_row = {"status": "ok", "config": {"model": style["model"]}, "method": "full", "batch": 2}

@@ -518,6 +518,25 @@ def test_every_estimator_runs_or_says_why_not(sampler):
             assert all(torch.isfinite(g).all() for g in estimate.grads), (sampler, wrt, name)
 
 
+@pytest.mark.parametrize("wrt", ["cond", "weights"])
+@pytest.mark.parametrize("sampler", ALL)
+def test_the_alternatives_reduce_to_their_exact_cases_on_every_sampler(sampler, wrt):
+    """On every sampler, multistep and stochastic ones included: checkpointed full and DRaFT
+    through every step are full backpropagation; DRTune supervising every step is the shortcut
+    at every step, and supervising the first alone the shortcut at the first."""
+    problem, loss = tiny_problem(wrt, steps=3, sampler=sampler), smooth_loss()
+
+    def grads(name, **options):
+        return make_estimator(name, **options)(problem, loss).grads
+
+    full = grads("full")
+    assert relative_error(grads("full", checkpoint=True), full) <= 1e-10
+    assert relative_error(grads("truncated", tail=3), full) <= 1e-10
+    assert relative_error(grads("drtune", supervised=3), grads("shortcut", at="all")) <= 1e-10
+    assert relative_error(grads("drtune", supervised=1), grads("shortcut", at="first")) <= 1e-10
+    assert relative_error(grads("shortcut", at="all"), full) > 1e-3  # the identities are not vacuous
+
+
 @pytest.mark.parametrize("sampler", ALL)
 def test_a_stochastic_chain_is_a_function_of_its_drawn_noise(sampler):
     chain, latent, cond = tiny_problem_parts(4, sampler=sampler)

@@ -204,6 +204,17 @@ class Chain:
         """diffusers' own scheduler set to this chain's steps: the reference its update equals."""
         raise NotImplementedError
 
+    def scheduler_for(self, steps: int, scheduler_config: dict, options, refused=()):
+        """Keep the pipeline's scheduler configuration and the options (the defaults where None),
+        refuse the settings this sampler cannot follow (`refused`, as `refuse_settings` takes
+        them), check T against the training steps, and return `diffusers_scheduler()` set to T
+        steps: the scheduler whose numbers the sampler reads."""
+        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
+        refuse_settings(self.name, self.scheduler_config, refused)
+        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
+        self._steps = steps
+        return self.diffusers_scheduler()
+
     def fix_noise(self, like: torch.Tensor, generator: torch.Generator) -> None:
         """Draw the per-step noise once, shaped like the latent (a stochastic chain needs it)."""
         self.noise = [

@@ -39,8 +39,6 @@ from sdo.samplers.base import (
     Capabilities,
     Chain,
     Step,
-    check_steps,
-    refuse_settings,
     scheduler_from,
     vp_prediction,
 )
@@ -82,12 +80,9 @@ class DDIM(Chain):
         options: Options | None = None,
         schedule: dict | None = None,
     ):
-        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
         why = "clipping the predicted sample is not affine, so no estimator's rule holds; sample without it"
-        refuse_settings(self.name, self.scheduler_config, (("clip_sample", True, why), ("thresholding", True, why)))
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
+        refused = (("clip_sample", True, why), ("thresholding", True, why))
+        scheduler = self.scheduler_for(steps, scheduler_config, options, refused)
         prediction = scheduler.config.prediction_type
         cumprod, stride = scheduler.alphas_cumprod.double(), scheduler.config.num_train_timesteps // steps
         final = float(scheduler.final_alpha_cumprod)

@@ -42,8 +42,6 @@ from sdo.samplers.base import (
     Capabilities,
     Chain,
     Step,
-    check_steps,
-    refuse_settings,
     scheduler_from,
     vp_prediction,
 )
@@ -112,16 +110,12 @@ class DPMSolverPlusPlus2M(Chain):
         options: Options | None = None,
         schedule: dict | None = None,
     ):
-        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        refuse_settings(
-            self.name,
-            self.scheduler_config,
-            (
-                ("thresholding", True, "thresholding the predicted sample is not affine"),
-                ("variance_type", True, "the network's learned variance channels are not modelled"),
-                ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler"),
-            ),
+        refused = (
+            ("thresholding", True, "thresholding the predicted sample is not affine"),
+            ("variance_type", True, "the network's learned variance channels are not modelled"),
+            ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler"),
         )
+        scheduler = self.scheduler_for(steps, scheduler_config, options, refused)
         replaced = {
             key: self.scheduler_config[key]
             for key in SOLVER
@@ -129,9 +123,6 @@ class DPMSolverPlusPlus2M(Chain):
         }
         if replaced:
             logger.warning("dpmpp_2m runs %s in place of the configuration's %s", SOLVER, replaced)
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
         config = scheduler.config
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(

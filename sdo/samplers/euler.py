@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from diffusers import EulerDiscreteScheduler
 
-from sdo.samplers.base import Capabilities, Chain, Step, check_steps, scheduler_from, vp_prediction
+from sdo.samplers.base import Capabilities, Chain, Step, scheduler_from, vp_prediction
 from sdo.samplers.registry import register_sampler
 
 SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
@@ -84,6 +84,7 @@ class Euler(Chain):
     name = "euler"
     scheduler_class = "EulerDiscreteScheduler"
     process = "diffusion"
+    predictions = ("epsilon", "v_prediction", "sample")
 
     @dataclass
     class Options(SigmaSpacing):
@@ -109,16 +110,12 @@ class Euler(Chain):
         options: Options | None = None,
         schedule: dict | None = None,
     ):
-        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
+        scheduler = self.scheduler_for(steps, scheduler_config, options)
         prediction = scheduler.config.prediction_type
-        if prediction not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"euler takes prediction_type epsilon, v_prediction or sample, got {prediction!r}")
+        if prediction not in self.predictions:
+            raise ValueError(f"{self.name} takes prediction_type {' or '.join(self.predictions)}, got {prediction!r}")
         sigma = [float(x) for x in scheduler.sigmas.double()]
-        coefficients = [euler_step(*ve_prediction(prediction, sigma[k]), sigma[k], sigma[k + 1]) for k in range(steps)]
-        refuse_discarding(self.name, prediction, coefficients)
+        coefficients = self.updates(prediction, sigma)
         super().__init__(
             net,
             scheduler.timesteps.tolist(),
@@ -129,6 +126,12 @@ class Euler(Chain):
             initial_scale=float(scheduler.init_noise_sigma),
         )
         self.sigmas = sigma
+
+    def updates(self, prediction: str, sigma: list[float]) -> list[Step]:
+        """The T steps along the scheduler's sigmas."""
+        coefficients = [euler_step(*ve_prediction(prediction, now), now, after) for now, after in zip(sigma, sigma[1:])]
+        refuse_discarding(self.name, prediction, coefficients)
+        return coefficients
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:

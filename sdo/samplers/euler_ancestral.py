@@ -26,50 +26,28 @@ import math
 
 from diffusers import EulerAncestralDiscreteScheduler
 
-from sdo.samplers.base import Capabilities, Chain, check_steps, scheduler_from
-from sdo.samplers.euler import euler_step, ve_prediction
+from sdo.samplers.base import Capabilities, Chain, Step, scheduler_from
+from sdo.samplers.euler import Euler, euler_step, ve_prediction
 from sdo.samplers.registry import register_sampler
 
 
 @register_sampler
-class EulerAncestral(Chain):
+class EulerAncestral(Euler):
+    """Euler's chain with the ancestral step's coefficients and fresh noise."""
+
     name = "euler_ancestral"
     scheduler_class = "EulerAncestralDiscreteScheduler"
-    process = "diffusion"
+    predictions = ("epsilon", "v_prediction")
+    Options = Chain.Options
 
-    def __init__(
-        self,
-        net,
-        steps: int,
-        scheduler_config: dict,
-        cfg_scale: float = 1.0,
-        null_cond=None,
-        options=None,
-        schedule: dict | None = None,
-    ):
-        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
-        prediction = scheduler.config.prediction_type
-        if prediction not in ("epsilon", "v_prediction"):
-            raise ValueError(f"euler_ancestral takes prediction_type epsilon or v_prediction, got {prediction!r}")
-        sigma = [float(x) for x in scheduler.sigmas.double()]
+    def updates(self, prediction: str, sigma: list[float]) -> list[Step]:
+        """An Euler step down to sigma_down_k, then noise of scale sigma_up_k, per step."""
         coefficients = []
         for now, after in zip(sigma, sigma[1:]):
             up = math.sqrt(after**2 * (now**2 - after**2) / now**2)
             down = math.sqrt(after**2 - up**2)
             coefficients.append(euler_step(*ve_prediction(prediction, now), now, down, s=up))
-        super().__init__(
-            net,
-            scheduler.timesteps.tolist(),
-            coefficients,
-            [(1.0, x) for x in sigma],
-            cfg_scale,
-            null_cond,
-            initial_scale=float(scheduler.init_noise_sigma),
-        )
-        self.sigmas = sigma
+        return coefficients
 
     @classmethod
     def capabilities_for(cls, options, scheduler_config: dict) -> Capabilities:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from sdo.samplers.base import Capabilities, Chain, Step, check_steps, scheduler_from
+from sdo.samplers.base import Capabilities, Chain, Step, scheduler_from
 from sdo.samplers.registry import register_sampler
 
 
@@ -66,14 +66,8 @@ class FlowMatchEuler(Chain):
         options=None,
         schedule: dict | None = None,
     ):
-        self.scheduler_config, self.options, self.schedule = (
-            dict(scheduler_config),
-            options or self.Options(),
-            schedule or {},
-        )
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
+        self.schedule = schedule or {}
+        scheduler = self.scheduler_for(steps, scheduler_config, options)
         sigma = [float(x) for x in scheduler.sigmas.double()]
         coefficients = [Step(a=1.0, b=sigma[k + 1] - sigma[k], p=1.0, q=-sigma[k]) for k in range(steps)]
         levels = [(1 - x, x) for x in sigma]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from sdo.samplers.base import Capabilities, Chain, Step, check_steps
+from sdo.samplers.base import Capabilities, Chain, Step
 from sdo.samplers.flow_euler import flow_scheduler
 from sdo.samplers.registry import register_sampler
 
@@ -78,11 +78,8 @@ class FlowSDE(Chain):
         options: Options | None = None,
         schedule: dict | None = None,
     ):
-        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
         self.schedule = schedule or {}
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
+        scheduler = self.scheduler_for(steps, scheduler_config, options)
         sigma = [float(x) for x in scheduler.sigmas.double()]
         if sigma[1] == 1:
             raise ValueError(

@@ -39,8 +39,6 @@ from sdo.samplers.base import (
     Capabilities,
     Chain,
     Step,
-    check_steps,
-    refuse_settings,
     scheduler_from,
     vp_prediction,
 )
@@ -115,19 +113,12 @@ class UniPC(Chain):
         options: Options | None = None,
         schedule: dict | None = None,
     ):
-        self.scheduler_config, self.options = dict(scheduler_config), options or self.Options()
-        refuse_settings(
-            self.name,
-            self.scheduler_config,
-            (
-                ("thresholding", True, "thresholding the predicted sample is not affine"),
-                ("predict_x0", False, "only the data-prediction form is implemented"),
-                ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler"),
-            ),
+        refused = (
+            ("thresholding", True, "thresholding the predicted sample is not affine"),
+            ("predict_x0", False, "only the data-prediction form is implemented"),
+            ("use_flow_sigmas", True, "flow sigmas belong to a velocity model: use flow_euler"),
         )
-        check_steps(self.name, steps, int(self.scheduler_config.get("num_train_timesteps", 1000)))
-        self._steps = steps
-        scheduler = self.diffusers_scheduler()
+        scheduler = self.scheduler_for(steps, scheduler_config, options, refused)
         config = scheduler.config
         if config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(
