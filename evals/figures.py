@@ -42,7 +42,13 @@ def _save(figure, path: Path | str, devices, top: float = 0.94) -> None:
     shown = sorted(set(devices)) or ["not recorded"]
     figure.text(0.99, 0.005, "device: " + "; ".join(shown), ha="right", va="bottom", fontsize=7, color="0.4")
     figure.tight_layout(rect=(0, 0.03, 1, top))
-    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=130, format="png"))
+    for legend in figure.legends:  # a short legend above the panels, a long one beside them
+        entries = len(legend.get_texts())
+        long = entries > 8
+        legend.set_ncols(1 + (entries - 1) // 20 if long else min(6, entries))
+        legend.set_loc("center left" if long else "lower center")
+        legend.set_bbox_to_anchor((1.0, (0.03 + top) / 2) if long else (0.5, top), transform=figure.transFigure)
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=130, format="png", bbox_inches="tight", pad_inches=0.1))
     plt.close(figure)
 
 
@@ -61,9 +67,7 @@ def _legend(figure, axes) -> None:
         for handle, label in zip(*axis.get_legend_handles_labels()):
             labels.setdefault(label, handle)
     if labels:
-        figure.legend(
-            list(labels.values()), list(labels), loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False
-        )
+        figure.legend(list(labels.values()), list(labels), fontsize=8, frameon=False)
 
 
 def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
@@ -328,18 +332,30 @@ def _log_axes(axis, ticks) -> None:
     axis.grid(alpha=0.3, which="both")
 
 
+def _line_styles(done: pd.DataFrame):
+    """The rows labelled by line, and each line's style: a colour per variant or, where the rows
+    ran on several samplers, a colour per sampler and a dash per variant ("variant · sampler")."""
+    if "sampler" not in done or done["sampler"].nunique() < 2:
+        return done, {v: {"color": c} for v, c in _colours(done["variant"].unique()).items()}
+    pairs = done[["variant", "sampler"]].astype(str)
+    colours = _colours(pairs["sampler"].unique())
+    dashes = {v: ("-", "--", ":", "-.")[i % 4] for i, v in enumerate(sorted(pairs["variant"].unique()))}
+    styles = {
+        f"{v} · {s}": {"color": colours[s], "linestyle": dashes[v]}
+        for v, s in pairs.drop_duplicates().itertuples(index=False)
+    }
+    return done.assign(variant=pairs["variant"] + " · " + pairs["sampler"]), styles
+
+
 def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path | str, title: str) -> None:
     """A grid: one row per (column, label, log-y), one column per parameter type, a line per
     variant (and sampler, where rows ran on several)."""
     done = frame[frame["status"] == "ok"] if "status" in frame else frame
     if done.empty:
         return _empty(path, "finished bench rows")
-    if "sampler" in done and done["sampler"].nunique() > 1:
-        done = done.assign(variant=done["variant"] + " · " + done["sampler"].astype(str))
-        frame = done
-    kinds = [k for k in ("latent", "cond", "weights") if k in set(frame["wrt"])]
-    colours = _colours(frame["variant"].unique())
-    ticks = sorted(frame["steps"].unique())
+    done, styles = _line_styles(done)
+    kinds = [k for k in ("latent", "cond", "weights") if k in set(done["wrt"])]
+    ticks = sorted(done["steps"].unique())
     figure, axes = plt.subplots(len(rows), len(kinds), figsize=(4.2 * len(kinds), 3.0 * len(rows)), squeeze=False)
     for j, kind in enumerate(kinds):
         for variant, group in done[done["wrt"] == kind].groupby("variant"):
@@ -347,14 +363,14 @@ def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path 
             for i, (column, _, _) in enumerate(rows):
                 if column in group:
                     axes[i][j].plot(
-                        group["steps"], group[column], "o-", ms=3, color=colours[str(variant)], label=variant
+                        group["steps"], group[column], marker="o", ms=3, label=variant, **styles[str(variant)]
                     )
         for i, (_, label, logy) in enumerate(rows):
             axis = axes[i][j]
-            _log_axes(axis, ticks)
-            axis.set(
-                yscale="log" if logy else "linear", xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}"
-            )
+            _log_axes(axis, ticks)  # plain-number log axes; a set_yscale would reset their labels
+            if not logy:
+                axis.set_yscale("linear")
+            axis.set(xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}")
     _legend(figure, axes)
     _save(figure, path, devices_of(frame), top=0.92)
 

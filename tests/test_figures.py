@@ -36,7 +36,14 @@ def _drawn(monkeypatch):
 
     def keep(figure, path, devices, top=0.94):
         save(figure, path, devices, top)
-        kept.append({"axes": figure.axes, "texts": [t.get_text() for t in figure.texts]})
+        kept.append(
+            {
+                "axes": figure.axes,
+                "texts": [t.get_text() for t in figure.texts],
+                "legends": [legend.get_window_extent() for legend in figure.legends],
+                "panels": [axis.get_tightbbox() for axis in figure.axes],
+            }
+        )
 
     monkeypatch.setattr(figures, "_save", keep)
     return kept
@@ -88,8 +95,9 @@ def test_curves_carry_the_caveats_their_estimators_state():
 
 
 def test_the_bench_figures_draw_a_line_per_variant_and_sampler(tmp_path, monkeypatch):
-    """Rows of two samplers: each (variant, sampler) is its own labelled line on every panel,
-    one panel column per parameter type, T on the x axis."""
+    """Rows of two samplers: each (variant, sampler) is its own labelled line on every panel, a
+    colour per sampler and a dash per variant, one panel column per parameter type, T on the x
+    axis, the legend above every panel."""
     kept = _drawn(monkeypatch)
     rows = [
         {"status": "ok", "wrt": wrt, "variant": variant, "sampler": sampler, "steps": steps, "device": "cpu"}
@@ -107,4 +115,28 @@ def test_the_bench_figures_draw_a_line_per_variant_and_sampler(tmp_path, monkeyp
         labels = {line.get_label() for line in axis.get_lines()}
         assert labels == {"full · ddim", "full · dpmpp_2m", "shortcut · ddim", "shortcut · dpmpp_2m"}
         assert sorted({x for line in axis.get_lines() for x in line.get_xdata()}) == [10, 50]
+        styles = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in axis.get_lines()}
+        assert styles["full · ddim"][0] == styles["shortcut · ddim"][0] != styles["full · dpmpp_2m"][0]
+        assert styles["full · ddim"][1] == styles["full · dpmpp_2m"][1] != styles["shortcut · ddim"][1]
+    for axis in cost["axes"]:  # log scales labelled with plain numbers, as the x axis is
+        assert axis.get_yscale() == "log" and axis.yaxis.get_major_formatter()(2.0, 0) == "2"
+    for figure in (fidelity, cost):
+        (legend,) = figure["legends"]
+        assert legend.y0 >= max(panel.y1 for panel in figure["panels"])
+
+
+def test_a_long_legend_stands_beside_the_panels(tmp_path, monkeypatch):
+    """Fifteen lines (three variants on five samplers): the legend is right of every panel."""
+    kept = _drawn(monkeypatch)
+    rows = [
+        {"status": "ok", "wrt": "latent", "variant": variant, "sampler": sampler, "steps": steps, "cosine": 0.5}
+        | {"rel_error": 0.8, "device": "cpu"}
+        for variant in ("full", "shortcut", "shortcut_all")
+        for sampler in ("ddim", "dpmpp_2m", "euler_ancestral", "flow_euler", "flow_sde")
+        for steps in (10, 50)
+    ]
+    figures.fidelity_vs_steps(pd.DataFrame(rows), tmp_path / "fidelity.png")
+    ((legend,),) = [figure["legends"] for figure in kept]
+    assert len({line.get_label() for line in kept[0]["axes"][0].get_lines()}) == 15
+    assert legend.x0 >= max(panel.x1 for panel in kept[0]["panels"])
     assert matplotlib.image.imread(tmp_path / "fidelity.png").shape[0] > 100
