@@ -15,6 +15,7 @@ from matplotlib import ticker  # noqa: E402
 
 from evals.records import write_atomic  # noqa: E402
 
+LONG_LEGEND = 8  # lines past which a figure's legend stands beside its panels, not above them
 VERDICT_COLOURS = {"holds": "#2a9d4b", "refuted": "#c0392b", "inconclusive": "#7f8c8d", "invalid_start": "#d4a017"}
 
 
@@ -43,9 +44,7 @@ def _save(figure, path: Path | str, devices, top: float = 0.94) -> None:
     figure.text(0.99, 0.005, "device: " + "; ".join(shown), ha="right", va="bottom", fontsize=7, color="0.4")
     figure.tight_layout(rect=(0, 0.03, 1, top))
     for legend in figure.legends:  # a short legend above the panels, a long one beside them
-        entries = len(legend.get_texts())
-        long = entries > 8
-        legend.set_ncols(1 + (entries - 1) // 20 if long else min(6, entries))
+        long = len(legend.get_texts()) > LONG_LEGEND
         legend.set_loc("center left" if long else "lower center")
         legend.set_bbox_to_anchor((1.0, (0.03 + top) / 2) if long else (0.5, top), transform=figure.transFigure)
     write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=130, format="png", bbox_inches="tight", pad_inches=0.1))
@@ -67,7 +66,9 @@ def _legend(figure, axes) -> None:
         for handle, label in zip(*axis.get_legend_handles_labels()):
             labels.setdefault(label, handle)
     if labels:
-        figure.legend(list(labels.values()), list(labels), fontsize=8, frameon=False)
+        n = len(labels)
+        columns = 1 + (n - 1) // 20 if n > LONG_LEGEND else min(6, n)
+        figure.legend(list(labels.values()), list(labels), ncols=columns, fontsize=8, frameon=False)
 
 
 def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:

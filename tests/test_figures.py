@@ -41,6 +41,9 @@ def _drawn(monkeypatch):
                 "axes": figure.axes,
                 "texts": [t.get_text() for t in figure.texts],
                 "legends": [legend.get_window_extent() for legend in figure.legends],
+                "legend_columns": [
+                    len({round(t.get_window_extent().x0) for t in lg.get_texts()}) for lg in figure.legends
+                ],
                 "panels": [axis.get_tightbbox() for axis in figure.axes],
             }
         )
@@ -122,7 +125,7 @@ def test_the_bench_figures_draw_a_line_per_variant_and_sampler(tmp_path, monkeyp
         assert axis.get_yscale() == "log" and axis.yaxis.get_major_formatter()(2.0, 0) == "2"
     for figure in (fidelity, cost):
         (legend,) = figure["legends"]
-        assert legend.y0 >= max(panel.y1 for panel in figure["panels"])
+        assert legend.y0 >= max(panel.y1 for panel in figure["panels"]) and figure["legend_columns"] == [4]
 
 
 def test_a_long_legend_stands_beside_the_panels(tmp_path, monkeypatch):
@@ -138,5 +141,5 @@ def test_a_long_legend_stands_beside_the_panels(tmp_path, monkeypatch):
     figures.fidelity_vs_steps(pd.DataFrame(rows), tmp_path / "fidelity.png")
     ((legend,),) = [figure["legends"] for figure in kept]
     assert len({line.get_label() for line in kept[0]["axes"][0].get_lines()}) == 15
-    assert legend.x0 >= max(panel.x1 for panel in kept[0]["panels"])
+    assert legend.x0 >= max(panel.x1 for panel in kept[0]["panels"]) and kept[0]["legend_columns"] == [1]
     assert matplotlib.image.imread(tmp_path / "fidelity.png").shape[0] > 100
