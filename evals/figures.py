@@ -39,14 +39,14 @@ def devices_of(frame: pd.DataFrame):
     return frame["device"].dropna().astype(str) if "device" in frame else []
 
 
-def _save(figure, path: Path | str, devices, top: float = 0.94) -> None:
+def _save(figure, path: Path | str, devices, top: float = 0.94, legend=None) -> None:
+    """Name the devices, lay the panels out below `top`, draw one legend for the lines of the
+    `legend` axes if given, and write the figure with nothing cut off."""
     shown = sorted(set(devices)) or ["not recorded"]
     figure.text(0.99, 0.005, "device: " + "; ".join(shown), ha="right", va="bottom", fontsize=7, color="0.4")
+    if legend is not None:
+        _legend(figure, legend, top)
     figure.tight_layout(rect=(0, 0.03, 1, top))
-    for legend in figure.legends:  # a short legend above the panels, a long one beside them
-        long = len(legend.get_texts()) > LONG_LEGEND
-        legend.set_loc("center left" if long else "lower center")
-        legend.set_bbox_to_anchor((1.0, (0.03 + top) / 2) if long else (0.5, top), transform=figure.transFigure)
     write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=130, format="png", bbox_inches="tight", pad_inches=0.1))
     plt.close(figure)
 
@@ -59,16 +59,26 @@ def _empty(path: Path | str, what: str) -> None:
     _save(figure, path, [])
 
 
-def _legend(figure, axes) -> None:
-    """One legend for the figure with every line label that appears in any panel."""
+def _legend(figure, axes, top: float) -> None:
+    """One legend for the figure with every line label that appears in any panel: up to
+    LONG_LEGEND lines in a row above the panels (which end at `top`), more in a column per twenty
+    lines beside them."""
     labels = {}
     for axis in np.ravel(axes):
         for handle, label in zip(*axis.get_legend_handles_labels()):
             labels.setdefault(label, handle)
-    if labels:
-        n = len(labels)
-        columns = 1 + (n - 1) // 20 if n > LONG_LEGEND else min(6, n)
-        figure.legend(list(labels.values()), list(labels), ncols=columns, fontsize=8, frameon=False)
+    if not labels:
+        return
+    n, long = len(labels), len(labels) > LONG_LEGEND
+    figure.legend(
+        list(labels.values()),
+        list(labels),
+        ncols=1 + (n - 1) // 20 if long else min(6, n),
+        loc="center left" if long else "lower center",
+        bbox_to_anchor=(1.0, (0.03 + top) / 2) if long else (0.5, top),
+        fontsize=8,
+        frameon=False,
+    )
 
 
 def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
@@ -115,8 +125,7 @@ def verdicts(table: pd.DataFrame, path: Path | str, devices=()) -> None:
     )
     axis.grid(alpha=0.3, which="both", axis="x")
     axis.set_ylim(-0.7, len(rows) - 0.3)
-    _legend(figure, np.array([axis]))
-    _save(figure, path, devices, top=0.93)
+    _save(figure, path, devices, top=0.93, legend=[axis])
 
 
 def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=(), full: str = "full") -> None:
@@ -157,8 +166,7 @@ def cost_vs_steps(table: pd.DataFrame, path: Path | str, devices=(), full: str =
         axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         axis.title.set_fontsize(9)
         axis.grid(alpha=0.3, which="both", axis="y")
-    _legend(figure, axes)
-    _save(figure, path, devices, top=0.84)
+    _save(figure, path, devices, top=0.84, legend=axes)
 
 
 def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, metrics) -> None:
@@ -202,8 +210,7 @@ def _curves(evaluations: pd.DataFrame, x: str, xlabel: str, path: Path | str, me
             axis.set_visible(bool(axis.lines))
     if caveats := _caveats(evaluations):
         figure.text(0.01, 0.005, "; ".join(caveats), fontsize=7, color="0.4")
-    _legend(figure, axes)
-    _save(figure, path, devices_of(evaluations), top=1 - 0.5 / (2.9 * len(groups)))
+    _save(figure, path, devices_of(evaluations), top=1 - 0.5 / (2.9 * len(groups)), legend=axes)
 
 
 def _caveats(rows: pd.DataFrame) -> list[str]:
@@ -263,8 +270,7 @@ def fidelity_along_runs(audits: pd.DataFrame, path: Path | str) -> None:
         axis.grid(alpha=0.3)
     for axis in axes.flat[len(panels) :]:
         axis.set_visible(False)
-    _legend(figure, axes)
-    _save(figure, path, devices_of(audits))
+    _save(figure, path, devices_of(audits), legend=axes)
 
 
 def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
@@ -318,16 +324,17 @@ def tradeoff(methods: pd.DataFrame, path: Path | str) -> None:
             axis.grid(alpha=0.3, which="both")
             axis.title.set_fontsize(9)
     figure.text(0.01, 0.005, "marker size: chain (" + ", ".join(map(str, sizes)) + ")", fontsize=7, color="0.4")
-    _legend(figure, axes)
-    _save(figure, path, devices_of(done))
+    _save(figure, path, devices_of(done), legend=axes)
 
 
 def _log_axes(axis, ticks) -> None:
-    """Log-log axes labelled with plain numbers, the x ticks at the measured step counts."""
+    """Log-log axes labelled with plain numbers, the x ticks at the measured step counts, y ticks
+    at 1, 2 and 5 per decade where the data span under two decades, else at each decade."""
     axis.set(xscale="log", yscale="log")
     axis.set_xticks(ticks, labels=ticks)
     axis.xaxis.set_minor_formatter(ticker.NullFormatter())
-    axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    low, high = axis.get_ylim()
+    axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5) if high < 100 * low else (1,)))
     axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.yaxis.set_minor_formatter(ticker.NullFormatter())
     axis.grid(alpha=0.3, which="both")
@@ -372,8 +379,7 @@ def _by_kind(frame: pd.DataFrame, rows: list[tuple[str, str, bool]], path: Path 
             if not logy:
                 axis.set_yscale("linear")
             axis.set(xlabel="sampling steps T", ylabel=label, title=f"{title}: {kind}")
-    _legend(figure, axes)
-    _save(figure, path, devices_of(frame), top=0.92)
+    _save(figure, path, devices_of(frame), top=0.92, legend=axes)
 
 
 def fidelity_vs_steps(fidelity: pd.DataFrame, path: Path | str) -> None:
